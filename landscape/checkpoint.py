@@ -1,0 +1,103 @@
+"""Loading checkpoints into a model, with the common wrappers and clear errors on mismatch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LandscapeError
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+def read_state_dict(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dict[str, Tensor]:
+    """A plain `{name: tensor}` state dict from a path (`.pt`, `.pth`, `.safetensors`) or a dict.
+
+    Unwraps `{"state_dict": ...}`, `{"model": ...}`, `{"model_state_dict": ...}` and strips a
+    `module.` prefix (DataParallel / DistributedDataParallel). Pickled files are read with
+    `weights_only=True`: no code from the file runs.
+    """
+    if isinstance(path_or_state, (str, os.PathLike)):
+        path = Path(path_or_state)
+        if not path.is_file():
+            raise LandscapeError(f"checkpoint file {str(path)!r} does not exist.")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the fix named
+                raise LandscapeError(
+                    f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
+                    f"{str(exc).splitlines()[0]}. Save a state_dict (torch.save(model."
+                    "state_dict(), path)) rather than a pickled model object."
+                ) from None
+    else:
+        state = path_or_state
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, Mapping):
+        raise LandscapeError(
+            f"a checkpoint must hold a state dict (a mapping of names to tensors); got "
+            f"{type(state).__name__}."
+        )
+    for key in _WRAPPER_KEYS:
+        inner = state.get(key)
+        if isinstance(inner, Mapping) and inner and not _is_flat_tensor_dict(state):
+            state = inner
+            break
+    if not _is_flat_tensor_dict(state):
+        bad = [k for k, v in state.items() if not isinstance(v, Tensor)][:5]
+        raise LandscapeError(
+            f"the checkpoint's entries {bad} are not tensors and no known wrapper key "
+            f"({', '.join(_WRAPPER_KEYS)}) holds the state dict; pass the state dict itself."
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, Any]
+                    ) -> nn.Module:
+    """Load a checkpoint into `model` (in place, on the model's device and dtype) and return it.
+
+    Raises:
+        LandscapeError: the file is missing or unreadable, or its keys do not match the model:
+            the message lists missing keys, unexpected keys and shape conflicts.
+    """
+    state = read_state_dict(path_or_state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape conflicts {_short(shapes)}")
+        raise LandscapeError(
+            "the checkpoint does not match the model: " + "; ".join(parts)
+            + ". Build the model with the same architecture and settings as the one saved."
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def _is_flat_tensor_dict(state: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, Tensor) for v in state.values())
+
+
+def _short(items: list[str], limit: int = 10) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "[" + ", ".join(items[:limit]) + "]" + more

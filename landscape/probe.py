@@ -1,0 +1,958 @@
+"""The Probe: the one object that touches the model, the data and the loss.
+
+Every estimator in `landscape` asks a `Probe` for losses, gradients and Hessian-vector products,
+at the checkpoint w or at a displaced point w + delta, and never iterates data itself.
+
+Conventions (see DESIGN.md, "The probe"):
+
+* L(w) is the mean loss over *all samples*: each batch's mean loss is weighted by its number of
+  samples, the sums are added up and divided once, so a short last batch is not over-weighted.
+* Flat vectors (gradients, directions, Hessian-vector products) have length `num_params` and
+  follow `model.named_parameters()` order of the probed parameters; `param_info` gives the
+  slice of each parameter.
+* Measurements run in eval mode (normalization layers use running statistics; dropout off). The
+  mode of every submodule is restored afterwards; buffers are never updated.
+* The model is never changed: displaced points are written into the parameters in place and the
+  saved originals are copied back bitwise in a `finally`, even when an exception flies;
+  gradients come from `torch.autograd.grad`, so `.grad` is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LandscapeError
+
+LossFn = Callable[[Any, Any], Tensor]
+BatchLossFn = Callable[[nn.Module, Any], Tensor]
+ParamSelection = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
+_DEFAULT_CPU_BUDGET = 2 * 2**30  # bytes for the data cache and for kept gradient graphs
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Where one probed parameter lives in the flat vector: `flat[start:stop]`."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def layer(self) -> str:
+        """The owning module's name (`"fc1"` for `"fc1.weight"`; `""` at the top level)."""
+        return self.name.rpartition(".")[0]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a computation spent.
+
+    `n_forward`: loss evaluations over all data; `n_gradient`: full-data gradients (each includes
+    its forward pass); `n_hvp`: full-data Hessian (or GGN) vector products; `n_batch_forward`:
+    forward passes of single batches, all kinds together; `seconds`: wall-clock time.
+    """
+
+    n_forward: int = 0
+    n_gradient: int = 0
+    n_hvp: int = 0
+    n_batch_forward: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Loss (sample-weighted mean) and, for classification, accuracy (fraction in [0, 1])."""
+
+    loss: float
+    accuracy: float | None
+    n_samples: int
+
+
+class Meter:
+    """Measures the cost of the probe calls made between its creation and `cost()`."""
+
+    def __init__(self, probe: Probe):
+        self._probe = probe
+        self._start = dict(probe._counts)
+        self._t0 = time.perf_counter()
+
+    def cost(self) -> Cost:
+        now = self._probe._counts
+        diff = {k: now[k] - self._start[k] for k in now}
+        return Cost(**diff, seconds=time.perf_counter() - self._t0)
+
+
+class _Data:
+    """The probe's data: the user's source, a device cache, and the first-use checks."""
+
+    def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype,
+                 cache_bytes: int):
+        self.source = _as_reiterable(data, batch_size)
+        self.device = device
+        self.dtype = dtype
+        self.cache_bytes = cache_bytes
+        self.cache: list[Any] | None = None
+        self.checked = False
+
+    def raw(self) -> Iterator[Any]:
+        for batch in self.source:
+            yield _to_device(batch, self.device, self.dtype)
+
+    def batches(self) -> Iterator[Any]:
+        if self.cache is not None:
+            yield from self.cache
+        else:
+            yield from self.raw()
+
+
+class _LossModule(nn.Module):
+    """Wraps model + loss so that `torch.func.functional_call` can swap the probed parameters."""
+
+    def __init__(self, model: nn.Module, compute: Callable[[Any], tuple[Tensor, Any]]):
+        super().__init__()
+        self.model = model
+        self._compute = compute
+
+    def forward(self, batch: Any) -> Tensor:
+        return self._compute(batch)[0]
+
+
+class Probe:
+    """A model, its data and its loss: the one interface every estimator uses.
+
+    Args:
+        model: the network. Its device and dtype are used; it is never moved, changed or left
+            in another mode.
+        data: a `DataLoader`, any re-iterable of batches (a list works), or an
+            `(inputs, targets)` pair of tensors (split into batches of `batch_size`). A batch is
+            `(inputs, targets)` or, with `batch_loss`, anything (a dict, say). Floating-point
+            tensors are cast to the model's dtype.
+        loss_fn: `loss_fn(outputs, targets) -> scalar`, the *mean* over the batch. Defaults to
+            cross-entropy. Ignored when `batch_loss` is given.
+        batch_loss: `batch_loss(model, batch) -> scalar` mean loss of a batch, for models that
+            compute their own loss (language models, dict batches).
+        params: which parameters to probe: None (all trainable ones), a list of names or module
+            prefixes (`"fc1"` selects `fc1.weight` and `fc1.bias`), or a predicate
+            `(name, parameter) -> bool`. Frozen parameters (`requires_grad=False`) are left out.
+        device: optional check: the device the model must be on. The probe never moves the model.
+        batch_size: batch size when `data` is a tensor pair.
+        check_data: on first use, evaluate the loss twice over the data and refuse data that is
+            not deterministic between passes (random augmentation). Shuffling is accepted.
+            Turn off for huge data sets to save one pass.
+        cache_bytes: data batches are kept on the model's device when they fit in this many bytes
+            (default 2 GiB on CPU, a quarter of free memory on CUDA), so repeated passes do not
+            re-run the loader.
+        hvp_method: "auto" (measure and pick), "cached_graph" (double backward on the gradient
+            graph kept from the previous call; memory: all batches' graphs), "double_backward"
+            (from scratch, one batch of activations) or "forward_over_reverse" (`torch.func`).
+        graph_bytes: memory budget for the kept gradient graphs of "cached_graph" (default as
+            `cache_bytes`).
+        n_samples_fn: `n_samples_fn(batch) -> int` for batches whose sample count is not the
+            first dimension of their first tensor.
+
+    Raises:
+        LandscapeError: no trainable parameters, an unknown parameter name, a bad option.
+            Data problems (empty, not deterministic, non-finite loss, a batch that cannot be
+            unpacked) are raised on first use.
+
+    Example:
+        >>> import torch
+        >>> from landscape import Probe
+        >>> model = torch.nn.Linear(3, 2)
+        >>> x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+        >>> probe = Probe(model, (x, y))
+        >>> probe.num_params
+        8
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss_fn: LossFn | None = None,
+        *,
+        batch_loss: BatchLossFn | None = None,
+        params: ParamSelection = None,
+        device: torch.device | str | None = None,
+        batch_size: int = 1024,
+        check_data: bool = True,
+        cache_bytes: int | None = None,
+        hvp_method: str = "auto",
+        graph_bytes: int | None = None,
+        n_samples_fn: Callable[[Any], int] | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        if hvp_method not in HVP_METHODS:
+            raise LandscapeError(f"hvp_method must be one of {HVP_METHODS}; got {hvp_method!r}.")
+        if batch_size < 1:
+            raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
+        self.model = model
+        self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        self.batch_loss = batch_loss
+        self.n_samples_fn = n_samples_fn
+        self.check_data = check_data
+        self.hvp_method = hvp_method
+        self._selection = params
+
+        named = _select_params(model, params)
+        self.param_names: list[str] = [n for n, _ in named]
+        self.params: list[nn.Parameter] = [p for _, p in named]
+        self.param_info: list[ParamInfo] = []
+        start = 0
+        for name, p in named:
+            self.param_info.append(ParamInfo(name, tuple(p.shape), start, start + p.numel()))
+            start += p.numel()
+        self.num_params: int = start
+
+        first = self.params[0]
+        self.device: torch.device = first.device
+        self.dtype: torch.dtype = first.dtype
+        if any(p.dtype != self.dtype for p in self.params):
+            raise LandscapeError(
+                "the probed parameters have mixed dtypes "
+                f"({sorted({str(p.dtype) for p in self.params})}); convert the model to one dtype "
+                "or select parameters of one dtype with params=."
+            )
+        if device is not None and torch.device(device) != self.device:
+            # torch.device("cuda") != torch.device("cuda:0"): compare the type and index loosely.
+            want = torch.device(device)
+            if want.type != self.device.type or (
+                want.index is not None and want.index != self.device.index
+            ):
+                raise LandscapeError(
+                    f"the model is on {self.device} but device={want} was asked for; move the "
+                    f"model first (model.to('{want}')): the probe never moves your model."
+                )
+        budget = cache_bytes if cache_bytes is not None else _default_budget(self.device)
+        self.graph_bytes = graph_bytes if graph_bytes is not None else budget
+        self._data = _Data(data, batch_size, self.device, self.dtype, budget)
+        self._counts = {"n_forward": 0, "n_gradient": 0, "n_hvp": 0, "n_batch_forward": 0}
+        self._graph: tuple[Tensor, list[int]] | None = None  # (flat gradient with graph, versions)
+        self._chosen_hvp: str | None = None
+        self._n_samples: int | None = None
+        self._loss_module = _LossModule(model, self._compute_batch)
+
+    # ------------------------------------------------------------------ public: structure
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples in the data (known after the first pass)."""
+        self._prepare()
+        assert self._n_samples is not None
+        return self._n_samples
+
+    @property
+    def hvp_method_used(self) -> str | None:
+        """The HVP method picked by "auto" (None before the first HVP)."""
+        return self._chosen_hvp
+
+    def flat_params(self) -> Tensor:
+        """A detached copy of the probed parameters as one flat vector (the point w)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector into views shaped like the probed parameters, keyed by name."""
+        flat = self._check_vector(flat, "vector")
+        return {i.name: flat[i.start : i.stop].view(i.shape) for i in self.param_info}
+
+    def layers(self) -> dict[str, list[ParamInfo]]:
+        """Probed parameters grouped by owning module, in order (`"fc1": [weight, bias]`)."""
+        groups: dict[str, list[ParamInfo]] = {}
+        for info in self.param_info:
+            groups.setdefault(info.layer or info.name, []).append(info)
+        return groups
+
+    def restricted(self, params: ParamSelection) -> Probe:
+        """A probe of the same model and data over a subset of the parameters.
+
+        The data cache and first-use checks are shared; flat vectors of the new probe cover only
+        the selected parameters (its Hessian is the corresponding block of this one's).
+        """
+        selected = _select_params(self.model, params)
+        keep = set(self.param_names)
+        outside = [n for n, _ in selected if n not in keep]
+        if outside:
+            raise LandscapeError(
+                f"parameters {outside} are not probed by this probe; choose among "
+                f"{self.param_names}."
+            )
+        names = [n for n, _ in selected]
+        return self._clone(params=names)
+
+    def meter(self) -> Meter:
+        """Start measuring cost: `m = probe.meter(); ...; m.cost()`."""
+        return Meter(self)
+
+    # ------------------------------------------------------------------ public: measurements
+
+    def loss(self, delta: Tensor | None = None) -> float:
+        """L(w + delta): the sample-weighted mean loss over all data (delta None: at w).
+
+        A non-finite loss at a displaced point is returned as is (NaN or inf), not raised.
+        """
+        return self.evaluate(delta).loss
+
+    def evaluate(self, delta: Tensor | None = None) -> Evaluation:
+        """Loss and (for classification) accuracy at w + delta, in one pass over the data."""
+        with self._session(delta), torch.no_grad():
+            return self._evaluate_here()
+
+    def evaluate_points(
+        self, directions: Sequence[Tensor], coords: Iterable[Sequence[float]],
+        offset: Tensor | None = None,
+    ) -> Iterator[Evaluation]:
+        """Evaluate L(w + offset + sum_k c_k d_k) for each coordinate tuple c, lazily.
+
+        The parameters are written in place for each point (no per-point allocation) and
+        restored bitwise when the generator finishes, is closed, or raises.
+        """
+        dirs = [self._split(self._check_vector(d, "direction")) for d in directions]
+        base = None if offset is None else self._split(self._check_vector(offset, "offset"))
+        with self._session(None), torch.no_grad():
+            backup = [p.detach().clone() for p in self.params]
+            try:
+                for c in coords:
+                    if len(c) != len(dirs):
+                        raise LandscapeError(
+                            f"each point needs {len(dirs)} coordinates; got {len(c)}."
+                        )
+                    for i, p in enumerate(self.params):
+                        p.copy_(backup[i])
+                        if base is not None:
+                            p.add_(base[i])
+                        for ck, dk in zip(c, dirs):
+                            p.add_(dk[i], alpha=float(ck))
+                    yield self._evaluate_here()
+            finally:
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+    def gradient(self, delta: Tensor | None = None) -> Tensor:
+        """grad L(w + delta) as a flat vector (zeros for parameters that do not reach the loss)."""
+        return self.loss_and_gradient(delta)[1]
+
+    def loss_and_gradient(self, delta: Tensor | None = None) -> tuple[float, Tensor]:
+        """(L(w + delta), grad L(w + delta)) from one forward and backward pass over the data."""
+        with self._session(delta):
+            total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+            loss_sum, n = 0.0, 0
+            for batch in self._data.batches():
+                loss, n_b, _ = self._compute_batch(batch)
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                total.add_(self._flat(grads), alpha=n_b)
+                loss_sum += float(loss.detach()) * n_b
+                n += n_b
+            self._counts["n_gradient"] += 1
+            return loss_sum / n, total.div_(n)
+
+    def hvp(self, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        """H v with H the Hessian of L at w + delta (exact; flat vector in, flat vector out).
+
+        At w the method is chosen on first use (`hvp_method="auto"`): the gradient graph is kept
+        and reused when all batches' graphs fit `graph_bytes` (measured with saved-tensor hooks),
+        otherwise the faster of double backward and forward-over-reverse, timed on one batch.
+        """
+        v = self._check_vector(v, "v")
+        with self._session(delta):
+            method = self._pick_hvp_method(v, at_checkpoint=delta is None)
+            if method == "cached_graph":
+                out = self._hvp_cached(v)
+            else:
+                out = self._hvp_batches(v, method)
+            self._counts["n_hvp"] += 1
+            return out
+
+    def gradient_and_hvp(
+        self, v: Tensor | None = None, delta: Tensor | None = None
+    ) -> tuple[float, Tensor, Tensor]:
+        """(L, g, H v) at w + delta in one double-backward pass; `v=None` means v = g.
+
+        The step of first-order flatness (the gradient of ||g|| is H g / ||g||) needs exactly this.
+        """
+        if v is not None:
+            v = self._check_vector(v, "v")
+        with self._session(delta):
+            g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+            loss_sum, n, graphs = 0.0, 0, []
+            for batch in self._data.batches():
+                loss, n_b, _ = self._compute_batch(batch)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                g_total.add_(self._flat(grads).detach(), alpha=n_b)
+                loss_sum += float(loss.detach()) * n_b
+                n += n_b
+                graphs.append((grads, n_b))
+            g_total.div_(n)
+            vec = g_total if v is None else v
+            hv = torch.zeros_like(g_total)
+            for grads, n_b in graphs:
+                hv.add_(self._vjp_of_grads(grads, vec), alpha=n_b / n)
+            self._counts["n_gradient"] += 1
+            self._counts["n_hvp"] += 1
+            return loss_sum / n, g_total, hv
+
+    def ggn_vp(self, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        """G v with G = mean over samples of J^T H_out J, the generalized Gauss-Newton matrix.
+
+        J is the Jacobian of the model outputs with respect to the probed parameters, H_out the
+        Hessian of the loss with respect to the outputs. G is positive semi-definite for convex
+        losses (cross-entropy, MSE). Needs `(inputs, targets)` batches and `loss_fn`.
+        """
+        v = self._check_vector(v, "v")
+        if self.batch_loss is not None:
+            raise LandscapeError(
+                "the Gauss-Newton matrix needs the model outputs and loss_fn separately; it is not "
+                "available with batch_loss=. Use curvature='hessian' instead."
+            )
+        with self._session(delta):
+            vs = self._split(v)
+            total = torch.zeros_like(v)
+            n = 0
+            for batch in self._data.batches():
+                inputs, targets = _unpack(batch)
+                outputs = _call_model(self.model, inputs)
+                self._counts["n_batch_forward"] += 1
+                n_b = self._batch_n_samples(batch)
+                # J v by the double-vjp trick: d/du <J^T u, v> = J v.
+                u = torch.zeros_like(outputs, requires_grad=True)
+                jtu = torch.autograd.grad(outputs, self.params, grad_outputs=u,
+                                          create_graph=True, allow_unused=True)
+                pairs = [(g, vi) for g, vi in zip(jtu, vs) if g is not None]
+                if not pairs:
+                    n += n_b
+                    continue
+                jv = torch.autograd.grad(sum((g * vi).sum() for g, vi in pairs), u)[0]
+                out = outputs.detach().requires_grad_(True)
+                loss = self.loss_fn(out, targets)
+                dl = torch.autograd.grad(loss, out, create_graph=True)[0]
+                if dl.requires_grad:
+                    h_jv = torch.autograd.grad(dl, out, grad_outputs=jv)[0]
+                else:
+                    h_jv = torch.zeros_like(out)
+                jt = torch.autograd.grad(outputs, self.params, grad_outputs=h_jv,
+                                         allow_unused=True)
+                total.add_(self._flat(jt), alpha=n_b)
+                n += n_b
+            self._counts["n_hvp"] += 1
+            return total.div_(n)
+
+    def hessian_operator(self, curvature: str = "hessian"):
+        """The Hessian (or GGN, `curvature="ggn"`) at w as a `scipy.sparse.linalg.LinearOperator`.
+
+        It works on float64 numpy vectors, so `scipy.sparse.linalg.eigsh(op, k=3)` just works.
+        Each matvec costs one HVP on the probe's device.
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        if curvature not in ("hessian", "ggn"):
+            raise LandscapeError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}.")
+        product = self.hvp if curvature == "hessian" else self.ggn_vp
+
+        def matvec(x):
+            v = torch.as_tensor(x.reshape(-1), dtype=self.dtype, device=self.device)
+            return product(v).detach().cpu().double().numpy()
+
+        return LinearOperator((self.num_params, self.num_params), matvec=matvec, rmatvec=matvec,
+                              dtype="float64")
+
+    @contextlib.contextmanager
+    def perturbed(self, delta: Tensor) -> Iterator[Probe]:
+        """Within the block the model's parameters are w + delta (in eval mode); restored after.
+
+        For code that must call the model itself (a custom metric). Probe methods called inside
+        measure at the displaced point.
+        """
+        with self._session(self._check_vector(delta, "delta")):
+            yield self
+
+    def subset(self, n_samples: int, seed: int = 0) -> Probe:
+        """A probe over `n_samples` samples drawn without replacement (a fixed subset)."""
+        batches = self._sample_batches()
+        total = sum(n for _, n in batches)
+        if not 1 <= n_samples <= total:
+            raise LandscapeError(f"n_samples must be in [1, {total}]; got {n_samples}.")
+        gen = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(total, generator=gen)[:n_samples].sort().values
+        return self._clone(data=_gather_samples(batches, chosen), check_data=False)
+
+    def sample_groups(self, m: int) -> list[Probe]:
+        """Probes over consecutive groups of `m` samples (the last may be smaller), for m-sharpness."""
+        batches = self._sample_batches()
+        total = sum(n for _, n in batches)
+        if not 1 <= m <= total:
+            raise LandscapeError(f"m must be in [1, {total}] (the number of samples); got {m}.")
+        return [
+            self._clone(data=_gather_samples(batches, torch.arange(s, min(s + m, total))),
+                        check_data=False)
+            for s in range(0, total, m)
+        ]
+
+    # ------------------------------------------------------------------ internals: passes
+
+    def _clone(self, **overrides: Any) -> Probe:
+        kwargs = dict(
+            loss_fn=self.loss_fn, batch_loss=self.batch_loss, params=self.param_names,
+            check_data=self.check_data, cache_bytes=self._data.cache_bytes,
+            hvp_method=self.hvp_method, graph_bytes=self.graph_bytes, n_samples_fn=self.n_samples_fn,
+        )
+        data = overrides.pop("data", None)
+        kwargs.update(overrides)
+        new = Probe(self.model, [] if data is None else data, **kwargs)
+        if data is None:  # share the data and the result of its checks
+            self._prepare()
+            new._data = self._data
+            new._n_samples = self._n_samples
+        return new
+
+    def _compute_batch(self, batch: Any) -> tuple[Tensor, int, Tensor | None]:
+        """(mean loss, n samples, n correct or None) of one batch at the current parameters."""
+        self._counts["n_batch_forward"] += 1
+        n_b = self._batch_n_samples(batch)
+        correct = None
+        if self.batch_loss is not None:
+            loss = self.batch_loss(self.model, batch)
+        else:
+            inputs, targets = _unpack(batch)
+            outputs = _call_model(self.model, inputs)
+            loss = self.loss_fn(outputs, targets)
+            if (isinstance(outputs, Tensor) and outputs.ndim == 2 and isinstance(targets, Tensor)
+                    and targets.ndim == 1 and not targets.is_floating_point()):
+                correct = (outputs.detach().argmax(1) == targets).sum()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise LandscapeError(
+                f"the loss must be a scalar tensor (the mean over the batch); got {shape}. "
+                "Use reduction='mean' in loss_fn, or return loss.mean() from batch_loss."
+            )
+        return loss.reshape(()), n_b, correct
+
+    def _evaluate_here(self) -> Evaluation:
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct_sum = torch.zeros((), device=self.device, dtype=torch.int64)
+        n, has_acc = 0, True
+        for batch in self._data.batches():
+            loss, n_b, correct = self._compute_batch(batch)
+            loss_sum += loss.double() * n_b
+            if correct is None:
+                has_acc = False
+            else:
+                correct_sum += correct
+            n += n_b
+        self._counts["n_forward"] += 1
+        if n == 0:
+            raise LandscapeError("data is empty: the loader yielded no batches.")
+        accuracy = float(correct_sum) / n if has_acc else None
+        return Evaluation(float(loss_sum) / n, accuracy, n)
+
+    def _hvp_batches(self, v: Tensor, method: str) -> Tensor:
+        total = torch.zeros_like(v)
+        n = 0
+        for batch in self._data.batches():
+            hv, n_b = self._hvp_one_batch(batch, v, method)
+            total.add_(hv, alpha=n_b)
+            n += n_b
+        return total.div_(n)
+
+    def _hvp_one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:
+        if method == "forward_over_reverse":
+            from torch.func import functional_call, grad, jvp
+
+            primals = {"model." + n: p.detach() for n, p in zip(self.param_names, self.params)}
+            tangents = {"model." + k: t for k, t in self.unflatten(v).items()}
+
+            def loss_of(p):
+                return functional_call(self._loss_module, p, (batch,))
+
+            _, hv = jvp(grad(loss_of), (primals,), (tangents,))
+            n_b = self._batch_n_samples(batch)
+            return torch.cat([hv["model." + n].reshape(-1) for n in self.param_names]), n_b
+        loss, n_b, _ = self._compute_batch(batch)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return self._vjp_of_grads(grads, v), n_b
+
+    def _vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
+        """d/dw <g(w), v> = H v, from a gradient computed with create_graph=True."""
+        terms = [(g * vi).sum() for g, vi in zip(grads, self._split(v))
+                 if g is not None and g.requires_grad]
+        if not terms:  # the loss is at most linear in the probed parameters: H = 0
+            return torch.zeros_like(v)
+        out = torch.autograd.grad(sum(terms), self.params, retain_graph=True, allow_unused=True)
+        return self._flat(out)
+
+    def _hvp_cached(self, v: Tensor) -> Tensor:
+        versions = [p._version for p in self.params]
+        if self._graph is None or self._graph[1] != versions:
+            self._graph = None
+            self._graph = (self._build_graph(), versions)
+        flat_g = self._graph[0]
+        if not flat_g.requires_grad:
+            return torch.zeros_like(v)
+        out = torch.autograd.grad(flat_g, self.params, grad_outputs=v, retain_graph=True,
+                                  allow_unused=True)
+        return self._flat(out)
+
+    def _build_graph(self) -> Tensor:
+        """The full-data gradient at w with its graph kept (create_graph=True)."""
+        parts, n = [], 0
+        for batch in self._data.batches():
+            loss, n_b, _ = self._compute_batch(batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            parts.append((self._flat(grads), n_b))
+            n += n_b
+        return sum(g * (n_b / n) for g, n_b in parts)
+
+    def _graph_bytes_estimate(self) -> int:
+        """Bytes of tensors saved by autograd for all batches' gradient graphs (measured)."""
+        saved = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        batch = next(iter(self._data.batches()))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, n_b, _ = self._compute_batch(batch)
+            torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return int(saved * self.n_samples / max(n_b, 1))
+
+    def _pick_hvp_method(self, v: Tensor, at_checkpoint: bool) -> str:
+        if self.hvp_method != "auto":
+            if self.hvp_method == "cached_graph" and not at_checkpoint:
+                return "double_backward"
+            return self.hvp_method
+        if self._chosen_hvp is None:
+            if self._data.cache is not None and self._graph_bytes_estimate() <= self.graph_bytes:
+                self._chosen_hvp = "cached_graph"
+            else:
+                self._chosen_hvp = self._fastest_uncached(v)
+        if self._chosen_hvp == "cached_graph" and not at_checkpoint:
+            return "double_backward"
+        return self._chosen_hvp
+
+    def _fastest_uncached(self, v: Tensor) -> str:
+        batch = next(iter(self._data.batches()))
+        timings = {}
+        for method in ("double_backward", "forward_over_reverse"):
+            try:
+                self._hvp_one_batch(batch, v, method)  # warm-up
+                t0 = time.perf_counter()
+                self._hvp_one_batch(batch, v, method)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                timings[method] = time.perf_counter() - t0
+            except Exception:  # noqa: BLE001 - a method the model does not support is skipped
+                continue
+        return min(timings, key=timings.get) if timings else "double_backward"
+
+    # ------------------------------------------------------------------ internals: safety
+
+    @contextlib.contextmanager
+    def _session(self, delta: Tensor | None) -> Iterator[None]:
+        """Eval mode and (optionally) parameters at w + delta; both restored on exit."""
+        if delta is not None:
+            delta = self._check_vector(delta, "delta")
+        self._prepare()
+        modes = [(m, m.training) for m in self.model.modules()]
+        backup = None
+        try:
+            self.model.eval()
+            if delta is not None:
+                with torch.no_grad():
+                    backup = [p.detach().clone() for p in self.params]
+                    for p, d in zip(self.params, self._split(delta)):
+                        p.add_(d)
+            yield
+        finally:
+            if backup is not None:
+                with torch.no_grad():
+                    for p, b in zip(self.params, backup):
+                        p.copy_(b)
+            for m, mode in modes:
+                m.training = mode
+
+    def _prepare(self) -> None:
+        """First use: fill the device cache, check the data is non-empty, finite, deterministic."""
+        data = self._data
+        if data.checked:
+            return
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                cache: list[Any] | None = []
+                used = 0
+                loss_sum, n, n_batches = 0.0, 0, 0
+                for batch in data.raw():
+                    loss, n_b, _ = self._compute_batch(batch)
+                    loss_sum += float(loss.double()) * n_b
+                    n += n_b
+                    n_batches += 1
+                    if cache is not None:
+                        used += _nbytes(batch)
+                        if used <= data.cache_bytes:
+                            cache.append(batch)
+                        else:
+                            cache = None
+                if n_batches == 0 or n == 0:
+                    raise LandscapeError(
+                        "data is empty: the loader yielded no batches (or only empty ones). "
+                        "Pass a DataLoader, a list of batches, or an (inputs, targets) pair."
+                    )
+                loss0 = loss_sum / n
+                if not math.isfinite(loss0):
+                    raise LandscapeError(
+                        f"the loss at the checkpoint is not finite ({loss0}); check the "
+                        "checkpoint, the loss function and the inputs (NaN or inf in the data?)."
+                    )
+                if self.check_data:
+                    loss_sum2, n2 = 0.0, 0
+                    for batch in data.raw():
+                        loss, n_b, _ = self._compute_batch(batch)
+                        loss_sum2 += float(loss.double()) * n_b
+                        n2 += n_b
+                    loss1 = loss_sum2 / max(n2, 1)
+                    tol = (1e-9 if self.dtype == torch.float64 else 1e-4) * max(1.0, abs(loss0))
+                    if n2 != n or not abs(loss1 - loss0) <= tol:
+                        raise LandscapeError(
+                            "data is not deterministic between two passes: the loss was "
+                            f"{loss0:.8g} on {n} samples, then {loss1:.8g} on {n2} samples. "
+                            "Random augmentation (or a sampler that draws a different subset) "
+                            "makes every estimate wrong: use the evaluation transforms. "
+                            "Shuffling is fine. To skip this check pass check_data=False."
+                        )
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        data.cache = cache
+        data.checked = True
+        self._n_samples = n
+
+    # ------------------------------------------------------------------ internals: vectors
+
+    def _check_vector(self, v: Any, what: str) -> Tensor:
+        if not isinstance(v, Tensor):
+            raise LandscapeError(f"{what} must be a torch.Tensor; got {type(v).__name__}.")
+        if v.numel() != self.num_params:
+            raise LandscapeError(
+                f"{what} has {v.numel()} entries but the probe has num_params="
+                f"{self.num_params}; build it with probe.num_params entries."
+            )
+        if v.dtype != self.dtype:
+            raise LandscapeError(
+                f"{what} has dtype {v.dtype} but the model's parameters are {self.dtype}; "
+                f"convert it with .to({self.dtype})."
+            )
+        return v.detach().reshape(-1).to(self.device)
+
+    def _split(self, flat: Tensor) -> list[Tensor]:
+        return [flat[i.start : i.stop].view(i.shape) for i in self.param_info]
+
+    def _flat(self, tensors: Sequence[Tensor | None]) -> Tensor:
+        return torch.cat([
+            (t if t is not None else torch.zeros_like(p)).reshape(-1)
+            for t, p in zip(tensors, self.params)
+        ])
+
+    def _batch_n_samples(self, batch: Any) -> int:
+        if self.n_samples_fn is not None:
+            return int(self.n_samples_fn(batch))
+        if self.batch_loss is None:
+            inputs, targets = _unpack(batch)
+            first = _first_tensor(targets)
+            if first is None or first.ndim == 0:
+                first = _first_tensor(inputs)
+        else:
+            first = _first_tensor(batch)
+        if first is None or first.ndim == 0:
+            raise LandscapeError(
+                f"cannot count the samples of a batch of type {type(batch).__name__}: no tensor "
+                "with a batch dimension; pass n_samples_fn=lambda batch: ... to the Probe."
+            )
+        return int(first.shape[0])
+
+    def _sample_batches(self) -> list[tuple[Any, int]]:
+        self._prepare()
+        out = [(b, self._batch_n_samples(b)) for b in self._data.batches()]
+        return out
+
+
+# ---------------------------------------------------------------------- module helpers
+
+
+def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    if not trainable:
+        raise LandscapeError(
+            "the model has no trainable parameters (all have requires_grad=False); unfreeze the "
+            "ones to measure with p.requires_grad_(True)."
+        )
+    if selection is None:
+        return trainable
+    if callable(selection):
+        chosen = [(n, p) for n, p in trainable if selection(n, p)]
+        if not chosen:
+            raise LandscapeError("the params= predicate selected no trainable parameter.")
+        return chosen
+    if isinstance(selection, str):
+        selection = [selection]
+    frozen = {n for n, p in named if not p.requires_grad}
+    chosen_names: set[str] = set()
+    for want in selection:
+        hits = [n for n, _ in trainable if n == want or n.startswith(want + ".")]
+        if not hits:
+            if want in frozen:
+                raise LandscapeError(
+                    f"parameter {want!r} is frozen (requires_grad=False) and cannot be probed; "
+                    "unfreeze it or leave it out."
+                )
+            raise LandscapeError(
+                f"no trainable parameter is named {want!r} (or starts with {want + '.'!r}); "
+                f"available: {[n for n, _ in trainable]}."
+            )
+        chosen_names.update(hits)
+    return [(n, p) for n, p in trainable if n in chosen_names]
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return _DEFAULT_CPU_BUDGET
+
+
+class _TensorPairBatches:
+    def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int):
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for s in range(0, len(self.inputs), self.batch_size):
+            yield self.inputs[s : s + self.batch_size], self.targets[s : s + self.batch_size]
+
+
+def _as_reiterable(data: Any, batch_size: int) -> Iterable[Any]:
+    if (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor)
+            and isinstance(data[1], Tensor) and data[0].ndim > 0 and data[1].ndim > 0
+            and len(data[0]) == len(data[1])):
+        return _TensorPairBatches(data[0], data[1], batch_size)
+    if isinstance(data, Tensor):
+        raise LandscapeError(
+            "data is a single tensor; pass an (inputs, targets) pair, a DataLoader, or a list "
+            "of batches."
+        )
+    try:
+        it = iter(data)
+    except TypeError:
+        raise LandscapeError(
+            f"data of type {type(data).__name__} is not iterable; pass a DataLoader, a list of "
+            "batches, or an (inputs, targets) pair of tensors."
+        ) from None
+    if it is data:
+        raise LandscapeError(
+            "data is a one-shot iterator (a generator?); the probe passes over the data many "
+            "times. Pass a DataLoader or a list of batches."
+        )
+    return data
+
+
+def _to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(batch, Tensor):
+        if batch.is_floating_point():
+            return batch.to(device=device, dtype=dtype)
+        return batch.to(device=device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [_to_device(v, device, dtype) for v in batch]
+        return tuple(moved) if isinstance(batch, tuple) else moved
+    return batch
+
+
+def _unpack(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    kind = type(batch).__name__
+    hint = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
+    raise LandscapeError(
+        f"cannot unpack a batch of type {kind}{hint}: expected (inputs, targets). For dict "
+        "batches or models that compute their own loss, pass "
+        "batch_loss=lambda model, batch: ... (returning the mean loss) to the Probe."
+    )
+
+
+def _call_model(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _first_tensor(obj: Any) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _slice_samples(obj: Any, index: Tensor, n: int) -> Any:
+    """Index every tensor whose first dimension is the batch dimension (length n)."""
+    if isinstance(obj, Tensor) and obj.ndim > 0 and obj.shape[0] == n:
+        return obj[index.to(obj.device)]
+    if isinstance(obj, dict):
+        return {k: _slice_samples(v, index, n) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_slice_samples(v, index, n) for v in obj]
+        return tuple(out) if isinstance(obj, tuple) else out
+    return obj
+
+
+def _gather_samples(batches: list[tuple[Any, int]], chosen: Tensor) -> list[Any]:
+    """The batches restricted to the chosen global sample indices (sorted), batch by batch."""
+    out, start = [], 0
+    for batch, n_b in batches:
+        local = chosen[(chosen >= start) & (chosen < start + n_b)] - start
+        if len(local):
+            out.append(_slice_samples(batch, local, n_b))
+        start += n_b
+    return out
