@@ -13,7 +13,7 @@ from .probe import Probe
 
 def run_demo(out: str = "demo-output", seed: int = 0, progress: bool = False,
              echo: Callable[[str], None] | None = None) -> dict:
-    """Train the digits MLP briefly, probe its minimum, write `out/demo.json`; return the numbers."""
+    """Train the digits MLP briefly, probe its minimum, write `out/demo.json`; return numbers."""
     say = echo or (lambda _msg: None)
     train_loader, _ = digits_loaders(batch_size=64, seed=seed)
     model = train(digits_mlp(seed=seed), train_loader, epochs=5, lr=0.05, seed=seed)

@@ -89,7 +89,8 @@ def test_ggn_vp_matches_explicit_gauss_newton():
     H_out = torch.autograd.functional.hessian(
         lambda o: nn.functional.cross_entropy(o.view_as(out), y), out.reshape(-1))
     G = J.T @ H_out @ J
-    v = torch.randn(probe.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(probe.num_params, dtype=torch.float64, generator=gen)
     assert torch.allclose(probe.ggn_vp(v), G @ v, atol=1e-10)
     assert torch.linalg.eigvalsh(G).min() > -1e-10  # PSD
 
@@ -227,10 +228,15 @@ def test_model_untouched_after_every_call_and_after_errors(snapshot):
     probe = Probe(model, DataLoader(TensorDataset(x, y), batch_size=20))
     n = probe.num_params
     v = torch.ones(n, dtype=torch.float64)
-    probe.loss(); probe.gradient(); probe.hvp(v); probe.hvp(v, 0.01 * v)
-    probe.ggn_vp(v); probe.gradient_and_hvp(v, v * 0.01); probe.evaluate(v * 0.01)
-    list(probe.evaluate_points([v], [(0.1,), (-0.2,)]))
-    probe.subset(10).loss(); probe.sample_groups(30)[0].gradient()
+    calls = [
+        probe.loss, probe.gradient, lambda: probe.hvp(v), lambda: probe.hvp(v, 0.01 * v),
+        lambda: probe.ggn_vp(v), lambda: probe.gradient_and_hvp(v, v * 0.01),
+        lambda: probe.evaluate(v * 0.01),
+        lambda: list(probe.evaluate_points([v], [(0.1,), (-0.2,)])),
+        lambda: probe.subset(10).loss(), lambda: probe.sample_groups(30)[0].gradient(),
+    ]
+    for call in calls:
+        call()
     with probe.perturbed(v):
         pass
     snap.assert_unchanged()
