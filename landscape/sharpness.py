@@ -454,6 +454,7 @@ def ascent(
     restarts: int,
     gen: torch.Generator,
     value0: float,
+    initial_step: float = 2.0,
     momentum: float = 0.75,
     schedule: bool = True,
     progress: bool = False,
@@ -464,15 +465,15 @@ def ascent(
     step follows the gradient (it lands on SAM's point rho grad_u / ||grad_u||) and at a
     minimum, where the gradient vanishes, it follows the curvature; further restarts start at
     half the radius, for diversity (l2: a random direction; linf: uniform in the box of that
-    half-width), on the coordinates where c != 0. Each takes `steps`
-    steps of size eta_k (eta_0 = 2 rho) with direction grad_u / ||grad_u||_2 (l2) or
-    sign(grad_u) (linf), grad_u = c * grad_delta, and momentum as in APGD:
+    half-width), on the coordinates where c != 0. Each restart takes `steps` steps of size
+    eta_k (eta_0 = initial_step * rho) in the direction d_k = grad_u / ||grad_u||_2 (l2) or
+    sign(grad_u) (linf), grad_u = c * grad_delta, with momentum as in APGD:
     z = P(u_k + eta_k d_k), u_{k+1} = P(u_k + a (z - u_k) + (1 - a)(u_k - u_{k-1})), a = 0.75.
     With `schedule`, at each APGD checkpoint the step is halved and the iterate reset to the
     best point when fewer than 75% of the steps since the last checkpoint increased the
     objective, or when neither the step nor the best value changed since then. The final
     iterate is evaluated too (one forward, no gradient). `schedule=False, momentum=1.0` is
-    plain projected gradient ascent with a constant step.
+    plain projected gradient ascent with the constant step `initial_step * rho`.
 
     Returns:
         (best value, best u), starting from (value0, 0): the objective at the center counts.
@@ -503,7 +504,7 @@ def ascent(
             z = _randn(c, gen) * active
             u = z * (radius * rho / max(float(z.norm()), 1e-300))
         u_prev = u
-        step = 2.0 * rho
+        step = initial_step * rho
         run_best_v, run_best_u = -math.inf, u
         prev_v, n_up, last_check = -math.inf, 0, 0
         step_at_check, best_at_check = step, -math.inf
