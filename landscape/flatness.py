@@ -115,7 +115,7 @@ def first_order_flatness(
         >>> round(first_order_flatness(probe, 0.1).value, 6)  # rho^2 lambda_max
         0.03
     """
-    rhos = _check_rho(rho)
+    rhos, many = _check_rho(rho)
     _check_int("steps", steps, 1)
     _check_int("restarts", restarts, 1)
     if perturb not in PERTURB:
@@ -126,7 +126,7 @@ def first_order_flatness(
             "perturb='weights' but no probed parameter has ndim > 1; use perturb='all'."
         )
     out = [_flatness_one(probe, r, c, steps, restarts, perturb, seed, progress) for r in rhos]
-    return out if isinstance(rho, Sequence) else out[0]
+    return out if many else out[0]
 
 
 def _flatness_one(probe: Probe, rho: float, c: Tensor, steps: int, restarts: int, perturb: str,

@@ -216,7 +216,7 @@ def sharpness(
         >>> round(sharpness(probe, 0.1).value, 6)  # rho^2 lambda_max / 2
         0.015
     """
-    rhos = _check_rho(rho)
+    rhos, many = _check_rho(rho)
     _check_options(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                    restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, by=by)
     settings = dict(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
@@ -229,7 +229,7 @@ def sharpness(
             out.append(_by_layer(probe, r, c, settings))
         else:
             out.append(_measure(probe, r, c, settings))
-    return out if isinstance(rho, Sequence) else out[0]
+    return out if many else out[0]
 
 
 def adaptive_sharpness(probe: Probe, rho: float | Sequence[float], **kwargs: Any):
@@ -270,15 +270,22 @@ def scaling(probe: Probe, adaptive: bool | str = False, *, eta: float = 0.0,
 # ---------------------------------------------------------------------- validation
 
 
-def _check_rho(rho: Any) -> list[float]:
-    rhos = list(rho) if isinstance(rho, Sequence) and not isinstance(rho, str) else [rho]
-    if not rhos:
+def _check_rho(rho: Any) -> tuple[list[float], bool]:
+    """(radii, whether a list was given): a number, or a list, tuple or 1-D array of them."""
+    many = isinstance(rho, (list, tuple)) or getattr(rho, "ndim", 0) == 1
+    items = list(rho) if many else [rho]
+    if not items:
         raise LandscapeError("rho is an empty list; give at least one radius.")
-    for r in rhos:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) \
-                or r <= 0:
+    radii = []
+    for r in items:
+        try:
+            value = float(r)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a multi-element tensor
+            value = math.nan
+        if isinstance(r, (bool, str)) or not math.isfinite(value) or value <= 0:
             raise LandscapeError(f"rho must be a positive finite number; got {r!r}.")
-    return [float(r) for r in rhos]
+        radii.append(value)
+    return radii, many
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import scipy.optimize
 import torch
@@ -345,7 +346,8 @@ def test_model_untouched_seed_reproduces_and_lists(snapshot):
     w2 = sharpness(probe, 0.1, steps=5, seed=4, norm="linf", adaptive="filter")
     assert w1.value == w2.value and torch.equal(w1.delta, w2.delta)
     sharpness(probe, 0.1, steps=3, m=7, by="layer")
-    first_order_flatness(probe, [0.1, 0.2], steps=3)
+    flats = first_order_flatness(probe, np.array([0.1, 0.2]), steps=3)
+    assert [f.rho for f in flats] == [0.1, 0.2]
     snap.assert_unchanged()
     d = a[0].to_dict()
     assert "delta" not in d and d["seed"] == 1 and d["stderr"] > 0
@@ -381,6 +383,8 @@ def test_apgd_checkpoints():
     (dict(rho="big"), "rho must be a positive"),
     (dict(rho=[]), "rho is an empty list"),
     (dict(rho=[0.1, -1.0]), "rho must be a positive"),
+    (dict(rho=True), "rho must be a positive"),
+    (dict(rho=torch.tensor([[0.1, 0.2]])), "rho must be a positive"),
     (dict(norm="l3"), "norm must be one of"),
     (dict(kind="max"), "kind must be one of"),
     (dict(adaptive="yes"), "adaptive must be one of"),
