@@ -5,7 +5,9 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 
 from .checkpoint import load_checkpoint, read_state_dict
 from .errors import LandscapeError
+from .flatness import FlatnessResult, first_order_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
+from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,13 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "read_state_dict",
+    # sharpness and flatness
+    "sharpness",
+    "adaptive_sharpness",
+    "first_order_flatness",
+    "SharpnessResult",
+    "LayerSharpnessResult",
+    "FlatnessResult",
     # errors
     "LandscapeError",
 ]
