@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .distributed import Comm, resolve_comm, shard_source
 from .errors import LandscapeError
 
 LossFn = Callable[[Any, Any], Tensor]
@@ -109,13 +110,14 @@ class _Data:
     """The probe's data: the user's source, a device cache, and the first-use checks."""
 
     def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype,
-                 cache_bytes: int):
-        self.source = _as_reiterable(data, batch_size)
+                 cache_bytes: int, comm: Comm):
+        self.source = shard_source(_as_reiterable(data, batch_size), comm)
         self.device = device
         self.dtype = dtype
         self.cache_bytes = cache_bytes
         self.cache: list[Any] | None = None
         self.checked = False
+        self.n_local = 0  # samples in this rank's share (all samples when not distributed)
 
     def raw(self) -> Iterator[Any]:
         for batch in self.source:
@@ -172,6 +174,12 @@ class Probe:
             `cache_bytes`).
         n_samples_fn: `n_samples_fn(batch) -> int` for batches whose sample count is not the
             first dimension of their first tensor.
+        distributed: "auto" (default): when `torch.distributed` is initialized, shard the
+            batches across the ranks (rank r takes batches i with i % world_size == r, or keeps
+            its own with a `DistributedSampler` loader) and all-reduce every sum, so each rank
+            returns the single-process value on all the data. False: ignore the process group.
+            True: require it. A `ProcessGroup`: use that group instead of the default one.
+            Every rank must then call the same methods in the same order.
 
     Raises:
         LandscapeError: no trainable parameters, an unknown parameter name, a bad option.
@@ -203,6 +211,7 @@ class Probe:
         hvp_method: str = "auto",
         graph_bytes: int | None = None,
         n_samples_fn: Callable[[Any], int] | None = None,
+        distributed: bool | str | Any = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -249,9 +258,11 @@ class Probe:
                 )
         budget = cache_bytes if cache_bytes is not None else _default_budget(self.device)
         self.graph_bytes = graph_bytes if graph_bytes is not None else budget
-        self._data = _Data(data, batch_size, self.device, self.dtype, budget)
+        self._comm = resolve_comm(distributed, self.device)
+        self._data = _Data(data, batch_size, self.device, self.dtype, budget, self._comm)
         self._counts = {"n_forward": 0, "n_gradient": 0, "n_hvp": 0, "n_batch_forward": 0}
-        self._graph: tuple[Tensor, list[int]] | None = None  # (flat gradient with graph, versions)
+        # (sum of n_b g_b with its graph, n samples, parameter versions), this rank's batches
+        self._graph: tuple[Tensor, int, list[int]] | None = None
         self._chosen_hvp: str | None = None
         self._n_samples: int | None = None
         self._loss_module = _LossModule(model, self._compute_batch)
@@ -260,10 +271,25 @@ class Probe:
 
     @property
     def n_samples(self) -> int:
-        """Number of samples in the data (known after the first pass)."""
+        """Number of samples in the data, over all ranks (known after the first pass)."""
         self._prepare()
         assert self._n_samples is not None
         return self._n_samples
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks sharing the data (1 when not distributed)."""
+        return self._comm.world_size
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the probe's process group (0 when not distributed)."""
+        return self._comm.rank
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when the batches are sharded and the sums all-reduced over a process group."""
+        return self._comm.active
 
     @property
     def hvp_method_used(self) -> str | None:
@@ -359,13 +385,17 @@ class Probe:
         """(L(w + delta), grad L(w + delta)) from one forward and backward pass over the data."""
         with self._session(delta):
             total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-            loss_sum, n = 0.0, 0
-            for batch in self._data.batches():
-                loss, n_b, _ = self._compute_batch(batch)
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                total.add_(self._flat(grads), alpha=n_b)
-                loss_sum += float(loss.detach()) * n_b
-                n += n_b
+            loss_sum, n, error = 0.0, 0, None
+            try:
+                for batch in self._data.batches():
+                    loss, n_b, _ = self._compute_batch(batch)
+                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                    total.add_(self._flat(grads), alpha=n_b)
+                    loss_sum += float(loss.detach()) * n_b
+                    n += n_b
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            loss_sum, n = self._comm.reduce([loss_sum, n], [total], error)
             self._counts["n_gradient"] += 1
             return loss_sum / n, total.div_(n)
 
@@ -379,12 +409,17 @@ class Probe:
         v = self._check_vector(v, "v")
         with self._session(delta):
             method = self._pick_hvp_method(v, at_checkpoint=delta is None)
-            if method == "cached_graph":
-                out = self._hvp_cached(v)
-            else:
-                out = self._hvp_batches(v, method)
+            out, n, error = torch.zeros_like(v), 0, None
+            try:
+                if method == "cached_graph":
+                    out, n = self._hvp_cached(v)
+                else:
+                    out, n = self._hvp_batches(v, method)
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            (n,) = self._comm.reduce([n], [out], error)
             self._counts["n_hvp"] += 1
-            return out
+            return out.div_(n)
 
     def gradient_and_hvp(
         self, v: Tensor | None = None, delta: Tensor | None = None
@@ -397,19 +432,28 @@ class Probe:
             v = self._check_vector(v, "v")
         with self._session(delta):
             g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-            loss_sum, n, graphs = 0.0, 0, []
-            for batch in self._data.batches():
-                loss, n_b, _ = self._compute_batch(batch)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                g_total.add_(self._flat(grads).detach(), alpha=n_b)
-                loss_sum += float(loss.detach()) * n_b
-                n += n_b
-                graphs.append((grads, n_b))
+            loss_sum, n, graphs, error = 0.0, 0, [], None
+            try:
+                for batch in self._data.batches():
+                    loss, n_b, _ = self._compute_batch(batch)
+                    grads = torch.autograd.grad(loss, self.params, create_graph=True,
+                                                allow_unused=True)
+                    g_total.add_(self._flat(grads).detach(), alpha=n_b)
+                    loss_sum += float(loss.detach()) * n_b
+                    n += n_b
+                    graphs.append((grads, n_b))
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            loss_sum, n = self._comm.reduce([loss_sum, n], [g_total], error)
             g_total.div_(n)
             vec = g_total if v is None else v
             hv = torch.zeros_like(g_total)
-            for grads, n_b in graphs:
-                hv.add_(self._vjp_of_grads(grads, vec), alpha=n_b / n)
+            try:
+                for grads, n_b in graphs:
+                    hv.add_(self._vjp_of_grads(grads, vec), alpha=n_b / n)
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            self._comm.reduce([], [hv], error)
             self._counts["n_gradient"] += 1
             self._counts["n_hvp"] += 1
             return loss_sum / n, g_total, hv
@@ -428,34 +472,13 @@ class Probe:
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
         with self._session(delta):
-            vs = self._split(v)
             total = torch.zeros_like(v)
-            n = 0
-            for batch in self._data.batches():
-                inputs, targets = _unpack(batch)
-                outputs = _call_model(self.model, inputs)
-                self._counts["n_batch_forward"] += 1
-                n_b = self._batch_n_samples(batch)
-                # J v by the double-vjp trick: d/du <J^T u, v> = J v.
-                u = torch.zeros_like(outputs, requires_grad=True)
-                jtu = torch.autograd.grad(outputs, self.params, grad_outputs=u,
-                                          create_graph=True, allow_unused=True)
-                pairs = [(g, vi) for g, vi in zip(jtu, vs) if g is not None]
-                if not pairs:
-                    n += n_b
-                    continue
-                jv = torch.autograd.grad(sum((g * vi).sum() for g, vi in pairs), u)[0]
-                out = outputs.detach().requires_grad_(True)
-                loss = self.loss_fn(out, targets)
-                dl = torch.autograd.grad(loss, out, create_graph=True)[0]
-                if dl.requires_grad:
-                    h_jv = torch.autograd.grad(dl, out, grad_outputs=jv)[0]
-                else:
-                    h_jv = torch.zeros_like(out)
-                jt = torch.autograd.grad(outputs, self.params, grad_outputs=h_jv,
-                                         allow_unused=True)
-                total.add_(self._flat(jt), alpha=n_b)
-                n += n_b
+            n, error = 0, None
+            try:
+                n = self._ggn_vp_sum(self._split(v), total)
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            (n,) = self._comm.reduce([n], [total], error)
             self._counts["n_hvp"] += 1
             return total.div_(n)
 
@@ -489,38 +512,78 @@ class Probe:
             yield self
 
     def subset(self, n_samples: int, seed: int = 0) -> Probe:
-        """A probe over `n_samples` samples drawn without replacement (a fixed subset)."""
-        batches = self._sample_batches()
-        total = sum(n for _, n in batches)
+        """A probe over `n_samples` samples drawn without replacement (a fixed subset).
+
+        Distributed: the samples are drawn by global index (the same on every rank and as in one
+        process); each rank keeps those in its own batches, and the sub-probe reduces as this one.
+        """
+        batches, starts, total = self._sample_batches()
         if not 1 <= n_samples <= total:
             raise LandscapeError(f"n_samples must be in [1, {total}]; got {n_samples}.")
         gen = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(total, generator=gen)[:n_samples].sort().values
-        return self._clone(data=_gather_samples(batches, chosen), check_data=False)
+        return self._clone(data=_gather_samples(batches, starts, chosen), check_data=False)
 
     def sample_groups(self, m: int) -> list[Probe]:
-        """Probes over consecutive groups of `m` samples (the last may be smaller), for m-sharpness."""
-        batches = self._sample_batches()
-        total = sum(n for _, n in batches)
+        """Probes over consecutive groups of `m` samples (the last may be smaller), for m-sharpness.
+
+        Distributed: groups follow the global sample order; each group's probe spans the ranks
+        (a rank holding none of its samples contributes zero to the sums), so every rank gets
+        the same list of probes with the same values.
+        """
+        batches, starts, total = self._sample_batches()
         if not 1 <= m <= total:
             raise LandscapeError(f"m must be in [1, {total}] (the number of samples); got {m}.")
         return [
-            self._clone(data=_gather_samples(batches, torch.arange(s, min(s + m, total))),
+            self._clone(data=_gather_samples(batches, starts, torch.arange(s, min(s + m, total))),
                         check_data=False)
             for s in range(0, total, m)
         ]
 
     # ------------------------------------------------------------------ internals: passes
 
+    def _ggn_vp_sum(self, vs: list[Tensor], total: Tensor) -> int:
+        """Add sum over this rank's batches of n_b G_b v into `total`; return the sample count."""
+        n = 0
+        for batch in self._data.batches():
+            inputs, targets = _unpack(batch)
+            outputs = _call_model(self.model, inputs)
+            self._counts["n_batch_forward"] += 1
+            n_b = self._batch_n_samples(batch)
+            # J v by the double-vjp trick: d/du <J^T u, v> = J v.
+            u = torch.zeros_like(outputs, requires_grad=True)
+            jtu = torch.autograd.grad(outputs, self.params, grad_outputs=u,
+                                      create_graph=True, allow_unused=True)
+            pairs = [(g, vi) for g, vi in zip(jtu, vs) if g is not None]
+            if not pairs:
+                n += n_b
+                continue
+            jv = torch.autograd.grad(sum((g * vi).sum() for g, vi in pairs), u)[0]
+            out = outputs.detach().requires_grad_(True)
+            loss = self.loss_fn(out, targets)
+            dl = torch.autograd.grad(loss, out, create_graph=True)[0]
+            if dl.requires_grad:
+                h_jv = torch.autograd.grad(dl, out, grad_outputs=jv)[0]
+            else:
+                h_jv = torch.zeros_like(out)
+            jt = torch.autograd.grad(outputs, self.params, grad_outputs=h_jv,
+                                     allow_unused=True)
+            total.add_(self._flat(jt), alpha=n_b)
+            n += n_b
+        return n
+
     def _clone(self, **overrides: Any) -> Probe:
         kwargs = dict(
             loss_fn=self.loss_fn, batch_loss=self.batch_loss, params=self.param_names,
             check_data=self.check_data, cache_bytes=self._data.cache_bytes,
-            hvp_method=self.hvp_method, graph_bytes=self.graph_bytes, n_samples_fn=self.n_samples_fn,
+            hvp_method=self.hvp_method, graph_bytes=self.graph_bytes,
+            n_samples_fn=self.n_samples_fn,
         )
         data = overrides.pop("data", None)
         kwargs.update(overrides)
-        new = Probe(self.model, [] if data is None else data, **kwargs)
+        # Gathered data is already this rank's share: no sharding, but the same process group.
+        new = Probe(self.model, [] if data is None else data, distributed=False, **kwargs)
+        new._comm = self._comm
         if data is None:  # share the data and the result of its checks
             self._prepare()
             new._data = self._data
@@ -552,29 +615,36 @@ class Probe:
     def _evaluate_here(self) -> Evaluation:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct_sum = torch.zeros((), device=self.device, dtype=torch.int64)
-        n, has_acc = 0, True
-        for batch in self._data.batches():
-            loss, n_b, correct = self._compute_batch(batch)
-            loss_sum += loss.double() * n_b
-            if correct is None:
-                has_acc = False
-            else:
-                correct_sum += correct
-            n += n_b
+        n, has_acc, error = 0, True, None
+        try:
+            for batch in self._data.batches():
+                loss, n_b, correct = self._compute_batch(batch)
+                loss_sum += loss.double() * n_b
+                if correct is None:
+                    has_acc = False
+                else:
+                    correct_sum += correct
+                n += n_b
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        total, n_correct, n, n_no_acc = self._comm.reduce(
+            [float(loss_sum), float(correct_sum), n, 0.0 if has_acc else 1.0], error=error)
+        n = int(n)
         self._counts["n_forward"] += 1
         if n == 0:
             raise LandscapeError("data is empty: the loader yielded no batches.")
-        accuracy = float(correct_sum) / n if has_acc else None
-        return Evaluation(float(loss_sum) / n, accuracy, n)
+        accuracy = n_correct / n if n_no_acc == 0 else None
+        return Evaluation(total / n, accuracy, n)
 
-    def _hvp_batches(self, v: Tensor, method: str) -> Tensor:
+    def _hvp_batches(self, v: Tensor, method: str) -> tuple[Tensor, int]:
+        """(sum over this rank's batches of n_b H_b v, number of samples)."""
         total = torch.zeros_like(v)
         n = 0
         for batch in self._data.batches():
             hv, n_b = self._hvp_one_batch(batch, v, method)
             total.add_(hv, alpha=n_b)
             n += n_b
-        return total.div_(n)
+        return total, n
 
     def _hvp_one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:
         if method == "forward_over_reverse":
@@ -602,27 +672,29 @@ class Probe:
         out = torch.autograd.grad(sum(terms), self.params, retain_graph=True, allow_unused=True)
         return self._flat(out)
 
-    def _hvp_cached(self, v: Tensor) -> Tensor:
+    def _hvp_cached(self, v: Tensor) -> tuple[Tensor, int]:
+        """(sum over this rank's batches of n_b H_b v, number of samples), on the kept graph."""
         versions = [p._version for p in self.params]
-        if self._graph is None or self._graph[1] != versions:
+        if self._graph is None or self._graph[2] != versions:
             self._graph = None
-            self._graph = (self._build_graph(), versions)
-        flat_g = self._graph[0]
+            self._graph = (*self._build_graph(), versions)
+        flat_g, n = self._graph[0], self._graph[1]
         if not flat_g.requires_grad:
-            return torch.zeros_like(v)
+            return torch.zeros_like(v), n
         out = torch.autograd.grad(flat_g, self.params, grad_outputs=v, retain_graph=True,
                                   allow_unused=True)
-        return self._flat(out)
+        return self._flat(out), n
 
-    def _build_graph(self) -> Tensor:
-        """The full-data gradient at w with its graph kept (create_graph=True)."""
-        parts, n = [], 0
+    def _build_graph(self) -> tuple[Tensor, int]:
+        """(sum over this rank's batches of n_b g_b with the graph kept, number of samples)."""
+        total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        n = 0
         for batch in self._data.batches():
             loss, n_b, _ = self._compute_batch(batch)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            parts.append((self._flat(grads), n_b))
+            total = total + self._flat(grads) * n_b
             n += n_b
-        return sum(g * (n_b / n) for g, n_b in parts)
+        return total, n
 
     def _graph_bytes_estimate(self) -> int:
         """Bytes of tensors saved by autograd for all batches' gradient graphs (measured)."""
@@ -633,11 +705,13 @@ class Probe:
             saved += t.numel() * t.element_size()
             return t
 
-        batch = next(iter(self._data.batches()))
+        batch = next(iter(self._data.batches()), None)
+        if batch is None:  # a rank without batches keeps no graph
+            return 0
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss, n_b, _ = self._compute_batch(batch)
             torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        return int(saved * self.n_samples / max(n_b, 1))
+        return int(saved * self._data.n_local / max(n_b, 1))
 
     def _pick_hvp_method(self, v: Tensor, at_checkpoint: bool) -> str:
         if self.hvp_method != "auto":
@@ -645,7 +719,15 @@ class Probe:
                 return "double_backward"
             return self.hvp_method
         if self._chosen_hvp is None:
-            if self._data.cache is not None and self._graph_bytes_estimate() <= self.graph_bytes:
+            # Every rank must pick the same method: the kept graph only if it fits on all ranks.
+            fits, error = False, None
+            try:
+                fits = (self._data.cache is not None
+                        and self._graph_bytes_estimate() <= self.graph_bytes)
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+            (n_unfit,) = self._comm.reduce([0.0 if fits else 1.0], error=error)
+            if n_unfit == 0:
                 self._chosen_hvp = "cached_graph"
             else:
                 self._chosen_hvp = self._fastest_uncached(v)
@@ -654,9 +736,11 @@ class Probe:
         return self._chosen_hvp
 
     def _fastest_uncached(self, v: Tensor) -> str:
-        batch = next(iter(self._data.batches()))
-        timings = {}
-        for method in ("double_backward", "forward_over_reverse"):
+        """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
+        methods = ("double_backward", "forward_over_reverse")
+        batch = next(iter(self._data.batches()), None)
+        timings = dict.fromkeys(methods, 0.0)  # a rank without batches does not vote
+        for method in methods if batch is not None else ():
             try:
                 self._hvp_one_batch(batch, v, method)  # warm-up
                 t0 = time.perf_counter()
@@ -665,8 +749,10 @@ class Probe:
                     torch.cuda.synchronize(self.device)
                 timings[method] = time.perf_counter() - t0
             except Exception:  # noqa: BLE001 - a method the model does not support is skipped
-                continue
-        return min(timings, key=timings.get) if timings else "double_backward"
+                timings[method] = math.inf
+        summed = dict(zip(methods, self._comm.reduce(list(timings.values()))))
+        usable = {m: t for m, t in summed.items() if math.isfinite(t)}
+        return min(usable, key=usable.get) if usable else "double_backward"
 
     # ------------------------------------------------------------------ internals: safety
 
@@ -695,28 +781,39 @@ class Probe:
                 m.training = mode
 
     def _prepare(self) -> None:
-        """First use: fill the device cache, check the data is non-empty, finite, deterministic."""
+        """First use: fill the device cache, check the data is non-empty, finite, deterministic.
+
+        Distributed: each rank passes over its own batches; the sums are all-reduced before
+        every check, so all ranks agree and raise the same error.
+        """
         data = self._data
         if data.checked:
             return
+        comm = self._comm
         modes = [(m, m.training) for m in self.model.modules()]
         try:
             self.model.eval()
             with torch.no_grad():
                 cache: list[Any] | None = []
                 used = 0
-                loss_sum, n, n_batches = 0.0, 0, 0
-                for batch in data.raw():
-                    loss, n_b, _ = self._compute_batch(batch)
-                    loss_sum += float(loss.double()) * n_b
-                    n += n_b
-                    n_batches += 1
-                    if cache is not None:
-                        used += _nbytes(batch)
-                        if used <= data.cache_bytes:
-                            cache.append(batch)
-                        else:
-                            cache = None
+                loss_sum, n, n_batches, error = 0.0, 0, 0, None
+                try:
+                    for batch in data.raw():
+                        loss, n_b, _ = self._compute_batch(batch)
+                        loss_sum += float(loss.double()) * n_b
+                        n += n_b
+                        n_batches += 1
+                        if cache is not None:
+                            used += _nbytes(batch)
+                            if used <= data.cache_bytes:
+                                cache.append(batch)
+                            else:
+                                cache = None
+                except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                    error = e
+                n_local = n
+                loss_sum, n, n_batches = comm.reduce([loss_sum, n, n_batches], error=error)
+                n = int(n)
                 if n_batches == 0 or n == 0:
                     raise LandscapeError(
                         "data is empty: the loader yielded no batches (or only empty ones). "
@@ -730,10 +827,15 @@ class Probe:
                     )
                 if self.check_data:
                     loss_sum2, n2 = 0.0, 0
-                    for batch in data.raw():
-                        loss, n_b, _ = self._compute_batch(batch)
-                        loss_sum2 += float(loss.double()) * n_b
-                        n2 += n_b
+                    try:
+                        for batch in data.raw():
+                            loss, n_b, _ = self._compute_batch(batch)
+                            loss_sum2 += float(loss.double()) * n_b
+                            n2 += n_b
+                    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                        error = e
+                    loss_sum2, n2 = comm.reduce([loss_sum2, n2], error=error)
+                    n2 = int(n2)
                     loss1 = loss_sum2 / max(n2, 1)
                     tol = (1e-9 if self.dtype == torch.float64 else 1e-4) * max(1.0, abs(loss0))
                     if n2 != n or not abs(loss1 - loss0) <= tol:
@@ -749,6 +851,7 @@ class Probe:
                 m.training = mode
         data.cache = cache
         data.checked = True
+        data.n_local = n_local
         self._n_samples = n
 
     # ------------------------------------------------------------------ internals: vectors
@@ -794,10 +897,13 @@ class Probe:
             )
         return int(first.shape[0])
 
-    def _sample_batches(self) -> list[tuple[Any, int]]:
+    def _sample_batches(self) -> tuple[list[tuple[Any, int]], list[int], int]:
+        """This rank's (batch, n samples), the global index of each batch's first sample, and
+        the global number of samples."""
         self._prepare()
         out = [(b, self._batch_n_samples(b)) for b in self._data.batches()]
-        return out
+        starts, total = self._comm.global_starts([n for _, n in out])
+        return out, starts, total
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -947,12 +1053,13 @@ def _slice_samples(obj: Any, index: Tensor, n: int) -> Any:
     return obj
 
 
-def _gather_samples(batches: list[tuple[Any, int]], chosen: Tensor) -> list[Any]:
-    """The batches restricted to the chosen global sample indices (sorted), batch by batch."""
-    out, start = [], 0
-    for batch, n_b in batches:
+def _gather_samples(batches: list[tuple[Any, int]], starts: list[int],
+                    chosen: Tensor) -> list[Any]:
+    """The batches restricted to the chosen global sample indices (sorted), batch by batch;
+    `starts[i]` is the global index of the first sample of `batches[i]`."""
+    out = []
+    for (batch, n_b), start in zip(batches, starts):
         local = chosen[(chosen >= start) & (chosen < start + n_b)] - start
         if len(local):
             out.append(_slice_samples(batch, local, n_b))
-        start += n_b
     return out
