@@ -4,8 +4,23 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .checkpoint import load_checkpoint, read_state_dict
+from .directions import (
+    Direction,
+    direction_from_checkpoint,
+    direction_from_vector,
+    random_direction,
+)
 from .errors import LandscapeError
 from .probe import Cost, Evaluation, ParamInfo, Probe
+from .surface import (
+    Line,
+    Surface,
+    TrajectoryPCA,
+    interpolate,
+    loss_line,
+    loss_surface,
+    pca_directions,
+)
 
 __version__ = "0.1.0"
 
@@ -18,6 +33,18 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "read_state_dict",
+    # directions and surfaces
+    "Direction",
+    "random_direction",
+    "direction_from_vector",
+    "direction_from_checkpoint",
+    "Line",
+    "Surface",
+    "TrajectoryPCA",
+    "loss_line",
+    "loss_surface",
+    "interpolate",
+    "pca_directions",
     # errors
     "LandscapeError",
 ]
