@@ -114,3 +114,19 @@ def test_export_vtp(results, tmp_path):
     assert np.isfinite(pts).all()  # the NaN point gets the top height
     loss = np.array(piece.find("PointData/DataArray").text.split(), dtype=float)
     assert np.isnan(loss[0]) and loss[8] == pytest.approx(surface.loss[1, 3])
+
+
+def test_cli_plot_writes_figures_and_resumable_file(tmp_path, capsys):
+    from landscape.cli import main
+
+    out = tmp_path / "p"
+    assert main(["plot", "--model", "digits_mlp", "--kind", "2d", "--points", "3",
+                 "--out", str(out), "--max-samples", "64"]) == 0
+    for name in ("contour.png", "contour.pdf", "surface3d.png", "surface.h5", "surface.vtp",
+                 "2d.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert main(["plot", "--model", "digits_mlp", "--kind", "1d", "--points", "5",
+                 "--out", str(out)]) == 0
+    assert (out / "line.png").exists() and "wrote" in capsys.readouterr().out
+    assert main(["plot", "--model", "nope", "--out", str(out)]) == 2
+    assert "neither a built-in" in capsys.readouterr().err
