@@ -4,10 +4,25 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .checkpoint import load_checkpoint, read_state_dict
+from .directions import (
+    Direction,
+    direction_from_checkpoint,
+    direction_from_vector,
+    random_direction,
+)
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
+from .surface import (
+    Line,
+    Surface,
+    TrajectoryPCA,
+    interpolate,
+    loss_line,
+    loss_surface,
+    pca_directions,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +42,18 @@ __all__ = [
     "SharpnessResult",
     "LayerSharpnessResult",
     "FlatnessResult",
+    # directions and surfaces
+    "Direction",
+    "random_direction",
+    "direction_from_vector",
+    "direction_from_checkpoint",
+    "Line",
+    "Surface",
+    "TrajectoryPCA",
+    "loss_line",
+    "loss_surface",
+    "interpolate",
+    "pca_directions",
     # errors
     "LandscapeError",
 ]

@@ -1,0 +1,123 @@
+"""Benchmark: 21x21 filter-normalized loss surface of the digits MLP and CNN on 1024 samples.
+
+Compares, in one run and on the same model, samples and grid:
+
+* landscape: `loss_surface` with a fresh Probe (its first-use checks included in the time);
+* loss-landscapes: `random_plane(..., normalization="filter", deepcopy_model=True)` (its metric
+  evaluates all 1024 samples in one forward, like our cached batch);
+* a tomgoldstein/loss-landscape style loop: set the weights from w + a d1 + b d2 (new tensors),
+  then iterate a DataLoader (batch 128, as its default) computing loss and accuracy;
+* the floor: a bare loop of 441 forward passes + loss over the same cached batch.
+
+Each method is timed best-of-`--repeats`, with the methods interleaved in every repeat (the
+machine is noisy). Prints grid points per second and ratios to the floor. Run:
+`python scripts/bench_surface.py [--repeats 5] [--threads 1]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from landscape import Probe, loss_surface, random_direction
+from landscape.data import digits_cnn, digits_mlp, digits_tensors
+
+STEPS = 21
+N_SAMPLES = 1024
+
+
+def floor(model, x, y, n_points):
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(n_points):
+            float(nn.functional.cross_entropy(model(x), y))
+
+
+def ours(model, x, y, xs):
+    probe = Probe(model, (x, y), batch_size=N_SAMPLES)
+    d1, d2 = random_direction(probe, seed=0), random_direction(probe, seed=1)
+    return loss_surface(probe, d1, d2, xs, xs)
+
+
+def loss_landscapes_plane(model, x, y):
+    import loss_landscapes
+    from loss_landscapes.metrics import Loss
+
+    model.eval()
+    metric = Loss(nn.functional.cross_entropy, x, y)
+    try:
+        return loss_landscapes.random_plane(model, metric, distance=1, steps=STEPS,
+                                            normalization="filter", deepcopy_model=True)
+    except ZeroDivisionError:  # its filter normalization divides by zero on the CNN (BatchNorm)
+        return loss_landscapes.random_plane(model, metric, distance=1, steps=STEPS,
+                                            normalization="layer", deepcopy_model=True)
+
+
+def dataloader_loop(model, x, y, xs):
+    """As tomgoldstein/loss-landscape: per point set weights, then loop over a DataLoader."""
+    net = copy.deepcopy(model).eval()
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
+    w = [p.detach().clone() for p in net.parameters()]
+    g = torch.Generator().manual_seed(0)
+    d1 = [torch.randn(p.shape, generator=g) for p in w]
+    d2 = [torch.randn(p.shape, generator=g) for p in w]
+    out = np.zeros((len(xs), len(xs)))
+    for i, a in enumerate(xs):
+        for j, b in enumerate(xs):
+            for p, w0, u, v in zip(net.parameters(), w, d1, d2):
+                p.data = w0 + a * u + b * v
+            total, correct, n = 0.0, 0, 0
+            with torch.no_grad():
+                for xb, yb in loader:
+                    o = net(xb)
+                    total += nn.functional.cross_entropy(o, yb).item() * len(yb)
+                    correct += (o.argmax(1) == yb).sum().item()
+                    n += len(yb)
+            out[i, j] = total / n
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    xs = np.linspace(-1, 1, STEPS)
+    n_points = STEPS * STEPS
+    rows = []
+    for name, build, image in (("MLP", digits_mlp, False), ("CNN", digits_cnn, True)):
+        x, y = digits_tensors("train", image=image)
+        x, y = x[:N_SAMPLES], y[:N_SAMPLES]
+        model = build()
+        methods = {
+            "bare forward floor": (floor, (model, x, y, n_points)),
+            "landscape": (ours, (model, x, y, xs)),
+            "loss-landscapes random_plane": (loss_landscapes_plane, (model, x, y)),
+            "DataLoader loop (loss-landscape)": (dataloader_loop, (model, x, y, xs)),
+        }
+        best = {k: float("inf") for k in methods}
+        for _ in range(args.repeats):
+            for k, (fn, fn_args) in methods.items():
+                t0 = time.perf_counter()
+                fn(*fn_args)
+                best[k] = min(best[k], time.perf_counter() - t0)
+        for k, t in best.items():
+            rows.append((name, k, t, n_points / t, t / best["bare forward floor"],
+                         best["DataLoader loop (loss-landscape)"] / t))
+    print(f"21x21 grid, {N_SAMPLES} digits samples, {args.threads} thread(s), "
+          f"best of {args.repeats} interleaved repeats\n")
+    print("| model | method | seconds | points/s | time / floor | speed-up vs DataLoader loop |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, k, t, pps, ratio, speedup in rows:
+        print(f"| {name} | {k} | {t:.3f} | {pps:.0f} | {ratio:.2f} | {speedup:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
