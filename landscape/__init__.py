@@ -4,6 +4,15 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .checkpoint import load_checkpoint, read_state_dict
+from .curvature import (
+    DensityResult,
+    EigenResult,
+    LayerResults,
+    TraceResult,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+)
 from .errors import LandscapeError
 from .probe import Cost, Evaluation, ParamInfo, Probe
 
@@ -18,6 +27,14 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "read_state_dict",
+    # curvature
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hessian_density",
+    "EigenResult",
+    "TraceResult",
+    "DensityResult",
+    "LayerResults",
     # errors
     "LandscapeError",
 ]
