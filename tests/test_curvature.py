@@ -66,7 +66,7 @@ def test_lanczos_finds_designed_extremes(which, snapshot):
     assert np.all(res.residuals <= 1e-9 * np.abs(res.eigenvalues))
     # the vectors are eigenvectors, in the order of the values
     Hv = res.eigenvectors @ H
-    for lam, v, hv in zip(res.eigenvalues, res.eigenvectors, Hv):
+    for lam, v, hv in zip(res.eigenvalues, res.eigenvectors, Hv, strict=True):
         assert torch.linalg.vector_norm(hv - lam * v) < 1e-6 * abs(lam)
     snap.assert_unchanged()
 
