@@ -9,6 +9,14 @@ from .directions import (
     direction_from_checkpoint,
     direction_from_vector,
     random_direction,
+from .curvature import (
+    DensityResult,
+    EigenResult,
+    LayerResults,
+    TraceResult,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
 )
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
@@ -54,6 +62,14 @@ __all__ = [
     "loss_surface",
     "interpolate",
     "pca_directions",
+    # curvature
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hessian_density",
+    "EigenResult",
+    "TraceResult",
+    "DensityResult",
+    "LayerResults",
     # errors
     "LandscapeError",
 ]

@@ -1,0 +1,316 @@
+"""Extreme eigenvalues of the Hessian: Lanczos with full reorthogonalization and thick restart.
+
+The Lanczos basis V and the projected matrix T = V^T H V live on the probe's device; only T (a
+small matrix) is copied to the host for the stopping test, where its eigenproblem is solved.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import LandscapeError
+from ..probe import ParamSelection, Probe
+from ._common import (
+    MatVec,
+    check_option,
+    check_positive,
+    check_positive_int,
+    check_probe,
+    generator,
+    operator,
+    per_group,
+    select,
+)
+from .results import EigenResult, LayerResults
+
+WHICH = ("largest", "smallest")
+METHODS = ("lanczos", "power")
+_BASIS_BYTES = 2**30  # default memory budget of the Lanczos basis
+
+
+def hessian_eigenvalues(
+    probe: Probe,
+    k: int = 1,
+    *,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    seed: int = 0,
+    return_vectors: bool = False,
+    method: str = "lanczos",
+    curvature: str = "hessian",
+    params: ParamSelection = None,
+    by: str | None = None,
+    max_basis: int | None = None,
+    progress: bool = False,
+) -> EigenResult | LayerResults[EigenResult]:
+    """The k largest (or smallest) algebraic eigenvalues of the Hessian of L at w.
+
+    Lanczos with full reorthogonalization (classical Gram-Schmidt applied twice), started from a
+    Gaussian vector drawn from `seed`, thick-restarted (Wu and Simon 2000) when the basis reaches
+    `max_basis` vectors. After every step the Ritz pairs (theta_i, y_i) of the projected matrix are
+    computed and the run stops when each of the k wanted pairs satisfies
+
+        ||H y_i - theta_i y_i|| <= tol * |theta_i|,
+
+    the residual estimated without extra products as beta_m |s_mi| (s_i the eigenvector of the
+    projected matrix). Near the roundoff level the bound is floored at 100 eps max_j |theta_j|
+    (eps of the probe's dtype), so zero eigenvalues can converge. Since eigenvalue errors are
+    about residual^2 / gap, the eigenvalues themselves are usually far more accurate than `tol`.
+
+    Args:
+        probe: the model, data and loss.
+        k: how many eigenvalues (1 <= k <= number of probed parameters).
+        which: "largest" (largest algebraic: the sharpest directions) or "smallest" (most
+            negative: is it really a minimum?).
+        tol: relative residual tolerance (see above).
+        max_iter: maximum number of Hessian-vector products; None means 1000 for Lanczos and
+            1000 per eigenvalue for power iteration.
+        seed: seeds the start vector.
+        return_vectors: also return the unit eigenvectors (rows of a (k, num_params) tensor).
+        method: "lanczos" or "power" (PyHessian's power iteration with deflation, kept as a
+            baseline; it converges to the largest-magnitude eigenvalues, so only
+            which="largest" is accepted, and it stops on the same residual rule).
+        curvature: "hessian" or "ggn" (the generalized Gauss-Newton matrix, PSD).
+        params: restrict to a subset of the probed parameters (their Hessian block); None: all.
+        by: None, "layer" (one result per module: the diagonal block of its parameters) or
+            "parameter" (one per parameter tensor); returns a `LayerResults` then.
+        max_basis: Lanczos basis size before a restart; None: min(n, max(50, 4k)), capped so
+            the basis takes at most 1 GiB.
+        progress: show a progress bar over products.
+
+    Returns:
+        EigenResult (eigenvalues descending for "largest", ascending for "smallest"), or a
+        LayerResults of them with `by`. If the tolerance is not met within `max_iter` products a
+        RuntimeWarning is issued and `converged=False` is returned with the current estimates.
+
+    Raises:
+        LandscapeError: bad k, tol, max_iter, which, method, curvature, by or max_basis.
+
+    Example:
+        >>> import torch
+        >>> from landscape import Probe, hessian_eigenvalues
+        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(1..10) w
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
+        ...     def forward(self, x):
+        ...         return 0.5 * (torch.arange(1.0, 11.0, dtype=torch.float64) * self.w**2).sum()
+        >>> probe = Probe(Quadratic(), [(torch.zeros(1), None)],
+        ...               batch_loss=lambda m, b: m(b[0]), n_samples_fn=lambda b: 1)
+        >>> hessian_eigenvalues(probe, k=2).eigenvalues.round(6).tolist()
+        [10.0, 9.0]
+
+    References:
+        Lanczos (1950); Wu and Simon, "Thick-restart Lanczos method for large symmetric eigenvalue
+        problems" (SIMAX 2000); Yao et al., "PyHessian" (2020) for the power-iteration baseline.
+    """
+    check_probe(probe)
+    check_positive_int("k", k)
+    check_positive("tol", tol)
+    check_option("which", which, WHICH)
+    check_option("method", method, METHODS)
+    if max_iter is not None:
+        check_positive_int("max_iter", max_iter)
+    if max_basis is not None:
+        check_positive_int("max_basis", max_basis, minimum=k + 2)
+    if method == "power" and which != "largest":
+        raise LandscapeError(
+            "method='power' finds the largest-magnitude eigenvalues only; use method='lanczos' "
+            "for which='smallest'."
+        )
+    operator(probe, curvature)  # validate early
+    gen_check = generator(probe, seed)  # validates seed
+    del gen_check
+    probe = select(probe, params)
+
+    def estimate(p: Probe) -> EigenResult:
+        if k > p.num_params:
+            raise LandscapeError(
+                f"k={k} exceeds the number of probed parameters ({p.num_params}); ask for fewer."
+            )
+        matvec = operator(p, curvature)
+        meter = p.meter()
+        gen = generator(p, seed)
+        v0 = torch.randn(p.num_params, generator=gen, device=p.device, dtype=p.dtype)
+        with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
+            def counted(v: Tensor) -> Tensor:
+                bar.update(1)
+                return matvec(v)
+
+            if method == "lanczos":
+                budget = max_iter if max_iter is not None else 1000
+                m = max_basis or _default_basis(p, k)
+                out = lanczos_eigs(counted, v0, k, which, tol, budget, m, gen)
+            else:
+                budget = max_iter if max_iter is not None else 1000 * k
+                out = power_eigs(counted, v0, k, tol, budget, gen)
+        cost = meter.cost()
+        if not out.converged:
+            warnings.warn(
+                f"hessian_eigenvalues did not converge to tol={tol} within {budget} products "
+                f"(largest relative residual {np.max(out.residuals / np.abs(out.values)):.2g}); "
+                "returning the current estimates with converged=False. Raise max_iter or tol.",
+                RuntimeWarning, stacklevel=3,
+            )
+        return EigenResult(
+            eigenvalues=out.values, eigenvectors=out.vectors if return_vectors else None,
+            residuals=out.residuals, n_hvp=cost.n_hvp, converged=out.converged,
+            seconds=cost.seconds, which=which, method=method, curvature=curvature, tol=tol,
+            seed=seed,
+        )
+
+    return per_group(probe, by, estimate)
+
+
+@dataclass
+class _Eigs:
+    values: np.ndarray
+    residuals: np.ndarray
+    vectors: Tensor
+    converged: bool
+    n_matvec: int
+
+
+def _default_basis(probe: Probe, k: int) -> int:
+    per_vector = probe.num_params * torch.finfo(probe.dtype).bits // 8
+    cap = max(k + 2, _BASIS_BYTES // max(per_vector, 1) - 1)
+    return max(min(probe.num_params, max(50, 4 * k), cap), min(k + 2, probe.num_params))
+
+
+def lanczos_step(matvec: MatVec, V: Tensor, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
+    """Expand the basis by one product: H V[j], orthogonalized against V[:j+1] twice.
+
+    Records column j of the projected matrix (T[:j+1, j] = V[:j+1]^T H V[j], symmetric) and
+    T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.
+    """
+    w = matvec(V[j])
+    basis = V[: j + 1]
+    h = basis @ w
+    w = w - h @ basis
+    h2 = basis @ w
+    w = w - h2 @ basis
+    h = h + h2
+    beta = torch.linalg.vector_norm(w)
+    T[: j + 1, j] = h
+    T[j, : j + 1] = h
+    T[j + 1, j] = beta
+    T[j, j + 1] = beta
+    return w, beta
+
+
+def _random_orthogonal(V: Tensor, size: int, gen: torch.Generator) -> Tensor:
+    """A unit vector orthogonal to V[:size] (to continue after an invariant subspace)."""
+    r = torch.randn(V.shape[1], generator=gen, device=V.device, dtype=V.dtype)
+    for _ in range(2):
+        r = r - (V[:size] @ r) @ V[:size]
+    return r / torch.linalg.vector_norm(r)
+
+
+def _wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
+    """Indices of the `count` wanted Ritz values (theta ascending from eigh)."""
+    idx = np.arange(len(theta))
+    return idx[::-1][:count] if which == "largest" else idx[:count]
+
+
+def lanczos_eigs(
+    matvec: MatVec, v0: Tensor, k: int, which: str, tol: float, max_iter: int, max_basis: int,
+    gen: torch.Generator,
+) -> _Eigs:
+    """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above)."""
+    n = v0.numel()
+    m = min(max_basis, n)
+    eps = torch.finfo(v0.dtype).eps
+    V = torch.zeros(m + 1, n, device=v0.device, dtype=v0.dtype)
+    T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=v0.dtype)
+    V[0] = v0 / torch.linalg.vector_norm(v0)
+    j, n_mv = 0, 0
+    while True:
+        w, beta = lanczos_step(matvec, V, T, j)
+        n_mv += 1
+        size = j + 1
+        # the stopping test: the only host copy of the loop (the small projected matrix)
+        Tc = T[: size + 1, : size + 1].detach().double().cpu().numpy()
+        b = float(Tc[size, size - 1])
+        Tc = Tc[:size, :size]
+        theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
+        scale = float(np.max(np.abs(theta))) if size else 0.0
+        want = _wanted(theta, min(k, size), which)
+        res = b * np.abs(S[-1, want])
+        floor = 100 * eps * scale
+        breakdown = b <= 10 * eps * max(scale, 1e-300)
+        if breakdown:
+            res = np.zeros_like(res)
+        ok = np.all(res <= np.maximum(tol * np.abs(theta[want]), floor))
+        full = size >= n
+        if (size >= k and (ok or breakdown or full)) or n_mv >= max_iter:
+            vectors = torch.as_tensor(S[:, want].T.copy(), device=V.device, dtype=V.dtype)
+            return _Eigs(theta[want], res, vectors @ V[:size],
+                         bool(size >= k and (ok or breakdown or full)), n_mv)
+        if breakdown:  # invariant subspace with fewer than k vectors: continue orthogonally
+            T[size, size - 1] = 0
+            T[size - 1, size] = 0
+            V[size] = _random_orthogonal(V, size, gen)
+        else:
+            V[size] = w / beta
+        if size < m:
+            j = size
+            continue
+        # thick restart: keep the wanted Ritz vectors and their nearest neighbours
+        p = min(m - 1, k + (m - k) // 2)
+        keep = _wanted(theta, p, which)
+        Sk = torch.as_tensor(S[:, keep], device=V.device, dtype=V.dtype)
+        V[:p] = Sk.T @ V[:m]
+        V[p] = V[m]
+        T.zero_()
+        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=V.device, dtype=V.dtype))
+        coupling = torch.as_tensor(b * S[-1, keep], device=V.device, dtype=V.dtype)
+        T[p, :p] = coupling
+        T[:p, p] = coupling
+        j = p
+
+
+def power_eigs(
+    matvec: MatVec, v0: Tensor, k: int, tol: float, max_iter: int, gen: torch.Generator,
+) -> _Eigs:
+    """Power iteration with deflation (PyHessian's method) stopped on the residual rule."""
+    n = v0.numel()
+    found: list[Tensor] = []
+    values, residuals = [], []
+    n_mv, converged = 0, True
+    v = v0
+    for i in range(k):
+        if i:
+            v = torch.randn(n, generator=gen, device=v0.device, dtype=v0.dtype)
+        theta, r = math.nan, math.inf
+        done = False
+        while n_mv < max_iter:
+            for u in found:
+                v = v - (u @ v) * u
+            v = v / torch.linalg.vector_norm(v)
+            w = matvec(v)
+            n_mv += 1
+            for u in found:
+                w = w - (u @ w) * u
+            theta_t = v @ w
+            r_t = torch.linalg.vector_norm(w - theta_t * v)
+            theta, r = float(theta_t), float(r_t)
+            if r <= max(tol * abs(theta), 100 * torch.finfo(v.dtype).eps * abs(theta)):
+                done = True
+                break
+            v = w
+        converged = converged and done
+        found.append(v)
+        values.append(theta)
+        residuals.append(r)
+    order = np.argsort(values)[::-1]
+    vectors = torch.stack(found)[torch.as_tensor(order.copy(), device=v0.device)]
+    return _Eigs(np.asarray(values)[order], np.asarray(residuals)[order], vectors, converged,
+                 n_mv)

@@ -1,0 +1,158 @@
+"""Result types of the curvature estimators: frozen dataclasses with `to_dict()`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from torch import Tensor
+
+from .._results import to_jsonable
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Extreme eigenvalues of the Hessian (or GGN) at w.
+
+    Attributes:
+        eigenvalues: shape (k,), descending for `which="largest"` (largest algebraic first),
+            ascending for `which="smallest"` (most negative first).
+        eigenvectors: None unless `return_vectors=True`; then a (k, num_params) tensor on the
+            probe's device whose row i is the unit eigenvector of `eigenvalues[i]`.
+        residuals: shape (k,), ||H v_i - lambda_i v_i|| for each Ritz pair (the Lanczos estimate
+            beta_m |s_mi|, exact in exact arithmetic with full reorthogonalization).
+        n_hvp: Hessian-vector products spent.
+        converged: every residual <= tol * |lambda_i| (or the roundoff floor, see the estimator).
+        seconds: wall-clock time.
+        which, method, curvature, tol, seed: the settings.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: Tensor | None
+    residuals: np.ndarray
+    n_hvp: int
+    converged: bool
+    seconds: float
+    which: str = "largest"
+    method: str = "lanczos"
+    curvature: str = "hessian"
+    tol: float = 1e-4
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; eigenvectors are left out (too large), their shape is kept."""
+        out = to_jsonable(self)
+        out["eigenvectors"] = (None if self.eigenvectors is None
+                               else list(self.eigenvectors.shape))
+        return out
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """A stochastic estimate of tr(H) (or tr(GGN)).
+
+    Attributes:
+        estimate: the trace estimate (unbiased for "hutchinson" and "hutch++"; XTrace is
+            unbiased too).
+        stderr: its standard error (0 when computed exactly, NaN when fewer than 2 samples).
+        n_hvp: Hessian-vector products spent (never more than asked for).
+        method: "hutchinson", "hutch++", "xtrace" or "exact" (num_params <= n_hvp: the sum of
+            e_i^T H e_i, computed exactly).
+        stopped_early: the rtol criterion stopped the estimate before n_hvp products.
+        seconds, curvature, seed, rtol: cost and settings.
+    """
+
+    estimate: float
+    stderr: float
+    n_hvp: int
+    method: str
+    seconds: float
+    stopped_early: bool = False
+    curvature: str = "hessian"
+    seed: int = 0
+    rtol: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@dataclass(frozen=True)
+class DensityResult:
+    """Spectral density of the Hessian by stochastic Lanczos quadrature.
+
+    Attributes:
+        grid: shape (n_grid,), eigenvalue axis.
+        density: shape (n_grid,), phi(t) = sum_j weights_j N(t; nodes_j, sigma^2), normalized
+            so that its trapezoid integral over `grid` is 1.
+        nodes: Ritz values of all Lanczos runs, concatenated (shape (n_nodes,)).
+        weights: their quadrature weights tau_j^2 / n_vectors (they sum to 1).
+        sigma: width of the Gaussian broadening.
+        mean: sum_j weights_j nodes_j, an unbiased estimate of tr(H) / num_params.
+        mean_stderr: its standard error over the n_vectors runs (NaN with one vector).
+        n_vectors, n_steps, seed, curvature: the settings; n_hvp, seconds: the cost.
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    nodes: np.ndarray
+    weights: np.ndarray
+    sigma: float
+    mean: float
+    mean_stderr: float
+    n_vectors: int
+    n_steps: int
+    n_hvp: int
+    seconds: float
+    seed: int = 0
+    curvature: str = "hessian"
+    num_params: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+R = TypeVar("R", EigenResult, TraceResult)
+
+
+@dataclass(frozen=True)
+class LayerResults(Generic[R]):
+    """One result per parameter group (`by="layer"` or `by="parameter"`), in model order.
+
+    `results["fc1"]` is the estimate for the Hessian block of the parameters of module `fc1`
+    (its diagonal block: curvature within the layer, cross-layer terms left out).
+    """
+
+    results: dict[str, R] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> R:
+        return self.results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def items(self):
+        return self.results.items()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: {"num_params": self.sizes.get(name), **r.to_dict()}
+                for name, r in self.results.items()}
+
+    def to_markdown(self) -> str:
+        """A markdown table: one row per group (the caller prints it)."""
+        rows = ["| group | params | value | error | HVPs | seconds |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for name, r in self.results.items():
+            if isinstance(r, TraceResult):
+                value, err = f"{r.estimate:.6g}", f"{r.stderr:.2g}"
+            else:
+                value = ", ".join(f"{x:.6g}" for x in r.eigenvalues)
+                err = ", ".join(f"{x:.2g}" for x in r.residuals)
+            rows.append(f"| {name} | {self.sizes.get(name, '')} | {value} | {err} | {r.n_hvp} "
+                        f"| {r.seconds:.3g} |")
+        return "\n".join(rows)

@@ -1,0 +1,228 @@
+"""tr(H) by Hutchinson, Hutch++ and XTrace, each with an honest standard error."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import LandscapeError
+from ..probe import ParamSelection, Probe
+from ._common import (
+    MatVec,
+    check_option,
+    check_positive,
+    check_positive_int,
+    check_probe,
+    generator,
+    operator,
+    per_group,
+    rademacher,
+    select,
+)
+from .results import LayerResults, TraceResult
+
+TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
+_MIN_SAMPLES = 10  # Hutchinson samples before the rtol test may stop (a stable stderr)
+
+
+def hessian_trace(
+    probe: Probe,
+    *,
+    n_hvp: int = 100,
+    method: str = "hutch++",
+    seed: int = 0,
+    rtol: float | None = None,
+    curvature: str = "hessian",
+    params: ParamSelection = None,
+    by: str | None = None,
+    progress: bool = False,
+) -> TraceResult | LayerResults[TraceResult]:
+    """A stochastic estimate of tr(H), the trace of the Hessian of L at w, from n_hvp products.
+
+    * "hutchinson" (Hutchinson 1989): (1/m) sum_i z_i^T H z_i with Rademacher z_i, m = n_hvp;
+      stderr = sample standard deviation / sqrt(m).
+    * "hutch++" (Meyer, Musco, Musco and Persson 2021): s = n_hvp // 3 products sketch
+      Q = orth(H S); tr(Q^T H Q) is computed exactly with s more; the remaining m = n_hvp - 2s
+      go to Hutchinson on (I - QQ^T) H (I - QQ^T). Since tr(Q^T H Q) + tr(P H P) = tr(H) for
+      every Q, the estimator is unbiased and its whole variance is the Hutchinson part's:
+      stderr = sample std of those m terms / sqrt(m).
+    * "xtrace" (Epperly, Tropp and Webber 2024): s = n_hvp // 2 Rademacher vectors, exchangeable
+      leave-one-out combination of the low-rank trace and Hutchinson; stderr is the paper's
+      estimate, the standard deviation of the s leave-one-out estimates / sqrt(s).
+
+    All are unbiased. Hutch++ and XTrace have far less variance when the spectrum decays, as
+    Hessian spectra of trained networks do. At most n_hvp products are used; when the number of
+    parameters n is <= n_hvp the trace is computed exactly as sum_i e_i^T H e_i (n products,
+    stderr 0, method "exact").
+
+    Args:
+        probe: the model, data and loss.
+        n_hvp: the budget of Hessian-vector products (>= 2; >= 3 for "hutch++").
+        method: "hutchinson", "hutch++" or "xtrace".
+        seed: seeds the random vectors (a generator on the probe's device).
+        rtol: stop early once stderr <= rtol * |estimate| (checked after at least 10 Hutchinson
+            samples; Hutch++ checks during its Hutchinson phase). None: use the full budget.
+            Not available for "xtrace", whose estimate needs all its vectors at once.
+        curvature: "hessian" or "ggn".
+        params: restrict to a subset of the probed parameters (the trace of their block).
+        by: None, "layer" or "parameter": one estimate per group (n_hvp products each).
+        progress: show a progress bar.
+
+    Returns:
+        TraceResult (or LayerResults of them) with estimate, stderr, n_hvp, seconds.
+
+    Raises:
+        LandscapeError: bad n_hvp, method, rtol, curvature, by, or rtol with "xtrace".
+
+    Example:
+        >>> import torch
+        >>> from landscape import Probe, hessian_trace
+        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(1..10) w, tr(H) = 55
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
+        ...     def forward(self, x):
+        ...         return 0.5 * (torch.arange(1.0, 11.0, dtype=torch.float64) * self.w**2).sum()
+        >>> probe = Probe(Quadratic(), [(torch.zeros(1), None)],
+        ...               batch_loss=lambda m, b: m(b[0]), n_samples_fn=lambda b: 1)
+        >>> hessian_trace(probe, n_hvp=30).estimate  # n = 10 <= 30: exact
+        55.0
+
+    References:
+        Hutchinson (1989); Meyer, Musco, Musco, Persson, "Hutch++: optimal stochastic trace
+        estimation" (SOSA 2021); Epperly, Tropp, Webber, "XTrace: making the most of every
+        sample in stochastic trace estimation" (SIMAX 2024).
+    """
+    check_probe(probe)
+    check_option("method", method, TRACE_METHODS)
+    check_positive_int("n_hvp", n_hvp, minimum=3 if method == "hutch++" else 2)
+    if rtol is not None:
+        check_positive("rtol", rtol)
+        if method == "xtrace":
+            raise LandscapeError(
+                "rtol is not available with method='xtrace' (it uses all its vectors at once); "
+                "use method='hutch++' or 'hutchinson' for early stopping, or drop rtol."
+            )
+    operator(probe, curvature)
+    generator(probe, seed)
+    probe = select(probe, params)
+
+    def estimate(p: Probe) -> TraceResult:
+        matvec = operator(p, curvature)
+        gen = generator(p, seed)
+        meter = p.meter()
+        with tqdm(total=n_hvp, disable=not progress, desc="trace", unit="hvp") as bar:
+            def counted(v: Tensor) -> Tensor:
+                bar.update(1)
+                return matvec(v)
+
+            if p.num_params <= n_hvp:
+                value, err, used, early = _exact(counted, p), 0.0, "exact", False
+            elif method == "hutchinson":
+                value, err, early = _hutchinson(counted, p, gen, n_hvp, rtol)
+                used = method
+            elif method == "hutch++":
+                value, err, early = _hutchpp(counted, p, gen, n_hvp, rtol)
+                used = method
+            else:
+                value, err = _xtrace(counted, p, gen, n_hvp)
+                used, early = method, False
+        cost = meter.cost()
+        return TraceResult(estimate=value, stderr=err, n_hvp=cost.n_hvp, method=used,
+                           seconds=cost.seconds, stopped_early=early, curvature=curvature,
+                           seed=seed, rtol=rtol)
+
+    return per_group(probe, by, estimate)
+
+
+def _exact(matvec: MatVec, probe: Probe) -> float:
+    total = torch.zeros((), device=probe.device, dtype=torch.float64)
+    e = torch.zeros(probe.num_params, device=probe.device, dtype=probe.dtype)
+    for i in range(probe.num_params):
+        e[i] = 1
+        total += matvec(e)[i].double()
+        e[i] = 0
+    return float(total)
+
+
+def _sample_terms(
+    matvec: MatVec, probe: Probe, gen: torch.Generator, m: int, rtol: float | None,
+    offset: Tensor | float = 0.0, project: Tensor | None = None,
+) -> tuple[Tensor, bool]:
+    """Up to m Hutchinson terms (Pz)^T H (Pz), P = I - QQ^T when `project` is Q; may stop early."""
+    terms = torch.zeros(m, device=probe.device, dtype=torch.float64)
+    for i in range(m):
+        z = rademacher(probe.num_params, gen, probe)
+        if project is not None:
+            z = z - project @ (project.T @ z)
+        terms[i] = (z @ matvec(z)).double()
+        count = i + 1
+        if rtol is not None and count >= _MIN_SAMPLES and count < m:
+            head = terms[:count]
+            err = float(head.std() / math.sqrt(count))
+            if err <= rtol * abs(float(offset + head.mean())):
+                return head, True
+    return terms, False
+
+
+def _stderr(terms: Tensor) -> float:
+    return float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else math.nan
+
+
+def _hutchinson(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
+    terms, early = _sample_terms(matvec, probe, gen, m, rtol)
+    return float(terms.mean()), _stderr(terms), early
+
+
+def _hutchpp(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
+    s = m // 3
+    sketch = rademacher(probe.num_params, gen, probe, s)
+    Y = torch.stack([matvec(sketch[:, i]) for i in range(s)], dim=1)
+    del sketch
+    Q = torch.linalg.qr(Y).Q
+    del Y
+    low_rank = sum(float((Q[:, i] @ matvec(Q[:, i])).double()) for i in range(Q.shape[1]))
+    terms, early = _sample_terms(matvec, probe, gen, m - 2 * s, rtol, low_rank, Q)
+    return low_rank + float(terms.mean()), _stderr(terms), early
+
+
+def _xtrace(matvec, probe, gen, m) -> tuple[float, float]:
+    """XTrace: trace estimates with each test vector left out of the basis in turn, averaged.
+
+    With Omega (n x s) the test vectors, Y = H Omega = QR, and S the columns of R^{-T}
+    normalized, Q_i Q_i^T = Q (I - s_i s_i^T) Q^T spans the range of Y without column i. The
+    i-th estimate is tr(Q_i^T H Q_i) + omega_i^T P_i H P_i omega_i (P_i = I - Q_i Q_i^T), all
+    expressed through s x s matrices after the 2s products.
+    """
+    s = m // 2
+    omega = rademacher(probe.num_params, gen, probe, s)
+    Y = torch.stack([matvec(omega[:, i]) for i in range(s)], dim=1)
+    Q, R = torch.linalg.qr(Y)
+    HQ = torch.stack([matvec(Q[:, i]) for i in range(s)], dim=1)
+    # the small matrices, in float64 on the host
+    M = (Q.T @ HQ).double().cpu()
+    M = 0.5 * (M + M.T)
+    W = (Q.T @ omega).double().cpu()          # Q^T omega
+    Z = (HQ.T @ omega).double().cpu()         # (H Q)^T omega
+    diag_oy = (omega * Y).sum(0).double().cpu()  # omega_i^T H omega_i
+    R = R.double().cpu()
+    Rinv_t = torch.linalg.inv(R.T)
+    S = Rinv_t / torch.linalg.vector_norm(Rinv_t, dim=0)
+    tr_q = torch.trace(M)
+    est = torch.zeros(s, dtype=torch.float64)
+    for i in range(s):
+        si, c = S[:, i], W[:, i]
+        d = c - (si @ c) * si                     # (I - s s^T) Q^T omega
+        e = R[:, i] - M @ d                       # Q^T (H omega - H Q d)
+        e_def = e - (si @ e) * si
+        hutch = diag_oy[i] - Z[:, i] @ d - c @ e_def
+        est[i] = tr_q - si @ M @ si + hutch
+    if not torch.isfinite(est).all():
+        raise LandscapeError(
+            "XTrace failed: the sketch H Omega is rank deficient (the curvature matrix has rank "
+            f"below {s}); use method='hutch++' or fewer products."
+        )
+    return float(est.mean()), float(est.std() / math.sqrt(s))
