@@ -3,12 +3,9 @@
 Everything runs off one `Probe` (model + data + loss). The public API is what this module exports.
 """
 
+from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
-from .directions import (
-    Direction,
-    direction_from_checkpoint,
-    direction_from_vector,
-    random_direction,
+from .compare import Comparison, PairResult, compare
 from .curvature import (
     DensityResult,
     EigenResult,
@@ -17,6 +14,12 @@ from .curvature import (
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
+)
+from .directions import (
+    Direction,
+    direction_from_checkpoint,
+    direction_from_vector,
+    random_direction,
 )
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
@@ -31,6 +34,7 @@ from .surface import (
     loss_surface,
     pca_directions,
 )
+from .track import Track, track
 
 __version__ = "0.1.0"
 
@@ -43,6 +47,14 @@ __all__ = [
     # checkpoints
     "load_checkpoint",
     "read_state_dict",
+    # curvature
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hessian_density",
+    "EigenResult",
+    "TraceResult",
+    "DensityResult",
+    "LayerResults",
     # sharpness and flatness
     "sharpness",
     "adaptive_sharpness",
@@ -62,14 +74,15 @@ __all__ = [
     "loss_surface",
     "interpolate",
     "pca_directions",
-    # curvature
-    "hessian_eigenvalues",
-    "hessian_trace",
-    "hessian_density",
-    "EigenResult",
-    "TraceResult",
-    "DensityResult",
-    "LayerResults",
+    # workflows
+    "audit",
+    "AuditReport",
+    "Measure",
+    "compare",
+    "Comparison",
+    "PairResult",
+    "track",
+    "Track",
     # errors
     "LandscapeError",
 ]
