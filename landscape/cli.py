@@ -1,6 +1,7 @@
 """The `landscape` command line: parses arguments, calls the public API, prints.
 
-Library code never prints; this module is the only place that talks to the terminal.
+Library code never prints; this module is the only place that talks to the terminal. Any mistake
+in the arguments is one line on stderr naming what is wrong, and exit status 2.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from .errors import LandscapeError
 
@@ -19,48 +22,198 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "train four small CNNs on the built-in digits data and compare their minima",
 }
 
-_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_model_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="PATH.py:FUNCTION or package.module:FUNCTION that builds the model, or "
+                        "a built-in model: digits_mlp, digits_cnn, digits_resnet")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (built-in, train split; 'digits:test' for the test split) or "
+                        "PATH.py:FUNCTION returning a DataLoader or (inputs, targets) "
+                        "(default: digits)")
+    p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every estimator (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def _measure_list(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    from .audit import BUDGETS, MEASURES
+
+    _add_model_data(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt, .pth, .safetensors)")
+    p.add_argument("--out", required=True, help="output folder for report.* and figures")
+    p.add_argument("--budget", choices=BUDGETS, default="standard",
+                   help="effort: quick, standard or thorough (default: standard)")
+    p.add_argument("--measures", type=_measure_list, default=None,
+                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all)")
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    from .audit import BUDGETS, MEASURES
+
+    _add_model_data(p)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="names of the checkpoints (default: their file names)")
+    p.add_argument("--out", required=True, help="output folder for comparison.* and figures")
+    p.add_argument("--budget", choices=BUDGETS, default="quick", help="effort (default: quick)")
+    p.add_argument("--measures", type=_measure_list, default=None,
+                   help=f"comma-separated subset of: {', '.join(MEASURES)}")
+
+
+def _track_args(p: argparse.ArgumentParser) -> None:
+    from .track import TRACK_MEASURES
+
+    _add_model_data(p)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
+                   help="a folder of checkpoints (sorted by the step in their names) or files")
+    p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
+                   help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
+                        "(default: top_eigenvalue)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate: draws the edge of stability 2/lr on the eigenvalue plot")
+    p.add_argument("--out", required=True,
+                   help="output folder (track.json, track.csv, track.png); reruns resume")
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
+    from .factories import build_data, build_model
+    from .probe import Probe
+
+    model = _to_device(build_model(args.model, checkpoint), args.device)
+    return Probe(model, build_data(args.data, model))
+
+
+def _to_device(model: Any, device: str) -> Any:
+    import torch
+
+    try:
+        return model.to(torch.device(device))
+    except (RuntimeError, AssertionError) as exc:
+        first = str(exc).splitlines()[0]
+        raise LandscapeError(f"cannot use --device {device!r}: {first}") from None
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+
+    probe = _probe_for(args, args.checkpoint)
+    report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
+                   progress=not args.no_progress, log=_log)
+    written = report.write(args.out, title=f"Audit of {Path(args.checkpoint).name}")
+    print(report.to_markdown(f"Audit of {Path(args.checkpoint).name}"))
+    _log(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    names = args.names or [Path(c).stem for c in args.checkpoints]
+    if len(names) != len(args.checkpoints):
+        raise LandscapeError(
+            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints."
+        )
+    if len(set(names)) != len(names):
+        raise LandscapeError(f"checkpoint names must differ; got {names}. Pass --names.")
+    probes = {}
+    for name, ckpt in zip(names, args.checkpoints):
+        probes[name] = _probe_for(args, ckpt)
+    result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
+                     progress=not args.no_progress, log=_log)
+    written = result.write(args.out)
+    print(result.to_markdown())
+    _log(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _track(args: argparse.Namespace) -> int:
+    from .factories import build_data, build_model
+    from .track import track
+
+    source = args.checkpoints[0] if len(args.checkpoints) == 1 else args.checkpoints
+    out = Path(args.out)
+    probe_model = build_model(args.model)
+    data = build_data(args.data, probe_model)
+    result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
+                   data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
+                   progress=not args.no_progress, log=_log)
+    (out / "track.csv").write_text(result.to_csv())
+    _save_track_plot(result, args.lr, out)
+    print(result.to_csv(), end="")
+    _log(f"wrote track.json, track.csv, track.png and track.pdf to {out}")
+    return 0
+
+
+def _save_track_plot(result: Any, lr: float | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plot import plot_track
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    plot_track(result, lr=lr, ax=ax)
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"track.{ext}", dpi=150)
+    plt.close(fig)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, seed=args.seed, progress=not args.no_progress, log=_log)
+    return 0
+
+
+_ADD_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "audit": _audit_args, "compare": _compare_args, "track": _track_args, "demo": _demo_args,
+}
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "audit": _audit, "compare": _compare, "track": _track, "demo": _demo,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="landscape",
         description="Measure the geometry of a neural network's loss around a checkpoint.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _ADD_ARGS.get(name, lambda _p: None)(p)
     return parser
 
 
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(out=args.out, seed=args.seed, progress=True, echo=print)
-    return 0
-
-
-_ADD_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"demo": _demo_args}
-_HANDLERS["demo"] = _demo
-
-
-_PLOT_MODELS = ("digits_mlp", "digits_cnn", "digits_resnet", "digits_resnet_noskip")
-
-
 def _plot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help=f"a built-in model ({', '.join(_PLOT_MODELS)}) or 'package.module:factory' "
-                        "(a callable returning the nn.Module)")
+    _add_model_data(p)
     p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (train split), 'digits-test', 'digits-all', or a .pt file "
-                        "holding an (inputs, targets) pair (default: digits)")
     p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
     p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
     p.add_argument("--points", type=int, default=None,
@@ -70,11 +223,9 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalization", default="filter",
                    choices=("filter", "layer", "model", "none"),
                    help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first direction (default 0)")
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate each point on a subset of this many samples (with stderr)")
     p.add_argument("--log", action="store_true", help="draw log10 of the loss")
-    p.add_argument("--batch-size", type=int, default=1024, help="evaluation batch size")
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -87,17 +238,11 @@ def _plot(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import plot as lplot
-    from ._cli_plot import build_model, load_data
-    from .checkpoint import load_checkpoint
     from .directions import random_direction
-    from .probe import Probe
     from .surface import loss_line, loss_surface
 
-    model = build_model(args.model)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
-    image = not args.model.startswith("digits_mlp")
-    probe = Probe(model, load_data(args.data, image=image), batch_size=args.batch_size)
+    probe = _probe_for(args, args.checkpoint)
+    progress = not args.no_progress
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     norm = None if args.normalization == "none" else args.normalization
@@ -108,7 +253,7 @@ def _plot(args: argparse.Namespace) -> int:
     d1 = random_direction(probe, normalization=norm, seed=args.seed)
     if args.kind == "1d":
         result = loss_line(probe, d1, grid, max_samples=args.max_samples, seed=args.seed,
-                           out=out / "line.npz", progress=True)
+                           out=out / "line.npz", progress=progress)
         ax = lplot.plot_line(result, log=args.log)
         names = ["line.png", "line.pdf"]
         for name in names:
@@ -116,7 +261,7 @@ def _plot(args: argparse.Namespace) -> int:
     else:
         d2 = random_direction(probe, normalization=norm, seed=args.seed + 1)
         result = loss_surface(probe, d1, d2, grid, grid, max_samples=args.max_samples,
-                              seed=args.seed, out=out / "surface.h5", progress=True)
+                              seed=args.seed, out=out / "surface.h5", progress=progress)
         names = []
         for stem, draw in (("contour", lplot.plot_contour), ("surface3d", lplot.plot_surface_3d),
                            ("heatmap", lplot.plot_heatmap)):
@@ -152,6 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LandscapeError as exc:
         print(f"landscape {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"landscape {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line unless the user asks for the traceback
+        if getattr(args, "debug", False):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

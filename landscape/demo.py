@@ -1,30 +1,68 @@
-"""The built-in demo: train on the bundled digits data and measure the minimum found."""
+"""The built-in demo: four minima of the digits CNN, found by four optimizers, compared.
+
+Trains the small BatchNorm CNN on the bundled digits data with SGD at a small batch size, SGD at a
+large (full) batch size, Adam, and SAM, saves the checkpoints, then runs `compare` on the four
+minima and writes the comparison (JSON, Markdown, HTML, figures) to the output folder.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import digits_loaders, digits_mlp, digits_tensors
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .compare import Comparison, compare
+from .data import digits_cnn, digits_tensors
 from .data.training import train
 from .probe import Probe
 
+# name -> (batch size, optimizer, learning rate, epochs). Full-batch SGD takes as many epochs as
+# it needs to fit the training set about as well as the others.
+RECIPES: dict[str, tuple[int, str, float, int]] = {
+    "sgd_small_batch": (16, "sgd", 0.02, 15),
+    "sgd_large_batch": (1438, "sgd", 0.1, 150),
+    "adam": (32, "adam", 1e-3, 15),
+    "sam": (16, "sam", 0.02, 15),
+}
 
-def run_demo(out: str = "demo-output", seed: int = 0, progress: bool = False,
-             echo: Callable[[str], None] | None = None) -> dict:
-    """Train the digits MLP briefly, probe its minimum, write `out/demo.json`; return numbers."""
-    say = echo or (lambda _msg: None)
-    train_loader, _ = digits_loaders(batch_size=64, seed=seed)
-    model = train(digits_mlp(seed=seed), train_loader, epochs=5, lr=0.05, seed=seed)
-    probe = Probe(model, digits_tensors("train"))
-    meter = probe.meter()
-    ev = probe.evaluate()
-    grad_norm = float(probe.gradient().norm())
-    result = {"loss": ev.loss, "accuracy": ev.accuracy, "grad_norm": grad_norm,
-              "n_samples": ev.n_samples, "cost": meter.cost().to_dict()}
-    say(f"digits MLP: loss {ev.loss:.4f}, accuracy {ev.accuracy:.3f}, |grad| {grad_norm:.2e}")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "demo.json").write_text(json.dumps(result, indent=2))
-    say(f"wrote {Path(out) / 'demo.json'}")
+
+def train_demo_models(out: str | Path, seed: int = 0,
+                      log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Train the four demo CNNs and save their state dicts to `out/checkpoints/NAME.pt`."""
+    say = log or (lambda _line: None)
+    folder = Path(out) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = digits_tensors("train", image=True)
+    paths = {}
+    for name, (batch_size, optimizer, lr, epochs) in RECIPES.items():
+        say(f"training {name}: {optimizer}, batch {batch_size}, lr {lr}, {epochs} epochs")
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        model = train(digits_cnn(seed=seed), loader, epochs=epochs, lr=lr, optimizer=optimizer,
+                      seed=seed)
+        paths[name] = folder / f"{name}.pt"
+        torch.save(model.state_dict(), paths[name])
+    return paths
+
+
+def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = False,
+             log: Callable[[str], None] | None = None) -> Comparison:
+    """Train the four minima, compare them on the training data, write everything to `out`."""
+    say = log or (lambda _line: None)
+    paths = train_demo_models(out, seed=seed, log=log)
+    data = digits_tensors("train", image=True)
+    test = digits_tensors("test", image=True)
+    probes = {}
+    for name, path in paths.items():
+        model = digits_cnn(seed=seed)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        probes[name] = Probe(model.eval(), data)
+        ev = Probe(model, test).evaluate()
+        say(f"{name}: test loss {ev.loss:.4f}, test accuracy {ev.accuracy:.3f}")
+    result = compare(probes, budget="quick", seed=seed, progress=progress, log=log)
+    written = result.write(out)
+    say(result.to_markdown())
+    say(f"wrote {len(written)} files and the checkpoints to {out}")
     return result

@@ -215,6 +215,43 @@ def plot_density(result: Any, ax: Any = None, log: bool = False) -> Any:
     return ax
 
 
+def plot_track(track: Any, ax: Any = None, *, measure: str | None = None,
+               lr: float | None = None, log: bool = False) -> Any:
+    """A measure of `landscape.track` against the training step.
+
+    Args:
+        track: a `Track` (rows with "step" and measure values; `<measure>_stderr` drawn as bars).
+        measure: which column (default: the track's first measure).
+        lr: learning rate; draws the edge of stability 2 / lr of gradient descent (Cohen et al.
+            2021) as a dashed line, meaningful for the top eigenvalue.
+        log: logarithmic y axis.
+    """
+    measure = measure or track.measures[0]
+    if measure not in track.measures:
+        raise LandscapeError(f"measure {measure!r} was not tracked; choose among "
+                             f"{list(track.measures)}.")
+    steps = np.array(track.steps, dtype=float)
+    values = np.array([np.nan if v is None else v for v in track.column(measure)], dtype=float)
+    with plt.rc_context(STYLE):
+        ax = _axes(ax)
+        err = track.column(f"{measure}_stderr")
+        if any(e is not None for e in err):
+            ax.errorbar(steps, values, yerr=[0 if e is None else e for e in err], marker="o",
+                        ms=3, capsize=2)
+        else:
+            ax.plot(steps, values, marker="o", ms=3)
+        if lr is not None:
+            if lr <= 0:
+                raise LandscapeError(f"lr must be positive; got {lr}.")
+            ax.axhline(2.0 / lr, color="0.4", ls="--", lw=0.9, label=f"2 / lr = {2 / lr:.3g}")
+            ax.legend(frameon=False)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(measure.replace("_", " "))
+    return ax
+
+
 def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
                zmax: float | None = None) -> None:
     """Write the surface as VTK XML PolyData (`.vtp`) for ParaView.

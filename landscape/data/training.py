@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import LandscapeError
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "sam")
 
 
 def train(
@@ -22,16 +22,20 @@ def train(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     seed: int = 0,
+    sam_rho: float = 0.05,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
 ) -> nn.Module:
-    """Train `model` in place with SGD (with momentum) or Adam, and return it in eval mode.
+    """Train `model` in place with SGD (with momentum), Adam or SAM, and return it in eval mode.
+
+    SAM (Foret et al. 2021) here is the minimal two-pass version over SGD with momentum: the
+    gradient is taken at w + sam_rho * g / ||g|| (l2 ball of radius `sam_rho`), then applied at w.
 
     Randomness (dropout, the loader's shuffling if its generator is unset) runs under a forked RNG
     seeded by `seed`, so the caller's global RNG is left alone.
     """
     if optimizer not in OPTIMIZERS:
         raise LandscapeError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
-    if optimizer == "sgd":
+    if optimizer in ("sgd", "sam"):
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
     else:
@@ -43,6 +47,24 @@ def train(
             for x, y in loader:
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(x), y).backward()
+                if optimizer == "sam":
+                    _sam_ascent_gradient(model, lambda x=x, y=y: loss_fn(model(x), y), sam_rho)
                 opt.step()
     opt.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def _sam_ascent_gradient(model: nn.Module, closure: Callable[[], Tensor], rho: float) -> None:
+    """Replace each .grad by the gradient at w + rho g / ||g||, leaving the weights at w."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
+        steps = [rho * p.grad / (norm + 1e-12) for p in params]  # 1e-12: g = 0 at a minimum
+        for p, e in zip(params, steps):
+            p.add_(e)
+    for p in params:
+        p.grad = None
+    closure().backward()
+    with torch.no_grad():
+        for p, e in zip(params, steps):
+            p.sub_(e)

@@ -1,0 +1,251 @@
+"""Compare minima: the audit's measures side by side, overlaid curves, pairwise barriers.
+
+`compare({"sgd": probe_a, "adam": "adam.pt"}, model_fn=..., data=...)` audits each minimum with
+the same seed (so the filter-normalized 1D curves are drawn along the same kind of direction),
+interpolates every pair linearly with its loss and error barriers, distance and cosine, and
+returns a `Comparison` that writes comparison.json, comparison.md and the figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ._results import to_jsonable
+from .audit import MEASURES, AuditReport, _fmt, audit
+from .checkpoint import load_checkpoint
+from .errors import LandscapeError
+from .probe import Probe
+
+# The 2D surface is the costliest measure and is not drawn side by side: left out by default.
+DEFAULT_MEASURES = tuple(m for m in MEASURES if m != "loss_surface")
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Linear interpolation from minimum `a` (alpha 0) to minimum `b` (alpha 1)."""
+
+    a: str
+    b: str
+    barrier: float
+    barrier_alpha: float
+    error_barrier: float | None
+    distance: float
+    cosine: float
+    alphas: np.ndarray
+    loss: np.ndarray
+    error: np.ndarray | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Audits of several minima (same seed and budget) and every pair's interpolation."""
+
+    audits: dict[str, AuditReport]
+    pairs: list[PairResult]
+    seed: int
+    budget: str
+    seconds: float
+    lines: dict[str, Any] = field(default_factory=dict, repr=False)
+    interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.audits)
+
+    def table(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """`table[measure][name] = {"value": ..., "stderr": ...}` for every measure."""
+        rows: dict[str, dict[str, dict[str, float | None]]] = {}
+        for name, report in self.audits.items():
+            for key, m in report.measures.items():
+                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr}
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "names": self.names, "seed": self.seed, "budget": self.budget,
+            "seconds": self.seconds, "table": to_jsonable(self.table()),
+            "audits": {k: r.to_dict() for k, r in self.audits.items()},
+            "pairs": [p.to_dict() for p in self.pairs],
+        }
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_markdown(self, figures: Sequence[str] = ()) -> str:
+        names = self.names
+        lines = ["# Comparison of minima", "",
+                 f"Budget `{self.budget}`, seed {self.seed}, {self.seconds:.1f} s. Values with "
+                 "a standard error are estimates (± one standard error); worst-case sharpness and "
+                 "flatness are lower bounds of a maximum.", "",
+                 "| measure | " + " | ".join(names) + " |",
+                 "|---|" + "---|" * len(names)]
+        for key, row in self.table().items():
+            cells = []
+            for n in names:
+                entry = row.get(n)
+                if entry is None:
+                    cells.append("-")
+                elif entry["stderr"] is None:
+                    cells.append(_fmt(entry["value"]))
+                else:
+                    cells.append(f"{_fmt(entry['value'])} ± {_fmt(entry['stderr'])}")
+            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        if self.pairs:
+            lines += ["", "## Linear interpolation between minima", "",
+                      "| pair | loss barrier | at alpha | error barrier | distance | cosine |",
+                      "|---|---|---|---|---|---|"]
+            for p in self.pairs:
+                lines.append(f"| {p.a} -> {p.b} | {_fmt(p.barrier)} | {p.barrier_alpha:.2f} | "
+                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} |")
+        lines.append("")
+        for fig in figures:
+            lines += [f"![{Path(fig).stem}]({fig})", ""]
+        return "\n".join(lines)
+
+    def write(self, out: str | Path) -> list[Path]:
+        """Write comparison.json, comparison.md, comparison.html and the figures to `out`."""
+        from .audit import Measure, _html_page
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        figures = _comparison_figures(self, out)
+        pngs = [f for f in figures if f.suffix == ".png"]
+        (out / "comparison.json").write_text(self.to_json())
+        (out / "comparison.md").write_text(self.to_markdown([f.name for f in pngs]))
+        flat = [Measure(f"{name}: {m.name}", m.value, m.stderr, m.description, m.settings, m.cost)
+                for name, r in self.audits.items() for m in r.measures.values()]
+        (out / "comparison.html").write_text(
+            _html_page("Comparison of minima", ", ".join(self.names), flat, pngs))
+        return [out / "comparison.json", out / "comparison.md", out / "comparison.html",
+                *figures]
+
+
+def compare(
+    minima: Mapping[str, Probe | str | os.PathLike | Mapping[str, Any] | nn.Module],
+    *,
+    model_fn: Callable[[], nn.Module] | None = None,
+    data: Any = None,
+    loss_fn: Callable[..., Any] | None = None,
+    probe_kwargs: Mapping[str, Any] | None = None,
+    budget: str = "quick",
+    seed: int = 0,
+    measures: Sequence[str] | None = None,
+    interpolation_points: int = 21,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Measure several minima the same way and compare them.
+
+    Args:
+        minima: name -> a `Probe`, a checkpoint (path or state dict) or a model. Checkpoints and
+            models are probed on `data` with `loss_fn`; checkpoints are loaded into `model_fn()`.
+        model_fn: builds a fresh model for each checkpoint.
+        data, loss_fn, probe_kwargs: how to build probes for checkpoints and models.
+        budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
+        interpolation_points: alphas in [0, 1] for each pair's linear interpolation
+            f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
+
+    Returns:
+        A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
+    """
+    from .surface import interpolate
+
+    if len(minima) < 1:
+        raise LandscapeError("compare needs at least one minimum (a dict name -> checkpoint).")
+    say = log or (lambda _line: None)
+    t0 = time.perf_counter()
+    probes = {name: _as_probe(name, item, model_fn, data, loss_fn, probe_kwargs or {})
+              for name, item in minima.items()}
+    chosen = DEFAULT_MEASURES if measures is None else tuple(measures)
+    audits: dict[str, AuditReport] = {}
+    for name, probe in probes.items():
+        say(f"auditing {name} ...")
+        audits[name] = audit(probe, budget=budget, seed=seed, measures=chosen,
+                             progress=progress, log=log)
+    pairs, interpolations = [], {}
+    alphas = np.linspace(0.0, 1.0, interpolation_points)
+    for a, b in itertools.combinations(probes, 2):
+        say(f"interpolating {a} -> {b} ...")
+        line = interpolate(probes[a], probes[b].model, alphas, progress=progress)
+        pairs.append(_pair(a, b, line))
+        interpolations[f"{a} -> {b}"] = line
+    lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
+    return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
+                      interpolations)
+
+
+def _pair(a: str, b: str, line: Any) -> PairResult:
+    error = None if getattr(line, "accuracy", None) is None else 1.0 - np.asarray(line.accuracy)
+    return PairResult(
+        a=a, b=b, barrier=float(line.barrier), barrier_alpha=float(line.barrier_alpha),
+        error_barrier=None if getattr(line, "error_barrier", None) is None
+        else float(line.error_barrier),
+        distance=float(line.distance), cosine=float(line.cosine),
+        alphas=np.asarray(line.alphas), loss=np.asarray(line.loss), error=error,
+    )
+
+
+def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, data: Any,
+              loss_fn: Any, probe_kwargs: Mapping[str, Any]) -> Probe:
+    if isinstance(item, Probe):
+        return item
+    if data is None:
+        raise LandscapeError(
+            f"minimum {name!r} is not a Probe: pass data= (and model_fn= for checkpoints) so "
+            "compare can build one."
+        )
+    if isinstance(item, nn.Module):
+        model = item
+    else:
+        if model_fn is None:
+            raise LandscapeError(
+                f"minimum {name!r} is a checkpoint: pass model_fn= (a function that builds the "
+                "model) so compare can load it."
+            )
+        model = load_checkpoint(model_fn(), item).eval()
+    return Probe(model, data, loss_fn, **probe_kwargs)
+
+
+def _comparison_figures(comparison: Comparison, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    made: list[Path] = []
+
+    def save(fig: Any, stem: str) -> None:
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"{stem}.{ext}", dpi=150)
+            made.append(out / f"{stem}.{ext}")
+        plt.close(fig)
+
+    if comparison.lines:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        plot.plot_line(list(comparison.lines.values()), labels=list(comparison.lines), ax=ax)
+        ax.set_title("filter-normalized random direction")
+        save(fig, "lines")
+    if comparison.interpolations:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        plot.plot_line(list(comparison.interpolations.values()),
+                       labels=list(comparison.interpolations), ax=ax)
+        ax.set_xlabel(r"$\alpha$: (1 - $\alpha$) $w_A$ + $\alpha$ $w_B$")
+        ax.set_title("linear interpolation between minima")
+        save(fig, "interpolation")
+    return made

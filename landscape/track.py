@@ -1,0 +1,171 @@
+"""Follow measures of the minimum over a series of training checkpoints.
+
+`track(["ckpt_100.pt", "ckpt_200.pt", ...], model_fn=..., data=...)` measures each checkpoint
+(the top Hessian eigenvalue by default) and returns a `Track` table against the training step,
+read from each file name's last integer. With `out=` the table is saved after every checkpoint
+and a rerun skips the checkpoints already measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ._results import to_jsonable
+from .checkpoint import load_checkpoint
+from .errors import LandscapeError
+from .probe import Probe
+
+TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+@dataclass(frozen=True)
+class Track:
+    """One row per checkpoint: `rows[i] = {"checkpoint", "step", measure: value, ...}`.
+
+    Estimated measures also have `"<measure>_stderr"` (trace) and every row its `"seconds"`.
+    """
+
+    rows: list[dict[str, Any]]
+    measures: tuple[str, ...]
+    seed: int
+
+    def column(self, measure: str) -> list[float | None]:
+        return [row.get(measure) for row in self.rows]
+
+    @property
+    def steps(self) -> list[int]:
+        return [row["step"] for row in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({"measures": list(self.measures), "seed": self.seed,
+                            "rows": self.rows})
+
+    def to_csv(self) -> str:
+        keys = ["checkpoint", "step"] + [k for k in self.rows[0] if k not in
+                                          ("checkpoint", "step")] if self.rows else []
+        lines = [",".join(keys)]
+        lines += [",".join("" if r.get(k) is None else str(r.get(k)) for k in keys)
+                  for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def checkpoint_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The checkpoint files of a folder (sorted by step) or of an explicit list (kept in order)."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        files = [p for p in Path(source).iterdir() if p.suffix in _CHECKPOINT_SUFFIXES]
+        if not files:
+            raise LandscapeError(
+                f"folder {str(source)!r} holds no checkpoint files "
+                f"({', '.join(_CHECKPOINT_SUFFIXES)})."
+            )
+        return sorted(files, key=lambda p: (step_of(p, 0), p.name))
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    missing = [str(p) for p in items if not Path(p).is_file()]
+    if missing:
+        raise LandscapeError(f"checkpoint files {missing} do not exist.")
+    return [Path(p) for p in items]
+
+
+def step_of(path: Path, default: int) -> int:
+    """The training step in a checkpoint's file name: its last integer (`epoch_12.pt` -> 12)."""
+    numbers = re.findall(r"\d+", Path(path).stem)
+    return int(numbers[-1]) if numbers else default
+
+
+def track(
+    checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    model_fn: Callable[[], nn.Module],
+    data: Any,
+    loss_fn: Callable[..., Any] | None = None,
+    measures: Sequence[str] = ("top_eigenvalue",),
+    rho: float = 0.05,
+    n_hvp: int = 60,
+    tol: float = 1e-3,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Track:
+    """Measure each checkpoint of a training run.
+
+    Args:
+        checkpoints: a folder of checkpoint files (sorted by the step in their names) or a list.
+        model_fn: builds a fresh model for each checkpoint.
+        data, loss_fn: the probe's data and loss.
+        measures: among "top_eigenvalue" (Lanczos, relative residual `tol`), "trace" (Hutch++
+            with `n_hvp` products, with stderr), "sharpness" (worst-case l2 at radius `rho`, a
+            lower bound), "gradient_norm" and "loss" (exact).
+        seed: seed of every stochastic measure.
+        out: JSON file holding the table; rows already there (same checkpoint, measures and
+            settings) are kept and not measured again.
+
+    Returns:
+        A `Track` with one row per checkpoint, in order.
+    """
+    from .curvature import hessian_eigenvalues, hessian_trace
+    from .sharpness import sharpness
+
+    measures = tuple(measures)
+    unknown = [m for m in measures if m not in TRACK_MEASURES]
+    if unknown or not measures:
+        raise LandscapeError(f"measures must be among {TRACK_MEASURES}; got {list(measures)}.")
+    files = checkpoint_files(checkpoints)
+    settings = {"measures": list(measures), "rho": rho, "n_hvp": n_hvp, "tol": tol, "seed": seed}
+    done: dict[str, dict[str, Any]] = {}
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.is_file():
+        saved = json.loads(out_path.read_text())
+        if saved.get("settings") == settings:
+            done = {row["checkpoint"]: row for row in saved.get("rows", [])}
+    say = log or (lambda _line: None)
+    rows: list[dict[str, Any]] = []
+    iterator: Any = files
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(files, desc="checkpoints")
+    for i, path in enumerate(iterator):
+        key = str(path)
+        if key in done:
+            rows.append(done[key])
+            continue
+        say(f"measuring {path.name} ...")
+        t0 = time.perf_counter()
+        probe = Probe(load_checkpoint(model_fn(), path).eval(), data, loss_fn)
+        row: dict[str, Any] = {"checkpoint": key, "step": step_of(path, i)}
+        if "loss" in measures or "gradient_norm" in measures:
+            loss, grad = probe.loss_and_gradient()
+            if "loss" in measures:
+                row["loss"] = loss
+            if "gradient_norm" in measures:
+                row["gradient_norm"] = float(grad.norm())
+        if "top_eigenvalue" in measures:
+            r = hessian_eigenvalues(probe, k=1, tol=tol, seed=seed)
+            row["top_eigenvalue"] = float(r.eigenvalues[0])
+        if "trace" in measures:
+            r = hessian_trace(probe, n_hvp=n_hvp, method="hutch++", seed=seed)
+            row["trace"], row["trace_stderr"] = float(r.estimate), float(r.stderr)
+        if "sharpness" in measures:
+            row["sharpness"] = float(sharpness(probe, rho, seed=seed).value)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        if out_path is not None:  # save as we go: an interrupted run resumes from here
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}),
+                                           indent=2))
+    result = Track(rows, measures, seed)
+    if out_path is not None:
+        out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}),
+                                       indent=2))
+    return result

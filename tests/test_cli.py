@@ -1,0 +1,129 @@
+"""The command line driven as a user would: subprocesses, files written, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from landscape import Probe, audit
+from landscape.data import digits_loaders, digits_mlp, digits_tensors
+from landscape.data.training import train
+
+MEASURES = "hessian_eigenvalues,hessian_trace,sharpness_worst_l2,loss_line"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "landscape.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Two briefly trained digits MLP checkpoints, a model file and a data file."""
+    root = tmp_path_factory.mktemp("cli")
+    loader, _ = digits_loaders(batch_size=64)
+    for seed, epochs in ((0, 2), (1, 3)):
+        model = train(digits_mlp(hidden=16, seed=seed), loader, epochs=epochs, lr=0.05, seed=seed)
+        torch.save({"state_dict": model.state_dict()}, root / f"run{seed}_epoch_{epochs}.pt")
+    (root / "net.py").write_text(
+        "from landscape.data import digits_mlp\n\ndef make():\n    return digits_mlp(hidden=16)\n"
+    )
+    (root / "small_data.py").write_text(
+        "from landscape.data import digits_tensors\n\n"
+        "def load():\n    x, y = digits_tensors('train')\n    return x[:300], y[:300]\n"
+    )
+    return root
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_audit_writes_reports_matching_the_python_api(workdir):
+    out = workdir / "audit"
+    proc = run_cli("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt",
+                   "--data", "small_data.py:load", "--out", out, "--budget", "quick",
+                   "--measures", MEASURES, "--no-progress", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("report.json", "report.md", "report.html", "loss_line.png", "loss_line.pdf"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())["measures"]
+    model = digits_mlp(hidden=16)
+    model.load_state_dict(torch.load(workdir / "run0_epoch_2.pt")["state_dict"])
+    x, y = digits_tensors("train")
+    expected = audit(Probe(model, (x[:300], y[:300])), budget="quick", seed=0,
+                     measures=MEASURES.split(","))
+    for key in ("loss", "hessian_eigenvalues", "hessian_trace", "sharpness_worst_l2"):
+        assert report[key]["value"] == pytest.approx(expected.measures[key].value, rel=1e-6), key
+    assert report["hessian_trace"]["stderr"] > 0
+    assert report["hessian_eigenvalues"]["cost"]["n_hvp"] > 0
+    assert "hessian_eigenvalues" in (out / "report.md").read_text()
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+
+
+def test_compare_and_track(workdir):
+    out = workdir / "compare"
+    proc = run_cli("compare", "run0_epoch_2.pt", "run1_epoch_3.pt", "--model", "net.py:make",
+                   "--data", "small_data.py:load", "--out", out, "--measures",
+                   "hessian_eigenvalues,loss_line", "--no-progress", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["names"] == ["run0_epoch_2", "run1_epoch_3"]
+    pair = result["pairs"][0]
+    assert pair["distance"] > 0 and -1 <= pair["cosine"] <= 1
+    assert pair["loss"][0] == pytest.approx(
+        result["audits"]["run0_epoch_2"]["measures"]["loss"]["value"], rel=1e-6)
+    for name in ("comparison.md", "lines.png", "interpolation.png"):
+        assert (out / name).is_file(), name
+
+    track_out = workdir / "track"
+    args = ("track", "run0_epoch_2.pt", "run1_epoch_3.pt", "--model", "net.py:make",
+            "--data", "small_data.py:load", "--out", track_out, "--measures",
+            "top_eigenvalue,loss", "--lr", "0.05", "--no-progress")
+    proc = run_cli(*args, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads((track_out / "track.json").read_text())["rows"]
+    assert [r["step"] for r in first] == [2, 3]
+    assert (track_out / "track.png").is_file()
+    proc = run_cli(*args, cwd=workdir)  # a rerun measures nothing again
+    assert proc.returncode == 0 and "measuring" not in proc.stderr
+    assert json.loads((track_out / "track.json").read_text())["rows"] == first
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("audit", "--model", "missing.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "o"),
+     "file 'missing.py' does not exist"),
+    (("audit", "--model", "net.py:build", "--checkpoint", "run0_epoch_2.pt", "--out", "o"),
+     "has no function 'build'"),
+    (("audit", "--model", "digits_cnn", "--checkpoint", "run0_epoch_2.pt", "--out", "o"),
+     "checkpoint does not match the model"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "nope.pt", "--out", "o"),
+     "does not exist"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "o",
+      "--measures", "hessian_eigenvalues,curvature_vibes"), "unknown measures ['curvature_vibes']"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt"),
+     "the following arguments are required: --out"),
+    (("compare", "run0_epoch_2.pt", "--model", "net.py:make", "--out", "o", "--names", "a", "b"),
+     "--names gives 2 names for 1 checkpoints"),
+    (("track", "empty_dir", "--model", "net.py:make", "--out", "o", "--measures", "vibes"),
+     "measures must be among"),
+])
+def test_bad_arguments_give_one_clear_line(workdir, args, needle):
+    (workdir / "empty_dir").mkdir(exist_ok=True)
+    assert_one_line_error(run_cli(*args, cwd=workdir), needle)
+
+
+def test_help_lists_the_subcommands(workdir):
+    proc = run_cli("--help", cwd=workdir)
+    assert proc.returncode == 0
+    for sub in ("audit", "compare", "plot", "track", "demo"):
+        assert sub in proc.stdout
