@@ -3,9 +3,12 @@
 Everything runs off one `Probe` (model + data + loss). The public API is what this module exports.
 """
 
+from .agreement import AgreementResult, quadratic_agreement
 from .checkpoint import load_checkpoint, read_state_dict
+from .entropy import LocalEntropyResult, local_entropy
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
+from .pacbayes import PacBayesResult, pac_bayes_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
 
@@ -27,6 +30,13 @@ __all__ = [
     "SharpnessResult",
     "LayerSharpnessResult",
     "FlatnessResult",
+    # PAC-Bayes flatness, local entropy, quadratic-model agreement
+    "pac_bayes_flatness",
+    "local_entropy",
+    "quadratic_agreement",
+    "PacBayesResult",
+    "LocalEntropyResult",
+    "AgreementResult",
     # errors
     "LandscapeError",
 ]
