@@ -25,7 +25,9 @@ measure, not a certificate: Dziugaite and Roy (2017) and Jiang et al. (2020) pay
 with a union bound over a grid of sigmas (log of the grid size added to the KL).
 
 The Monte Carlo error is the standard error of f(sigma) over the draws, and the standard error of
-sigma by the delta method, stderr(f) / (df / dsigma), with the slope from the final bracket.
+sigma by the delta method, stderr(f) / (df / dsigma), with the slope as the secant between the
+evaluated levels nearest the bracket at least SLOPE_SPAN (5%) outside it, so that a step of a
+discrete criterion (the error) inside a narrow bracket does not pass for a steep slope.
 
 References:
     Dziugaite and Roy, Computing Nonvacuous Generalization Bounds for Deep (Stochastic) Neural
@@ -55,6 +57,7 @@ from .sharpness import _check_int
 CRITERIA = ("error", "loss")
 NOISES = ("isotropic", "magnitude")
 SIGMA_LIMITS = (1e-12, 1e12)  # the bracket search gives up outside these noise levels
+SLOPE_SPAN = 1.05  # the slope for sigma's error: a secant at least 5% outside the bracket
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class PacBayesResult:
             (the lower end of `bracket`). Isotropic: the per-coordinate standard deviation in
             parameter units; magnitude: relative to |w_i| (s_i = sqrt(sigma^2 w_i^2 + eps^2)).
         stderr: Monte Carlo standard error of sigma by the delta method (None when the bracket
-            has no positive slope, e.g. a step in the error).
+            has no positive slope).
         bracket: (lo, hi) with f(lo) <= target < f(hi) for the drawn noise; hi is inf when no
             noise level up to 1e12 reached the target.
         flatness: 1 / sigma^2 (Jiang et al.'s measure: larger is sharper).
@@ -223,10 +226,7 @@ def pac_bayes_flatness(
     vals = evals.get(lo, torch.zeros(n_samples, dtype=torch.float64))
     inc = float(vals.mean())
     inc_se = float(vals.std() / math.sqrt(n_samples))
-    stderr = None
-    if lo > 0 and math.isfinite(hi) and math.isfinite(f_hi) and f_hi > f_lo:
-        slope = (f_hi - f_lo) / (hi - lo)  # d f / d sigma over the final bracket
-        stderr = inc_se / slope
+    stderr = _sigma_stderr({k: float(v.mean()) for k, v in evals.items()}, lo, hi, inc_se)
     s = scale(lo)
     diff2 = (w - w0) ** 2
     kl = float((diff2 / (2 * s**2)).sum()) if lo > 0 or noise == "magnitude" else math.inf
@@ -279,6 +279,18 @@ def _search(f, sigma0: float, target: float, rtol: float,
     if not (lo > 0 and math.isfinite(hi) and hi / lo <= 1 + rtol):
         return lo, hi, f_lo, f_hi, f"max_iter={max_iter} reached with bracket ({lo:.4g}, {hi:.4g})."
     return lo, hi, f_lo, f_hi, None
+
+
+def _sigma_stderr(means: dict[float, float], lo: float, hi: float,
+                  inc_se: float) -> float | None:
+    """stderr(f) / slope, the slope a secant between evaluated levels around the bracket."""
+    below = [x for x in means if 0 < x <= lo / SLOPE_SPAN] or [lo]
+    above = [x for x in means if math.isfinite(x) and x >= hi * SLOPE_SPAN] or [hi]
+    a, b = max(below), min(above)
+    if not (0 < a < b and math.isfinite(b) and math.isfinite(means.get(b, math.nan))):
+        return None
+    slope = (means[b] - means[a]) / (b - a)
+    return inc_se / slope if slope > 0 else None
 
 
 def _criterion(probe: Probe, delta: Tensor | None, criterion: str) -> float:
