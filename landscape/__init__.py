@@ -3,6 +3,7 @@
 Everything runs off one `Probe` (model + data + loss). The public API is what this module exports.
 """
 
+from .agreement import AgreementResult, quadratic_agreement
 from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
 from .compare import Comparison, PairResult, compare
@@ -21,8 +22,10 @@ from .directions import (
     direction_from_vector,
     random_direction,
 )
+from .entropy import LocalEntropyResult, local_entropy
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
+from .pacbayes import PacBayesResult, pac_bayes_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
 from .surface import (
@@ -83,6 +86,13 @@ __all__ = [
     "PairResult",
     "track",
     "Track",
+    # beyond the peers
+    "pac_bayes_flatness",
+    "PacBayesResult",
+    "local_entropy",
+    "LocalEntropyResult",
+    "quadratic_agreement",
+    "AgreementResult",
     # errors
     "LandscapeError",
 ]
