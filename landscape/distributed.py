@@ -34,6 +34,7 @@ from torch import Tensor
 from .errors import LandscapeError
 
 DISTRIBUTED_OPTIONS = ("auto", True, False)
+SHARD_OPTIONS = ("auto", "points", "data")
 
 
 def _dist_ready() -> bool:
@@ -90,6 +91,31 @@ class Comm:
             raise error
         rank, (kind, message) = next((r, m) for r, m in enumerate(everyone) if m is not None)
         raise LandscapeError(f"rank {rank} of {self.world_size} failed ({kind}): {message}")
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (picklable; `obj` itself when not distributed)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        src = torch.distributed.get_global_rank(self.group, 0) if self.group is not None else 0
+        device = self.device if self.device.type == "cuda" else None
+        torch.distributed.broadcast_object_list(box, src=src, group=self.group, device=device)
+        return box[0]
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        """All ranks' `rows` (same shape everywhere) stacked by rank: (world_size * k, m)."""
+        if not self.active:
+            return rows
+        rows = rows.to(self.device).contiguous()
+        parts = [torch.empty_like(rows) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, rows, group=self.group)
+        return torch.cat(parts).cpu()
+
+    def raise_if_any(self, failed: bool, error: BaseException | None) -> None:
+        """Collective: raise on every rank when `failed` on any (call after a gather that
+        carried the flag, so no extra reduction is spent when nothing failed)."""
+        if failed:
+            self._raise_everywhere(error)
 
     def global_starts(self, sizes: Sequence[int]) -> tuple[list[int], int]:
         """Global index of the first sample of each of this rank's batches, and the global total.
@@ -159,10 +185,31 @@ def shard_source(source: Iterable[Any], comm: Comm) -> Iterable[Any]:
     """This rank's share of the batches of `source` (the source itself when alone)."""
     if not comm.active:
         return source
+    return _shard(source, comm.rank, comm.world_size)
+
+
+def full_source(source: Iterable[Any], comm: Comm) -> Iterable[Any] | None:
+    """All batches of `source` in the single-process order, for a rank that evaluates on all the
+    data (surface points sharding); None when this rank cannot see all of it (a loader with a
+    `DistributedSampler` holds only the rank's share)."""
+    if not comm.active:
+        return source
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if isinstance(source, DataLoader) and any(
+        isinstance(s, DistributedSampler)
+        for s in (source.sampler, getattr(source.batch_sampler, "sampler", None))
+    ):
+        return None
+    return _shard(source, 0, 1)
+
+
+def _shard(source: Iterable[Any], rank: int, world_size: int) -> Iterable[Any]:
+    """Batches i of `source` with i % world_size == rank, in the loader's unshuffled order."""
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
     if not isinstance(source, DataLoader):
-        return _Sharded(source, comm.rank, comm.world_size)
+        return _Sharded(source, rank, world_size)
     batch_sampler = source.batch_sampler
     samplers = [source.sampler, getattr(batch_sampler, "sampler", None)]
     if any(isinstance(s, DistributedSampler) for s in samplers):
@@ -176,7 +223,7 @@ def shard_source(source: Iterable[Any], comm: Comm) -> Iterable[Any]:
                 f"and {'drops' if sampler.drop_last else 'repeats'} {changed} to make the shares "
                 "equal, so the probe's data is not exactly the data set; pass the plain loader "
                 "(the probe shards it) for exact values.",
-                stacklevel=4,
+                stacklevel=5,
             )
         return source
     shuffled = isinstance(source.sampler, RandomSampler)
@@ -187,13 +234,13 @@ def shard_source(source: Iterable[Any], comm: Comm) -> Iterable[Any]:
                 "shares would overlap; pass shuffle=False (the mean loss does not depend on the "
                 "order) or a DistributedSampler."
             )
-        return _Sharded(source, comm.rank, comm.world_size)
+        return _Sharded(source, rank, world_size)
     if shuffled:
         from torch.utils.data import BatchSampler, SequentialSampler
 
         batch_sampler = BatchSampler(SequentialSampler(source.dataset), source.batch_size,
                                      source.drop_last)  # type: ignore[arg-type]
-    return _rebuild_loader(source, _Sharded(batch_sampler, comm.rank, comm.world_size))
+    return _rebuild_loader(source, _Sharded(batch_sampler, rank, world_size))
 
 
 def _rebuild_loader(loader: Any, batch_sampler: Any) -> Any:
@@ -214,3 +261,47 @@ def _rebuild_loader(loader: Any, batch_sampler: Any) -> Any:
         if name in accepted and hasattr(loader, name):
             kwargs[name] = getattr(loader, name)
     return DataLoader(loader.dataset, **kwargs)
+
+
+def grid_plan(probe: Any, shard: str, n_points: int) -> tuple[str, Any]:
+    """How a grid of `n_points` loss evaluations is spread over the probe's ranks.
+
+    Returns `(mode, evaluator)`: "alone" (not distributed: the probe), "data" (every point on
+    the distributed probe: each rank its share of the batches, one all-reduce per point) or
+    "points" (each rank evaluates its own points on all the data with `probe._alone()`, a
+    non-distributed view of the same model and data). `shard="auto"` takes "points" when every
+    rank can see all the data (not a `DistributedSampler` loader), the whole data set fits in
+    every rank's device cache (`cache_bytes`), and there are at least as many points as ranks;
+    otherwise "data". Collective: every rank must call it; all ranks get the same mode.
+    """
+    if shard not in SHARD_OPTIONS:
+        raise LandscapeError(f"shard must be one of {SHARD_OPTIONS}; got {shard!r}.")
+    comm: Comm = probe._comm
+    if not comm.active:
+        return "alone", probe
+    if shard == "data":
+        return "data", probe
+    probe.n_samples  # noqa: B018 - first use (collective): the share's bytes are known after
+    data = probe._data
+    blind = data.given is None or full_source(data.given, comm) is None
+    n_blind, total_bytes = comm.reduce([float(blind), float(data.local_bytes)])
+    if n_blind:
+        if shard == "points":
+            raise LandscapeError(
+                "shard='points' needs all the data on every rank, but the probe holds only this "
+                "rank's share (a DistributedSampler loader); pass the plain loader, or "
+                "shard='data'."
+            )
+        return "data", probe
+    if shard == "auto":
+        (n_small,) = comm.reduce([float(total_bytes > data.cache_bytes)])
+        if n_small or n_points < comm.world_size:
+            return "data", probe
+    twin, error = None, None
+    try:
+        twin = probe._alone()
+        twin.n_samples  # noqa: B018 - this rank's pass over all the data
+    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+        error = e
+    comm.reduce([], error=error)
+    return "points", twin

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .distributed import Comm, resolve_comm, shard_source
+from .distributed import Comm, full_source, resolve_comm, shard_source
 from .errors import LandscapeError
 
 LossFn = Callable[[Any, Any], Tensor]
@@ -111,13 +111,15 @@ class _Data:
 
     def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, comm: Comm):
-        self.source = shard_source(_as_reiterable(data, batch_size), comm)
+        self.given: Iterable[Any] | None = _as_reiterable(data, batch_size)  # None: a share
+        self.source = shard_source(self.given, comm)
         self.device = device
         self.dtype = dtype
         self.cache_bytes = cache_bytes
         self.cache: list[Any] | None = None
         self.checked = False
         self.n_local = 0  # samples in this rank's share (all samples when not distributed)
+        self.local_bytes = 0  # bytes of this rank's batches on the device
 
     def raw(self) -> Iterator[Any]:
         for batch in self.source:
@@ -584,6 +586,8 @@ class Probe:
         # Gathered data is already this rank's share: no sharding, but the same process group.
         new = Probe(self.model, [] if data is None else data, distributed=False, **kwargs)
         new._comm = self._comm
+        if data is not None and self._comm.active:
+            new._data.given = None  # this rank's share of the samples, not all of them
         if data is None:  # share the data and the result of its checks
             self._prepare()
             new._data = self._data
@@ -803,8 +807,8 @@ class Probe:
                         loss_sum += float(loss.double()) * n_b
                         n += n_b
                         n_batches += 1
+                        used += _nbytes(batch)
                         if cache is not None:
-                            used += _nbytes(batch)
                             if used <= data.cache_bytes:
                                 cache.append(batch)
                             else:
@@ -852,6 +856,7 @@ class Probe:
         data.cache = cache
         data.checked = True
         data.n_local = n_local
+        data.local_bytes = used
         self._n_samples = n
 
     # ------------------------------------------------------------------ internals: vectors
@@ -904,6 +909,29 @@ class Probe:
         out = [(b, self._batch_n_samples(b)) for b in self._data.batches()]
         starts, total = self._comm.global_starts([n for _, n in out])
         return out, starts, total
+
+    # ------------------------------------------------------------------ internals: distributed
+
+    def _alone(self) -> Probe | None:
+        """This rank alone over ALL the data (no reductions, the single-process batch order),
+        sharing the model and the cost counters; the probe itself when not distributed; None
+        when this rank cannot see all the data (a `DistributedSampler` loader, or a sub-probe
+        over gathered samples). Kept for reuse. For work split by other means than the data
+        (the points of a surface): every rank must call it (the data check is collective)."""
+        if not self._comm.active:
+            return self
+        twin = getattr(self, "_alone_probe", None)
+        if twin is None:
+            self._prepare()
+            full = None if self._data.given is None else full_source(self._data.given,
+                                                                    self._comm)
+            if full is None:
+                return None
+            twin = self._clone(data=full, check_data=False)
+            twin._comm = Comm(False, None, self.device)
+            twin._counts = self._counts
+            self._alone_probe = twin
+        return twin
 
 
 # ---------------------------------------------------------------------- module helpers

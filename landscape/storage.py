@@ -9,6 +9,10 @@ with the same hash continues from its `done` mask; a different hash is refused, 
 Arrays are kept in memory and written whole: at most every `flush_seconds`, at the end, and when
 the computation raises (the `finally` of the caller), so an interrupted run loses nothing that
 was computed. `.npz` files are replaced atomically (write to a temporary file, then rename).
+
+Distributed (`comm=` a probe's process group): rank 0 alone reads and writes the file; it sends
+the stored arrays (the `done` mask) to every rank, and a refused file raises on every rank. The
+caller gives every rank every computed point (`set`), so all ranks hold the whole grid.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class GridStore:
     """In-memory result arrays of one grid, mirrored to a file when `path` is given."""
 
     def __init__(self, path: str | os.PathLike | None, coords: dict[str, np.ndarray],
-                 settings: dict[str, Any], flush_seconds: float = 2.0):
+                 settings: dict[str, Any], flush_seconds: float = 2.0, comm: Any = None):
         self.path = None if path is None else check_path(path)
         self.coords = coords
         self.settings = settings
@@ -60,16 +64,31 @@ class GridStore:
         self.flush_seconds = flush_seconds
         self._last = time.monotonic()
         self._dirty = False
-        if self.path is not None and self.path.exists():
-            stored = read(self.path)
-            if stored["settings_hash"] != self.hash:
-                raise LandscapeError(
-                    f"{str(self.path)!r} was made with different settings (stored settings: "
-                    f"{_diff(stored['settings'], settings)}); pass another out= path or delete "
-                    "the file to start over."
-                )
+        self.writer = comm is None or comm.rank == 0
+        stored, error = None, None
+        if self.writer and self.path is not None and self.path.exists():
+            try:
+                stored = self._read_matching()
+            except LandscapeError as exc:
+                error = exc
+        if comm is not None:
+            comm.reduce([], error=error)  # a refused file raises on every rank
+            stored = comm.broadcast_object(stored)
+        elif error is not None:
+            raise error
+        if stored is not None:
             for name in _ARRAYS:
                 getattr(self, name)[...] = stored[name]
+
+    def _read_matching(self) -> dict[str, np.ndarray]:
+        stored = read(self.path)  # type: ignore[arg-type]
+        if stored["settings_hash"] != self.hash:
+            raise LandscapeError(
+                f"{str(self.path)!r} was made with different settings (stored settings: "
+                f"{_diff(stored['settings'], self.settings)}); pass another out= path or delete "
+                "the file to start over."
+            )
+        return {name: stored[name] for name in _ARRAYS}
 
     def set(self, index: tuple[int, ...], loss: float, accuracy: float | None,
             stderr: float | None = None) -> None:
@@ -82,7 +101,7 @@ class GridStore:
             self.flush()
 
     def flush(self) -> None:
-        if self.path is None or not (self._dirty or not self.path.exists()):
+        if self.path is None or not self.writer or not (self._dirty or not self.path.exists()):
             return
         arrays = {**self.coords, "loss": self.loss, "accuracy": self.accuracy,
                   "loss_stderr": self.loss_stderr, "done": self.done}

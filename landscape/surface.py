@@ -24,6 +24,23 @@ groups may share samples).
 
 Storage: with `out="surface.h5"` (or `.npz`) the grid is written as it is computed and a rerun
 with the same settings evaluates only the missing points; see `landscape.storage`.
+
+Distributed (`torch.distributed` initialized, a distributed probe): every rank calls the function
+with the same arguments and returns the whole result. `shard=` picks what is split:
+
+* "points": rank r evaluates the missing points r, r + W, r + 2W, ... each on ALL the data
+  (a non-distributed view of the probe, in the single-process batch order), and the ranks
+  exchange their finished points once per round of W points. No collective per point and no
+  waiting on the slowest batch share: this scales with the ranks as long as each rank can hold
+  the data, and gives the single-process values bitwise.
+* "data": every point on the distributed probe (each rank its share of the batches, one
+  all-reduce per point): for data too big for one rank, or a loader with a DistributedSampler.
+* "auto" (default): "points" when every rank sees all the data (not a DistributedSampler), the
+  whole data fits in the device cache of every rank (`Probe(cache_bytes=)`; otherwise every
+  rank would re-read all the data for every point), and there are at least W points; else "data".
+
+With `out=`, rank 0 alone reads and writes the file; every rank resumes from its `done` mask.
+`max_samples=` subsets are drawn by global sample index, so they are the same in both modes.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ from .directions import (
     cosine,
     flat_from_checkpoint,
 )
+from .distributed import grid_plan
 from .errors import LandscapeError
 from .probe import Cost, Probe
 from .storage import GridStore, read
@@ -176,7 +194,8 @@ class TrajectoryPCA:
 
 def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[float] | np.ndarray,
               *, max_samples: int | None = None, seed: int = 0,
-              out: str | os.PathLike | None = None, progress: bool = False) -> Line:
+              out: str | os.PathLike | None = None, progress: bool = False,
+              shard: str = "auto") -> Line:
     """The loss along a line, f(a) = L(w + a d), at each a in `alphas`.
 
     Args:
@@ -187,10 +206,12 @@ def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[floa
             and report the standard error (module docstring); None: all data, exact.
         seed: seeds the subsets (ignored for exact evaluation).
         out: optional `.h5`/`.npz` file written as points are computed; a rerun resumes.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only when distributed).
+        shard: distributed only: "auto", "points" (each rank its own points, on all the data)
+            or "data" (every point on every rank's share of the data); module docstring.
 
     Returns:
-        A `Line`. Non-finite losses are NaN.
+        A `Line` (the whole line on every rank). Non-finite losses are NaN.
 
     Example:
         >>> import torch
@@ -205,14 +226,15 @@ def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[floa
     a = _coords(alphas, "alphas")
     meter = probe.meter()
     store = _run_grid(probe, [vec], {"alphas": a}, "line", [_meta(direction, vec)], out,
-                      max_samples, seed, progress, {})
+                      max_samples, seed, progress, {}, shard)
     return _make_line(probe, a, store, _meta(direction, vec), max_samples, seed, meter.cost())
 
 
 def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
                  xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, *,
                  max_samples: int | None = None, seed: int = 0,
-                 out: str | os.PathLike | None = None, progress: bool = False) -> Surface:
+                 out: str | os.PathLike | None = None, progress: bool = False,
+                 shard: str = "auto") -> Surface:
     """The loss on a plane, `loss[i, j] = L(w + xs[i] dx + ys[j] dy)`.
 
     Points are evaluated row by row (i outer, j inner). With `out=` the file is written as
@@ -225,10 +247,11 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
         dx, dy: `Direction`s or flat tensors of length `probe.num_params` (not orthogonalized;
             `Surface.cosine` reports their cosine).
         xs, ys: coordinates along dx and dy (the grid may be non-square).
-        max_samples, seed, out, progress: as in `loss_line`.
+        max_samples, seed, out, progress, shard: as in `loss_line`.
 
     Returns:
-        A `Surface`; memory is O(len(xs) len(ys)) floats plus the probe's.
+        A `Surface` (the whole grid on every rank); memory is O(len(xs) len(ys)) floats plus
+        the probe's.
 
     Raises:
         LandscapeError: a direction of the wrong length, empty or non-finite coordinates, a bad
@@ -240,7 +263,7 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
     cos = cosine(vx, vy)
     meter = probe.meter()
     store = _run_grid(probe, [vx, vy], {"xs": x, "ys": y}, "surface", metas, out, max_samples,
-                      seed, progress, {"cosine": _json_float(cos)})
+                      seed, progress, {"cosine": _json_float(cos)}, shard)
     return Surface(
         xs=x, ys=y, loss=store.loss.copy(), accuracy=_none_if_all_nan(store.accuracy),
         loss_stderr=None if max_samples is None else store.loss_stderr.copy(),
@@ -252,7 +275,8 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
 
 def interpolate(probe: Probe, other: Checkpoint,
                 alphas: Sequence[float] | np.ndarray | None = None, *,
-                max_samples: int | None = None, seed: int = 0, progress: bool = False) -> Line:
+                max_samples: int | None = None, seed: int = 0, progress: bool = False,
+                shard: str = "auto") -> Line:
     """Linear interpolation f(a) = L((1 - a) w_A + a w_B) from the probe's w_A to `other`'s w_B.
 
     Only the probed parameters are interpolated: buffers (BatchNorm running statistics) stay those
@@ -269,7 +293,7 @@ def interpolate(probe: Probe, other: Checkpoint,
         probe: the model at w_A (alpha 0).
         other: w_B (alpha 1): a state dict, a model of the same architecture, or a checkpoint path.
         alphas: where to evaluate (may range outside [0, 1]); default 0, 0.05, ..., 1.
-        max_samples, seed, progress: as in `loss_line`.
+        max_samples, seed, progress, shard: as in `loss_line`.
 
     Returns:
         A `Line` with `barrier`, `barrier_alpha`, `error_barrier`, `error_barrier_alpha`,
@@ -293,7 +317,7 @@ def interpolate(probe: Probe, other: Checkpoint,
             "norm": float(d.double().norm())}
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
-                      progress, {})
+                      progress, {}, shard)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     i0, i1 = int(np.flatnonzero(full == 0.0)[0]), int(np.flatnonzero(full == 1.0)[0])
@@ -348,8 +372,9 @@ def pca_directions(probe: Probe, checkpoints: Sequence[Checkpoint]) -> Trajector
 def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray], kind: str,
               metas: list[dict[str, Any]], out: str | os.PathLike | None,
               max_samples: int | None, seed: int, progress: bool,
-              extra: dict[str, Any]) -> GridStore:
+              extra: dict[str, Any], shard: str = "auto") -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
+    mode, evaluator = grid_plan(probe, shard, int(np.prod([len(c) for c in coords.values()])))
     total = probe.n_samples
     groups: list[Probe] | None = None
     n_used = total
@@ -362,7 +387,7 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
         m = min(max_samples // N_GROUPS, total)
         gen = torch.Generator().manual_seed(int(seed))
         seeds = torch.randint(0, 2**31 - 1, (N_GROUPS,), generator=gen).tolist()
-        groups = [probe.subset(m, seed=s) for s in seeds]
+        groups = [evaluator.subset(m, seed=s) for s in seeds]
         n_used = m * N_GROUPS
     settings = {
         "kind": kind, "format": 1,
@@ -373,19 +398,30 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
         "n_samples": n_used, "data_n_samples": total, "max_samples": max_samples,
         "seed": int(seed) if max_samples is not None else 0, **extra,
     }
-    store = GridStore(out, coords, settings)
+    comm = probe._comm
+    store = GridStore(out, coords, settings, comm=comm)
     axes = list(coords.values())
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
               for idx in np.ndindex(*store.loss.shape) if not store.done[idx]]
-    bar = _progress(len(points), progress)
+    bar = _progress(len(points), progress and comm.rank == 0)
     try:
-        if groups is None:
+        if mode == "points":
+            _by_points(evaluator, groups, vectors, points, store, bar, comm)
+        elif groups is None:
             _exact(probe, vectors, points, store, bar)
         else:
             _grouped(groups, vectors, points, store, bar)
-    finally:
+    except BaseException:
         bar.close()
+        store.flush()  # keep what was computed
+        raise
+    bar.close()
+    error = None
+    try:
         store.flush()
+    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+        error = e
+    comm.reduce([], error=error)  # on return the file is complete, on every rank
     return store
 
 
@@ -407,17 +443,67 @@ def _grouped(groups: list[Probe], vectors: list[Tensor], points: list, store: Gr
              bar: Any, chunk: int = 32) -> None:
     for s in range(0, len(points), chunk):
         part = points[s:s + chunk]
-        evs = [list(g.evaluate_points(vectors, [c for _, c in part])) for g in groups]
-        for k, (idx, _) in enumerate(part):
-            losses = np.array([e[k].loss for e in evs], dtype=np.float64)
-            if not np.all(np.isfinite(losses)):
-                store.set(idx, np.nan, None, None)
-            else:
-                accs = [e[k].accuracy for e in evs]
-                acc = None if accs[0] is None else float(np.mean(accs))
-                se = float(losses.std(ddof=1) / np.sqrt(len(losses)))
-                store.set(idx, float(losses.mean()), acc, se)
+        for (idx, _), value in zip(part, _group_values(groups, vectors, [c for _, c in part])):
+            store.set(idx, *value)
             bar.update()
+
+
+_Value = tuple[float, float | None, float | None]  # loss, accuracy, stderr
+
+
+def _group_values(groups: list[Probe], vectors: list[Tensor],
+                  coords: list[tuple[float, ...]]) -> list[_Value]:
+    """(mean loss, mean accuracy, stderr) over the groups at each point; NaN when not finite."""
+    evs = [list(g.evaluate_points(vectors, coords)) for g in groups]
+    out = []
+    for k in range(len(coords)):
+        losses = np.array([e[k].loss for e in evs], dtype=np.float64)
+        if not np.all(np.isfinite(losses)):
+            out.append((np.nan, None, None))
+            continue
+        accs = [e[k].accuracy for e in evs]
+        acc = None if accs[0] is None else float(np.mean(accs))
+        out.append((float(losses.mean()), acc, float(losses.std(ddof=1) / np.sqrt(len(losses)))))
+    return out
+
+
+def _by_points(evaluator: Probe, groups: list[Probe] | None, vectors: list[Tensor],
+               points: list, store: GridStore, bar: Any, comm: Any) -> None:
+    """Points sharding: rank r evaluates points r, r + W, ... on all the data (`evaluator` is
+    not distributed); after each round of W points the ranks all-gather the finished values
+    (flat index, loss, accuracy, stderr, failed flag), so every rank's store holds the grid and
+    a rank that raised makes every rank raise."""
+    world, shape = comm.world_size, store.loss.shape
+    mine = points[comm.rank::world]
+    gen = None if groups is not None else evaluator.evaluate_points(vectors, (c for _, c in mine))
+    try:
+        for k in range(-(-len(points) // world)):
+            row, error = [-1.0, np.nan, np.nan, np.nan, 0.0], None
+            if k < len(mine):
+                idx, c = mine[k]
+                try:
+                    if gen is not None:
+                        ev = next(gen)
+                        value = (ev.loss, ev.accuracy, None)
+                    else:
+                        value = _group_values(groups, vectors, [c])[0]  # type: ignore[arg-type]
+                    row = [float(np.ravel_multi_index(idx, shape)),
+                           *(np.nan if v is None else float(v) for v in value), 0.0]
+                except Exception as e:  # noqa: BLE001 - raised on every rank below
+                    row[4], error = 1.0, e
+            rows = comm.gather_rows(torch.tensor([row], dtype=torch.float64)).numpy()
+            comm.raise_if_any(bool(rows[:, 4].any()), error)
+            for flat, loss, acc, se, _ in rows[rows[:, 0] >= 0]:
+                idx = np.unravel_index(int(flat), shape)
+                if np.isfinite(loss):
+                    store.set(idx, float(loss), None if np.isnan(acc) else float(acc),
+                              None if np.isnan(se) else float(se))
+                else:
+                    store.set(idx, np.nan, None, None)
+                bar.update()
+    finally:
+        if gen is not None:
+            gen.close()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -82,3 +83,21 @@ def run_on_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2,
                 p.kill()
                 p.join()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def assert_close(a: Any, b: Any, rtol: float = 1e-8) -> None:
+    """`a` equals the reference `b` to `rtol` (nested lists/tuples, tensors with NaN in the same
+    places, exact ints and bools, floats)."""
+    if isinstance(b, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_close(x, y, rtol)
+    elif isinstance(b, torch.Tensor):
+        assert a.shape == b.shape
+        assert torch.equal(a.isnan(), b.isnan())
+        a, b = a.nan_to_num(), b.nan_to_num()
+        assert (a - b).norm() <= rtol * b.norm() + 1e-14, ((a - b).norm(), b.norm())
+    elif isinstance(b, (bool, int)):
+        assert a == b
+    else:
+        assert a == pytest.approx(b, rel=rtol, abs=1e-14)

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 from conftest import tiny_data, tiny_mlp
+from distributed_util import assert_close as _close
 from distributed_util import run_on_ranks
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -120,17 +121,6 @@ def ranks():
 @pytest.fixture(scope="module")
 def single():
     return {"mlp": _measure(*_mlp()), "cnn": _measure(*_cnn()), "loaders": _loaders(None)}
-
-
-def _close(a, b, rtol=1e-8):
-    if isinstance(b, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _close(x, y, rtol)
-    elif isinstance(b, torch.Tensor):
-        assert (a - b).norm() <= rtol * b.norm() + 1e-14, ((a - b).norm(), b.norm())
-    else:
-        assert a == pytest.approx(b, rel=rtol, abs=1e-14)
 
 
 QUANTITIES = ["loss", "accuracy", "gradient", "loss_g", "g", "hg", "hv_given", "hvp_delta", "ggn",
