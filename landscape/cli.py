@@ -7,8 +7,10 @@ in the arguments is one line on stderr naming what is wrong, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -282,6 +284,45 @@ _ADD_ARGS["plot"] = _plot_args
 _HANDLERS["plot"] = _plot
 
 
+@contextlib.contextmanager
+def _torchrun(args: argparse.Namespace) -> Iterator[None]:
+    """Launched by torchrun (RANK and WORLD_SIZE set): join the process group for the command.
+
+    Backend gloo on CPU, NCCL with `--device cuda` (each rank on cuda:LOCAL_RANK). Every rank runs
+    the same command (its collectives must match), but only rank 0 talks and writes: the others'
+    output goes to /dev/null and their --out files to a scratch folder. The group is destroyed at
+    the end. `track` and `demo` are single-process commands.
+    """
+    import os
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        yield
+        return
+    if args.command in ("track", "demo"):
+        raise LandscapeError(f"{args.command} runs in one process; launch it without torchrun.")
+    import torch
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(torch.device(args.device))
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    try:
+        if dist.get_rank() == 0:
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix="landscape-rank-") as scratch, \
+                open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            args.out = scratch
+            yield
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -293,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: not available yet in this version.", file=sys.stderr)
         return 2
     try:
-        return handler(args)
+        with _torchrun(args):
+            return handler(args)
     except LandscapeError as exc:
         print(f"landscape {args.command}: error: {exc}", file=sys.stderr)
         return 2
