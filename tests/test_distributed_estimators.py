@@ -121,11 +121,32 @@ def _sampler_loader(rank: int | None) -> dict:
     return out
 
 
+def _failing_point() -> tuple[str, bool]:
+    """A loss that raises far along the line: only rank 1 evaluates that point."""
+    x, y = tiny_data(12)
+    model = tiny_mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def batch_loss(m, batch):
+        if next(m.parameters()).abs().max() > 10:
+            raise RuntimeError("exploded")
+        return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    probe = Probe(model, (x, y), batch_loss=batch_loss, batch_size=4)
+    try:
+        loss_line(probe, torch.ones(probe.num_params, dtype=torch.float64), [0.0, 100.0],
+                  shard="points")
+        message = ""
+    except Exception as e:  # noqa: BLE001 - the message is the result
+        message = f"{type(e).__name__}: {e}"
+    return message, all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def _on_rank(rank: int, world_size: int, out_dir: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {"estimators": _estimators(), "surfaces": _surfaces(out_dir),
-                "sampler": _sampler_loader(rank)}
+                "sampler": _sampler_loader(rank), "failing": _failing_point()}
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +220,10 @@ def test_shard_option_is_checked():
     probe = _probe()
     with pytest.raises(LandscapeError, match="shard must be one of"):
         loss_line(probe, _dirs(probe)[0], XS, shard="rows")
+
+
+def test_a_point_failing_on_one_rank_raises_on_every_rank(ranks):
+    (first, kept0), (second, kept1) = (res["failing"] for res in ranks)
+    assert second == "RuntimeError: exploded"
+    assert first == "LandscapeError: rank 1 of 2 failed (RuntimeError): exploded"
+    assert kept0 and kept1  # the model is restored on both ranks
