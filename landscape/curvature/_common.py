@@ -56,16 +56,18 @@ def operator(probe: Probe, curvature: str) -> MatVec:
 
 
 def generator(probe: Probe, seed: int) -> torch.Generator:
-    """A generator on the probe's device seeded by `seed` (the global RNG is never touched)."""
+    """A CPU generator seeded by `seed` (the global RNG is never touched). Draws are made on the
+    CPU and moved to the probe's device: CUDA draws depend on the GPU model (its number of
+    multiprocessors), so ranks on different GPUs would get different vectors."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise LandscapeError(f"seed must be an integer; got {seed!r}.")
-    return torch.Generator(device=probe.device).manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def rademacher(n: int, gen: torch.Generator, probe: Probe, count: int | None = None) -> Tensor:
     """Random signs +-1 of shape (n,) or (n, count) in the probe's dtype and device."""
     shape = (n,) if count is None else (n, count)
-    z = torch.randint(0, 2, shape, generator=gen, device=probe.device)
+    z = torch.randint(0, 2, shape, generator=gen).to(probe.device)
     return z.to(probe.dtype).mul_(2).sub_(1)
 
 

@@ -139,7 +139,7 @@ def hessian_eigenvalues(
         matvec = operator(p, curvature)
         meter = p.meter()
         gen = generator(p, seed)
-        v0 = torch.randn(p.num_params, generator=gen, device=p.device, dtype=p.dtype)
+        v0 = torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
         with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
             def counted(v: Tensor) -> Tensor:
                 bar.update(1)
@@ -208,7 +208,7 @@ def lanczos_step(matvec: MatVec, V: Tensor, T: Tensor, j: int) -> tuple[Tensor, 
 
 def _random_orthogonal(V: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """A unit vector orthogonal to V[:size] (to continue after an invariant subspace)."""
-    r = torch.randn(V.shape[1], generator=gen, device=V.device, dtype=V.dtype)
+    r = torch.randn(V.shape[1], generator=gen, dtype=V.dtype).to(V.device)
     for _ in range(2):
         r = r - (V[:size] @ r) @ V[:size]
     return r / torch.linalg.vector_norm(r)
@@ -288,7 +288,7 @@ def power_eigs(
     v = v0
     for i in range(k):
         if i:
-            v = torch.randn(n, generator=gen, device=v0.device, dtype=v0.dtype)
+            v = torch.randn(n, generator=gen, dtype=v0.dtype).to(v0.device)
         theta, r = math.nan, math.inf
         done = False
         while n_mv < max_iter:

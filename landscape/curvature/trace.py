@@ -62,7 +62,7 @@ def hessian_trace(
         probe: the model, data and loss.
         n_hvp: the budget of Hessian-vector products (>= 2; >= 3 for "hutch++").
         method: "hutchinson", "hutch++" or "xtrace".
-        seed: seeds the random vectors (a generator on the probe's device).
+        seed: seeds the random vectors (a CPU generator; the vectors are moved to the device).
         rtol: stop early once stderr <= rtol * |estimate| (checked after at least 10 Hutchinson
             samples; Hutch++ checks during its Hutchinson phase). None: use the full budget.
             Not available for "xtrace", whose estimate needs all its vectors at once.
