@@ -58,7 +58,7 @@ from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Probe
 
-BUFFERS = ("interpolate", "keep")
+BUFFERS = ("interpolate", "recompute", "keep")
 
 # (axis, group name, block): units of the group are `block` consecutive entries along `axis`
 AxisSpec = tuple[int, str, int]
@@ -572,8 +572,8 @@ def align_weights(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100
 
 
 def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | None = None,
-                    *, max_iter: int = 100, seed: int = 0,
-                    buffers: str = "interpolate") -> AlignedBarrierResult:
+                    *, max_iter: int = 100, seed: int = 0, buffers: str = "interpolate",
+                    bn_data: Any = None, batch_size: int = 256) -> AlignedBarrierResult:
     """Loss and error barriers between the probe's model (A) and `model_b`, raw and aligned.
 
     Along f(a) = L((1 - a) w_A + a w_B) for each a in `alphas` (0 and 1 added), the barrier is
@@ -587,10 +587,17 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
         alphas: interpolation coefficients; None means 21 points evenly spaced on [0, 1].
             Points outside [0, 1] are evaluated but do not enter the barrier.
         max_iter, seed: passed to `align_weights`.
-        buffers: "interpolate": floating-point buffers (BatchNorm running statistics) follow
-            the same path (1 - a) b_A + a b_B, so f(1) is model B itself; "keep": model A's
-            buffers all along. Either way they are restored bitwise afterwards. Neither
-            recomputes the statistics (REPAIR, Jordan et al. 2023, would).
+        buffers: what BatchNorm running statistics (floating-point buffers) are at each a.
+            "interpolate": the same path (1 - a) b_A + a b_B, so f(1) is model B itself (cheap,
+            but the interpolated network's true statistics differ: its activations shrink,
+            "variance collapse", Jordan et al. 2023, and the barrier is overstated);
+            "recompute": reset and re-estimated at each a from `bn_data` in train mode (one
+            extra pass per point; what Ainsworth et al. 2023 do for BatchNorm networks);
+            "keep": model A's all along. All buffers are restored bitwise afterwards.
+        bn_data: for "recompute": an `(inputs, targets)` tensor pair, an inputs tensor (both
+            split into batches of `batch_size`), or an iterable of batches whose first element
+            is the inputs (typically the training data).
+        batch_size: batch size when `bn_data` is a tensor.
 
     Returns:
         `AlignedBarrierResult` with the raw and the aligned `BarrierCurve`.
@@ -600,6 +607,9 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     """
     if buffers not in BUFFERS:
         raise LandscapeError(f"buffers must be one of {BUFFERS}; got {buffers!r}.")
+    if (buffers == "recompute") != (bn_data is not None):
+        raise LandscapeError("buffers='recompute' needs bn_data (the inputs to re-estimate the "
+                             "BatchNorm statistics on), and bn_data is only used with it.")
     alphas = np.linspace(0.0, 1.0, 21) if alphas is None else np.asarray(alphas, dtype=float)
     if alphas.ndim != 1 or not np.all(np.isfinite(alphas)):
         raise LandscapeError("alphas must be a 1-D sequence of finite numbers.")
@@ -608,23 +618,33 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     meter = probe.meter()
     alignment = align_weights(probe.model, model_b, max_iter=max_iter, seed=seed)
     raw_sd = {k: v.detach() for k, v in model_b.state_dict().items()}
-    curves = [_curve(probe, sd, alphas, buffers) for sd in (raw_sd, alignment.state_dict)]
+    bn_batches = None if bn_data is None else [
+        x.to(probe.device, probe.dtype if x.is_floating_point() else x.dtype)
+        for x in _input_batches(bn_data, batch_size)]
+    curves = [_curve(probe, sd, alphas, buffers, bn_batches)
+              for sd in (raw_sd, alignment.state_dict)]
     return AlignedBarrierResult(
         raw=curves[0], aligned=curves[1], alignment=alignment, buffers=buffers,
         n_forward=meter.cost().n_forward, seconds=time.perf_counter() - start,
     )
 
 
-def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray,
-           buffers: str) -> BarrierCurve:
+def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: str,
+           bn_batches: list[Any] | None) -> BarrierCurve:
     w_a = probe.flat_params()
     w_b = torch.cat([sd_b[n].detach().reshape(-1) for n in probe.param_names]).to(w_a)
     model = probe.model
-    buf_a = {n: b for n, b in model.named_buffers() if b.is_floating_point()}
     losses, errors = [], []
     for a in alphas:
-        with _buffers_at(model, buf_a, sd_b, float(a), buffers == "interpolate"):
-            ev = probe.evaluate(float(a) * (w_b - w_a))
+        with probe.perturbed(float(a) * (w_b - w_a)), _buffers_restored(model):
+            if buffers == "interpolate":
+                with torch.no_grad():
+                    for n, b in model.named_buffers():
+                        if b.is_floating_point():
+                            b.copy_(torch.lerp(b, sd_b[n].to(b), float(a)))
+            elif buffers == "recompute":
+                _recompute_batchnorm(model, bn_batches)
+            ev = probe.evaluate()
         losses.append(ev.loss)
         errors.append(None if ev.accuracy is None else 1.0 - ev.accuracy)
     has_error = all(e is not None for e in errors)
@@ -655,19 +675,45 @@ def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, fl
 
 
 @contextlib.contextmanager
-def _buffers_at(model: nn.Module, buf_a: dict[str, Tensor], sd_b: dict[str, Tensor], a: float,
-                active: bool) -> Iterator[None]:
-    """Floating-point buffers at (1 - a) b_A + a b_B inside the block, restored bitwise."""
-    if not active or not buf_a:
-        yield
-        return
-    backup = {n: b.clone() for n, b in buf_a.items()}
+def _buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Every buffer (and BatchNorm momentum, module modes) restored bitwise after the block."""
+    backup = {n: b.clone() for n, b in model.named_buffers()}
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.no_grad():
-            for n, b in buf_a.items():
-                b.copy_(torch.lerp(backup[n], sd_b[n].to(b), a))
         yield
     finally:
         with torch.no_grad():
-            for n, b in buf_a.items():
+            for n, b in model.named_buffers():
                 b.copy_(backup[n])
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        for m, mode in modes:
+            m.training = mode
+
+
+def _recompute_batchnorm(model: nn.Module, batches: list[Any]) -> None:
+    """Reset BatchNorm statistics and re-estimate them (cumulative average) over `batches`."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the plain mean over batches
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.eval()
+
+
+def _input_batches(data: Any, batch_size: int) -> list[Any]:
+    if isinstance(data, Tensor):
+        return list(data.split(batch_size))
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, Tensor) for t in data):
+        return list(data[0].split(batch_size))
+    out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+    if not out:
+        raise LandscapeError("bn_data is empty: give the inputs to estimate BatchNorm "
+                             "statistics on.")
+    return out

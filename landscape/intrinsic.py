@@ -23,8 +23,9 @@ Projections (the columns of P have unit l2 norm, so ||P theta|| ~ ||theta|| for 
   time).
 * "auto": dense while n d <= 2^25 entries, else sparse.
 
-P is drawn from its own `torch.Generator` seeded with `seed` for each d (so each d is
-reproducible alone), and mini-batch order from another seeded with `seed`. The user's model is
+P is drawn from `torch.Generator`s seeded from `seed` (per block of columns, so P for d is the
+first d columns of P for any larger d: the subspaces are nested and each d is reproducible
+alone), and the mini-batch order from another generator seeded with `seed`. The user's model is
 never modified: training goes through `torch.func.functional_call` with the parameters
 w0 + P theta and copies of the buffers (BatchNorm statistics update the copies).
 
@@ -56,6 +57,7 @@ METRICS = ("accuracy", "loss")
 OPTIMIZERS = ("adam", "sgd")
 DENSE_MAX_ENTRIES = 2**25  # "auto" switches to the sparse projection above this many entries
 CHUNK_ENTRIES = 2**22  # dense entries generated at a time
+COLUMN_BLOCK = 64  # columns drawn from one generator
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -81,7 +83,7 @@ class IntrinsicDimResult:
         initial_loss, initial_accuracy: at w0 (theta = 0).
         n_params: n, the number of trained parameters.
         seed: the seed of the projections and the batch order.
-        settings: epochs, lr, optimizer, batch_size.
+        settings: epochs, lr, optimizer, momentum, batch_size.
         seconds: wall-clock time in all; seconds_per_dim: for each d (baseline excluded).
     """
 
@@ -121,6 +123,7 @@ def intrinsic_dimension(
     baseline: float | None = None,
     loss_fn: LossFn | None = None,
     optimizer: str = "adam",
+    momentum: float = 0.0,
     batch_size: int = 128,
     projection: str = "auto",
     metric: str = "accuracy",
@@ -146,7 +149,8 @@ def intrinsic_dimension(
         baseline: the full model's performance on `metric` (an accuracy, or a loss); None
             means measure it by training all n parameters with the same settings.
         loss_fn: `loss_fn(outputs, targets)`, the mean over the batch; None: cross-entropy.
-        optimizer: "adam" or "sgd" (plain, no momentum).
+        optimizer: "adam" or "sgd".
+        momentum: heavy-ball momentum of "sgd" (0: plain gradient descent).
         batch_size: batch size for a tensor pair.
         projection: "auto", "dense" or "sparse".
         metric: "accuracy" (classification) or "loss".
@@ -161,12 +165,13 @@ def intrinsic_dimension(
 
     Example:
         >>> import torch
-        >>> x = torch.eye(4, 6, dtype=torch.float64)        # 4 independent constraints
+        >>> x = 3 * torch.eye(4, 9, dtype=torch.float64)    # 4 independent constraints
         >>> y = torch.ones(4, 1, dtype=torch.float64)
-        >>> model = torch.nn.Linear(6, 1, bias=False).double()
-        >>> res = intrinsic_dimension(model, (x, y), (x, y), [2, 4], epochs=300, lr=0.05,
-        ...                           loss_fn=torch.nn.functional.mse_loss, metric="loss",
-        ...                           optimizer="sgd", baseline=0.0)
+        >>> model = torch.nn.Linear(9, 1, bias=False).double()
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> res = intrinsic_dimension(model, (x, y), (x, y), [2, 8], epochs=300, lr=0.05,
+        ...                           momentum=0.8, loss_fn=torch.nn.functional.mse_loss,
+        ...                           metric="loss", optimizer="sgd", baseline=0.0)
         >>> res.loss[0] > 1e-2, res.loss[1] < 1e-6
         (True, True)
     """
@@ -181,6 +186,8 @@ def intrinsic_dimension(
         raise LandscapeError(f"lr must be positive; got {lr}.")
     if not 0 < threshold <= 1:
         raise LandscapeError(f"threshold must be in (0, 1]; got {threshold}.")
+    if not 0 <= momentum < 1:
+        raise LandscapeError(f"momentum must be in [0, 1); got {momentum}.")
     if batch_size < 1:
         raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
     model = model_fn if isinstance(model_fn, nn.Module) else model_fn()
@@ -195,10 +202,11 @@ def intrinsic_dimension(
         )
     train_batches = _Batches(train_data, batch_size, seed, space.device, space.dtype)
     eval_batches = _Batches(eval_data, batch_size, None, space.device, space.dtype)
-    settings = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size)
+    settings = dict(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
+                    batch_size=batch_size)
 
     def run(apply: Callable[[Tensor], Tensor], d: int) -> tuple[float, float | None]:
-        w, buffers = space.train(apply, d, train_batches, epochs, lr, optimizer, seed)
+        w, buffers = space.train(apply, d, train_batches, epochs, lr, optimizer, momentum, seed)
         return space.evaluate(w, buffers, eval_batches)
 
     initial_loss, initial_acc = space.evaluate(space.w0, space.buffers0, eval_batches)
@@ -251,20 +259,24 @@ def random_projection(n: int, d: int, *, kind: str = "dense", seed: int = 0,
 
     Sparse: entries +-1 with probability 1 / (2 sqrt(n)) each (Li, Hastie, Church 2006),
     returned as a sparse COO tensor; a column that happens to be all zero stays zero. Generated
-    in column chunks of at most 2^22 dense entries from a generator seeded with `seed`.
+    in blocks of at most 64 columns (and 2^22 dense entries), each from its own generator seeded
+    from (`seed`, block index), so the first d columns do not depend on how many more are drawn:
+    the subspaces for increasing d are nested.
     """
     if kind not in ("dense", "sparse"):
         raise LandscapeError(f"kind must be 'dense' or 'sparse'; got {kind!r}.")
-    gen = torch.Generator().manual_seed(seed)
-    chunk = max(1, CHUNK_ENTRIES // max(n, 1))
+    width = max(1, min(COLUMN_BLOCK, CHUNK_ENTRIES // max(n, 1)))
     parts = []
-    for j0 in range(0, d, chunk):
-        c = min(chunk, d - j0)
+    for b in range(math.ceil(d / width)):
+        # each block of columns has its own generator: P for d is the first d columns of P for
+        # any larger d (nested subspaces), whatever the chunking
+        gen = torch.Generator().manual_seed(hash((seed, b)) & (2**63 - 1))
+        c = min(width, d - b * width)
         if kind == "dense":
-            block = torch.randn(n, c, generator=gen, dtype=torch.float64)
+            block = torch.randn(n, width, generator=gen, dtype=torch.float64)[:, :c]
         else:
             s = math.sqrt(n)
-            u = torch.rand(n, c, generator=gen, dtype=torch.float64)
+            u = torch.rand(n, width, generator=gen, dtype=torch.float64)[:, :c]
             block = (u < 0.5 / s).double() - (u > 1 - 0.5 / s).double()
         block = block / block.norm(dim=0).clamp_min(1e-300)
         block = block.to(dtype=dtype, device=device)
@@ -292,10 +304,10 @@ class _Batches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if self.pair:
-            x, y = self.data
-            order = (torch.arange(len(x)) if self.gen is None
-                     else torch.randperm(len(x), generator=self.gen))
-            batches: Iterable = ((x[idx], y[idx]) for idx in order.split(self.batch_size))
+            inputs, targets = self.data
+            order = (torch.arange(len(inputs)) if self.gen is None
+                     else torch.randperm(len(inputs), generator=self.gen))
+            batches: Iterable = ((inputs[i], targets[i]) for i in order.split(self.batch_size))
         else:
             batches = self.data
         for batch in batches:
@@ -327,11 +339,12 @@ class _Subspace:
         return functional_call(self.model, {**params, **buffers}, (x,))
 
     def train(self, apply: Callable[[Tensor], Tensor], d: int, batches: _Batches, epochs: int,
-              lr: float, optimizer: str, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+              lr: float, optimizer: str, momentum: float,
+              seed: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Train theta in R^d from 0; return w0 + apply(theta) and the updated buffer copies."""
         theta = torch.zeros(d, dtype=self.dtype, device=self.device, requires_grad=True)
         opt = (torch.optim.Adam([theta], lr=lr) if optimizer == "adam"
-               else torch.optim.SGD([theta], lr=lr))
+               else torch.optim.SGD([theta], lr=lr, momentum=momentum))
         buffers = {k: b.clone() for k, b in self.buffers0.items()}
         batches.reset(seed)
         with _mode(self.model, True), torch.random.fork_rng(devices=[]):

@@ -153,6 +153,12 @@ def test_buffers_keep_and_interpolate(trained, snapshot):
     assert interp.raw.loss[-1] == pytest.approx(interp.raw.loss[0], abs=1e-5)
     assert keep.raw.loss[-1] != pytest.approx(keep.raw.loss[0], abs=1e-3)
     assert keep.aligned.loss == interp.aligned.loss
+    x, _ = _data(True, 256)
+    redo = aligned_barrier(probe, other, alphas=[0.5], buffers="recompute", bn_data=x)
+    snap.assert_unchanged()
+    # statistics re-estimated on the same inputs at every point: the aligned path is flat
+    assert abs(redo.aligned.loss_barrier) < 1e-9 and redo.raw.loss_barrier > 0.1
+    assert redo.raw.loss[0] == pytest.approx(redo.raw.loss[-1], abs=1e-5)
 
 
 def test_barrier_ground_truth():
@@ -181,6 +187,8 @@ def test_errors(trained):
         align_weights(digits_mlp(), digits_mlp(), max_iter=0)
     probe = Probe(trained["mlp"], _data(False, 50))
     with pytest.raises(LandscapeError, match="buffers must be one of"):
+        aligned_barrier(probe, trained["mlp"], buffers="reset")
+    with pytest.raises(LandscapeError, match="needs bn_data"):
         aligned_barrier(probe, trained["mlp"], buffers="recompute")
     spec = permutation_spec(digits_mlp(hidden=8))
     with pytest.raises(LandscapeError, match="permutation of range"):
