@@ -70,8 +70,19 @@ DESCRIPTIONS: dict[str, str] = {
                  "|alpha| <= 1 (Li et al. 2018).",
     "loss_surface": "Largest loss increase over a filter-normalized random plane for "
                     "|alpha|, |beta| <= 1 (Li et al. 2018).",
+    "pac_bayes_flatness": "PAC-Bayes flatness: the largest std sigma of Gaussian weight noise that "
+                          "raises the training error (or loss) by at most 0.1 (Jiang et al. "
+                          "2020); larger is flatter.",
+    "local_entropy": "Local entropy Phi(w; gamma=100) relative to its Gaussian limit (Chaudhari "
+                     "et al. 2017), by Langevin sampling; higher is a wider basin.",
+    "quadratic_agreement": "Smallest sharpness radius at which measured sharpness departs from "
+                           "the quadratic prediction by more than 25% (NaN: never in the "
+                           "radii tried).",
 }
+# Costly measures beyond the peers: only when asked for with `measures=`.
+OPTIONAL_MEASURES = ("pac_bayes_flatness", "local_entropy", "quadratic_agreement")
 MEASURES = tuple(k for k in DESCRIPTIONS if k not in ("accuracy", "gradient_norm"))
+DEFAULT_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
 
 
 @dataclass(frozen=True)
@@ -158,8 +169,9 @@ def audit(
         budget: "quick" (about a minute for a small model on a CPU), "standard" or "thorough":
             scales iterations, Hessian-vector products, Monte Carlo draws and grid sizes.
         seed: seed of every stochastic estimator (each gets this seed).
-        measures: subset of `landscape.audit.MEASURES` (default: all). The loss, accuracy and
-            gradient norm are always reported.
+        measures: subset of `landscape.audit.MEASURES` (default: `DEFAULT_MEASURES`, all but
+            the costly `OPTIONAL_MEASURES`: PAC-Bayes flatness, local entropy and quadratic-model
+            agreement). The loss, accuracy and gradient norm are always reported.
         progress: show progress bars.
         log: called with a line before each measure (the CLI prints them).
 
@@ -177,7 +189,7 @@ def audit(
 
     if budget not in BUDGETS:
         raise LandscapeError(f"budget must be one of {BUDGETS}; got {budget!r}.")
-    chosen = list(MEASURES) if measures is None else list(measures)
+    chosen = list(DEFAULT_MEASURES) if measures is None else list(measures)
     unknown = [m for m in chosen if m not in MEASURES]
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {list(MEASURES)}.")
@@ -218,6 +230,7 @@ def audit(
 
     def trace() -> Measure:
         r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed)
+        results["hessian_trace"] = r
         return _measure("hessian_trace", float(r.estimate), float(r.stderr), r,
                         {"method": "hutch++", "n_hvp": effort["trace_hvp"], "seed": seed})
 
@@ -281,11 +294,48 @@ def audit(
                         {"normalization": "filter", "ignore": "biasbn", "seeds": [seed, seed + 1],
                          "grid": [len(xs), len(xs)], "range": [-1, 1]}, keep=False)
 
+    def pac_bayes() -> Measure:
+        from .pacbayes import pac_bayes_flatness
+
+        criterion = "error" if ev.accuracy is not None else "loss"
+        r = pac_bayes_flatness(probe, target=0.1, criterion=criterion,
+                               n_samples=effort["average_draws"], seed=seed)
+        return _measure("pac_bayes_flatness", float(r.value), r.stderr, r,
+                        {"target": 0.1, "criterion": criterion, "noise": "isotropic",
+                         "n_samples": effort["average_draws"], "seed": seed})
+
+    def entropy() -> Measure:
+        from .entropy import local_entropy
+
+        r = local_entropy(probe, [100.0], n_steps=10 * effort["ascent_steps"], seed=seed)
+        return _measure("local_entropy", float(r.value[0]), float(r.stderr[0]), r,
+                        {"gamma": 100.0, "temperature": r.temperature,
+                         "n_steps": 10 * effort["ascent_steps"], "seed": seed})
+
+    def agreement() -> Measure:
+        from .agreement import quadratic_agreement
+
+        known = {}
+        eig = results.get("hessian_eigenvalues")
+        if eig is not None:
+            known["top_eigenvalue"] = float(eig.eigenvalues[0])
+        tr = results.get("hessian_trace")
+        if tr is not None:
+            known["trace"], known["trace_stderr"] = float(tr.estimate), float(tr.stderr)
+        rhos = (0.01, 0.03, 0.1, 0.3)
+        r = quadratic_agreement(probe, rhos, steps=effort["ascent_steps"],
+                                n_samples=effort["average_draws"], seed=seed, **known)
+        value = float("nan") if r.value is None else float(r.value)
+        return _measure("quadratic_agreement", value, None, r,
+                        {"rhos": list(rhos), "band": list(r.band), "seed": seed})
+
     for name, fn in [
         ("hessian_eigenvalues", eigenvalues), ("hessian_smallest_eigenvalue", smallest),
         ("hessian_trace", trace), ("hessian_density", density), ("sharpness_worst_l2", worst),
         ("sharpness_adaptive_worst_l2", adaptive), ("sharpness_average_l2", average),
         ("first_order_flatness", flatness), ("loss_line", line), ("loss_surface", surface),
+        ("pac_bayes_flatness", pac_bayes), ("local_entropy", entropy),
+        ("quadratic_agreement", agreement),
     ]:
         run(name, fn)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,

@@ -21,18 +21,24 @@ import numpy as np
 from torch import nn
 
 from ._results import to_jsonable
-from .audit import MEASURES, AuditReport, _fmt, audit
+from .audit import DEFAULT_MEASURES as AUDIT_DEFAULTS
+from .audit import AuditReport, _fmt, audit
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .probe import Probe
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
-DEFAULT_MEASURES = tuple(m for m in MEASURES if m != "loss_surface")
+DEFAULT_MEASURES = tuple(m for m in AUDIT_DEFAULTS if m != "loss_surface")
 
 
 @dataclass(frozen=True)
 class PairResult:
-    """Linear interpolation from minimum `a` (alpha 0) to minimum `b` (alpha 1)."""
+    """Linear interpolation from minimum `a` (alpha 0) to minimum `b` (alpha 1).
+
+    `barrier` (loss) and `error_barrier` are on the raw weights; `aligned_*` after permuting the
+    hidden units of `b` to match `a` (Git Re-Basin weight matching, `align_weights`), None with
+    an `alignment_note` when the architecture cannot be aligned.
+    """
 
     a: str
     b: str
@@ -44,6 +50,10 @@ class PairResult:
     alphas: np.ndarray
     loss: np.ndarray
     error: np.ndarray | None
+    aligned_barrier: float | None = None
+    aligned_error_barrier: float | None = None
+    aligned_distance: float | None = None
+    alignment_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -105,11 +115,16 @@ class Comparison:
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
         if self.pairs:
             lines += ["", "## Linear interpolation between minima", "",
-                      "| pair | loss barrier | at alpha | error barrier | distance | cosine |",
-                      "|---|---|---|---|---|---|"]
+                      "| pair | loss barrier | at alpha | error barrier | distance | cosine | "
+                      "aligned loss barrier | aligned error barrier | aligned distance |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for p in self.pairs:
                 lines.append(f"| {p.a} -> {p.b} | {_fmt(p.barrier)} | {p.barrier_alpha:.2f} | "
-                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} |")
+                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} | "
+                             f"{_fmt(p.aligned_barrier)} | {_fmt(p.aligned_error_barrier)} | "
+                             f"{_fmt(p.aligned_distance)} |")
+            notes = {p.alignment_note for p in self.pairs if p.alignment_note}
+            lines += ["", *[f"Alignment not possible: {n}" for n in sorted(notes)]]
         lines.append("")
         for fig in figures:
             lines += [f"![{Path(fig).stem}]({fig})", ""]
@@ -144,6 +159,7 @@ def compare(
     seed: int = 0,
     measures: Sequence[str] | None = None,
     interpolation_points: int = 21,
+    align: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -157,6 +173,9 @@ def compare(
         budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
         interpolation_points: alphas in [0, 1] for each pair's linear interpolation
             f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
+            Buffers (BatchNorm statistics) stay those of the first model along the path.
+        align: also report each pair's barriers after permutation alignment (Ainsworth et al.
+            2023, `landscape.align_weights`), with the same buffer convention.
 
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
@@ -180,7 +199,10 @@ def compare(
     for a, b in itertools.combinations(probes, 2):
         say(f"interpolating {a} -> {b} ...")
         line = interpolate(probes[a], probes[b].model, alphas, progress=progress)
-        pairs.append(_pair(a, b, line))
+        pair = _pair(a, b, line)
+        if align:
+            pair = _with_alignment(pair, probes[a], probes[b].model, alphas)
+        pairs.append(pair)
         interpolations[f"{a} -> {b}"] = line
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
@@ -196,6 +218,23 @@ def _pair(a: str, b: str, line: Any) -> PairResult:
         distance=float(line.distance), cosine=float(line.cosine),
         alphas=np.asarray(line.alphas), loss=np.asarray(line.loss), error=error,
     )
+
+
+def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
+                    alphas: np.ndarray) -> PairResult:
+    import dataclasses
+
+    from .align import aligned_barrier
+
+    try:
+        result = aligned_barrier(probe_a, model_b, alphas, buffers="keep")
+    except LandscapeError as exc:
+        return dataclasses.replace(pair, alignment_note=str(exc))
+    curve = result.aligned
+    return dataclasses.replace(
+        pair, aligned_barrier=float(curve.loss_barrier),
+        aligned_error_barrier=None if curve.error_barrier is None else float(curve.error_barrier),
+        aligned_distance=float(curve.distance))
 
 
 def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, data: Any,
