@@ -373,13 +373,14 @@ def _audit_figures(report: AuditReport, out: Path) -> list[Path]:
         r = report.results.get(name)
         if r is None:
             continue
-        fig, ax = plt.subplots(figsize=(5, 4))
-        draw(r, ax)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=150)
-            made.append(path)
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5, 4))
+            draw(r, ax)
+            fig.tight_layout()
+            for ext in ("png", "pdf"):
+                path = out / f"{name}.{ext}"
+                fig.savefig(path, dpi=150)
+                made.append(path)
         plt.close(fig)
     return made
 

@@ -173,7 +173,8 @@ def compare(
         budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
         interpolation_points: alphas in [0, 1] for each pair's linear interpolation
             f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
-            Buffers (BatchNorm statistics) stay those of the first model along the path.
+            Floating-point buffers (BatchNorm statistics) are interpolated along the same path,
+            so f(0) and f(1) are the two minima's own losses.
         align: also report each pair's barriers after permutation alignment (Ainsworth et al.
             2023, `landscape.align_weights`), with the same buffer convention.
 
@@ -227,7 +228,7 @@ def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
     from .align import aligned_barrier
 
     try:
-        result = aligned_barrier(probe_a, model_b, alphas, buffers="keep")
+        result = aligned_barrier(probe_a, model_b, alphas, buffers="interpolate")
     except LandscapeError as exc:
         return dataclasses.replace(pair, alignment_note=str(exc))
     curve = result.aligned
@@ -269,19 +270,22 @@ def _comparison_figures(comparison: Comparison, out: Path) -> list[Path]:
     made: list[Path] = []
 
     def save(fig: Any, stem: str) -> None:
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(out / f"{stem}.{ext}", dpi=150)
-            made.append(out / f"{stem}.{ext}")
+        with plt.rc_context(plot.STYLE):
+            fig.tight_layout()
+            for ext in ("png", "pdf"):
+                fig.savefig(out / f"{stem}.{ext}", dpi=150)
+                made.append(out / f"{stem}.{ext}")
         plt.close(fig)
 
     if comparison.lines:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
         plot.plot_line(list(comparison.lines.values()), labels=list(comparison.lines), ax=ax)
         ax.set_title("filter-normalized random direction")
         save(fig, "lines")
     if comparison.interpolations:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
         plot.plot_line(list(comparison.interpolations.values()),
                        labels=list(comparison.interpolations), ax=ax)
         ax.set_xlabel(r"$\alpha$: (1 - $\alpha$) $w_A$ + $\alpha$ $w_B$")
