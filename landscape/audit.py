@@ -13,7 +13,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,14 @@ DEFAULT_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
 
 @dataclass(frozen=True)
 class Measure:
-    """One audited quantity: headline `value`, `stderr` (None when exact or a bound), cost."""
+    """One audited quantity: headline `value`, its uncertainty, settings and cost.
+
+    `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
+    sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
+    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
+    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
+    maximum and carry neither.
+    """
 
     name: str
     value: float
@@ -96,6 +103,7 @@ class Measure:
     settings: dict[str, Any]
     cost: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    error_bound: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -127,10 +135,10 @@ class AuditReport:
         lines = [f"# {title}", "",
                  f"{self.n_params} parameters, {self.n_samples} samples, budget "
                  f"`{self.budget}`, seed {self.seed}, {self.seconds:.1f} s.", "",
-                 "| measure | value | std. error | what it means | cost |",
+                 "| measure | value | uncertainty | what it means | cost |",
                  "|---|---|---|---|---|"]
         for m in self.measures.values():
-            lines.append(f"| `{m.name}` | {_fmt(m.value)} | {_fmt(m.stderr)} | "
+            lines.append(f"| `{m.name}` | {_fmt(m.value)} | {_uncertainty(m)} | "
                          f"{m.description} | {_fmt_cost(m.cost)} |")
         lines.append("")
         for fig in figures:
@@ -219,14 +227,16 @@ def audit(
         r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
                                 seed=seed)
         results["hessian_eigenvalues"] = r
-        return _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
-                        {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
+        m = _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
+                     {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
+        return replace(m, error_bound=float(r.residuals[0]))
 
     def smallest() -> Measure:
         r = hessian_eigenvalues(probe, k=1, which="smallest", tol=effort["eig_tol"],
                                 max_iter=effort["eig_max_iter"], seed=seed)
-        return _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
-                        {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
+        m = _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
+                     {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
+        return replace(m, error_bound=float(r.residuals[0]))
 
     def trace() -> Measure:
         r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed)
@@ -389,7 +399,7 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
                extra_tables: Sequence[str] = ()) -> str:
     rows = "".join(
         f"<tr><td><code>{html.escape(m.name)}</code></td><td>{_fmt(m.value)}</td>"
-        f"<td>{_fmt(m.stderr)}</td><td>{html.escape(m.description)}</td>"
+        f"<td>{html.escape(_uncertainty(m))}</td><td>{html.escape(m.description)}</td>"
         f"<td>{html.escape(_fmt_cost(m.cost))}</td></tr>"
         for m in measures
     )
@@ -398,7 +408,7 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
         f'alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}</figcaption></figure>'
         for f in figures
     )
-    table = ("<table><tr><th>measure</th><th>value</th><th>std. error</th><th>what it means"
+    table = ("<table><tr><th>measure</th><th>value</th><th>uncertainty</th><th>what it means"
              f"</th><th>cost</th></tr>{rows}</table>") if rows else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -409,6 +419,14 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
         f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>{table}"
         f"{''.join(extra_tables)}{imgs}</body></html>"
     )
+
+
+def _uncertainty(m: Measure) -> str:
+    if m.stderr is not None:
+        return f"± {_fmt(m.stderr)} (s.e.)"
+    if m.error_bound is not None:
+        return f"± {_fmt(m.error_bound)} (bound)"
+    return "-"
 
 
 def _fmt(x: float | None) -> str:

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class Comparison:
         rows: dict[str, dict[str, dict[str, float | None]]] = {}
         for name, report in self.audits.items():
             for key, m in report.measures.items():
-                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr}
+                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr,
+                                                  "error_bound": m.error_bound}
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,9 +98,11 @@ class Comparison:
     def to_markdown(self, figures: Sequence[str] = ()) -> str:
         names = self.names
         lines = ["# Comparison of minima", "",
-                 f"Budget `{self.budget}`, seed {self.seed}, {self.seconds:.1f} s. Values with "
-                 "a standard error are estimates (± one standard error); worst-case sharpness and "
-                 "flatness are lower bounds of a maximum.", "",
+                 f"Budget `{self.budget}`, seed {self.seed}, "
+                 f"{self.seconds:.1f} s. `x ± s` is an estimate with one standard error; "
+                 "`x (± b)` a Lanczos eigenvalue with its residual bound; worst-case sharpness "
+                 "and flatness are lower bounds of a maximum; other values are exact for the "
+                 "data.", "",
                  "| measure | " + " | ".join(names) + " |",
                  "|---|" + "---|" * len(names)]
         for key, row in self.table().items():
@@ -108,10 +111,12 @@ class Comparison:
                 entry = row.get(n)
                 if entry is None:
                     cells.append("-")
-                elif entry["stderr"] is None:
-                    cells.append(_fmt(entry["value"]))
-                else:
+                elif entry["stderr"] is not None:
                     cells.append(f"{_fmt(entry['value'])} ± {_fmt(entry['stderr'])}")
+                elif entry["error_bound"] is not None:
+                    cells.append(f"{_fmt(entry['value'])} (± {_fmt(entry['error_bound'])})")
+                else:
+                    cells.append(_fmt(entry["value"]))
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
         if self.pairs:
             lines += ["", "## Linear interpolation between minima", "",
@@ -132,7 +137,7 @@ class Comparison:
 
     def write(self, out: str | Path) -> list[Path]:
         """Write comparison.json, comparison.md, comparison.html and the figures to `out`."""
-        from .audit import Measure, _html_page
+        from .audit import _html_page
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,7 @@ class Comparison:
         pngs = [f for f in figures if f.suffix == ".png"]
         (out / "comparison.json").write_text(self.to_json())
         (out / "comparison.md").write_text(self.to_markdown([f.name for f in pngs]))
-        flat = [Measure(f"{name}: {m.name}", m.value, m.stderr, m.description, m.settings, m.cost)
+        flat = [replace(m, name=f"{name}: {m.name}")
                 for name, r in self.audits.items() for m in r.measures.values()]
         (out / "comparison.html").write_text(
             _html_page("Comparison of minima", ", ".join(self.names), flat, pngs))
