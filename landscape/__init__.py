@@ -4,6 +4,7 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .agreement import AgreementResult, quadratic_agreement
+from .align import AlignResult, align_weights, aligned_barrier
 from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
 from .compare import Comparison, PairResult, compare
@@ -25,6 +26,7 @@ from .directions import (
 from .entropy import LocalEntropyResult, local_entropy
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
+from .intrinsic import IntrinsicDimResult, intrinsic_dimension
 from .pacbayes import PacBayesResult, pac_bayes_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
@@ -93,6 +95,12 @@ __all__ = [
     "LocalEntropyResult",
     "quadratic_agreement",
     "AgreementResult",
+    # permutation alignment and intrinsic dimension
+    "align_weights",
+    "AlignResult",
+    "aligned_barrier",
+    "intrinsic_dimension",
+    "IntrinsicDimResult",
     # errors
     "LandscapeError",
 ]

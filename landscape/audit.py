@@ -13,7 +13,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +70,31 @@ DESCRIPTIONS: dict[str, str] = {
                  "|alpha| <= 1 (Li et al. 2018).",
     "loss_surface": "Largest loss increase over a filter-normalized random plane for "
                     "|alpha|, |beta| <= 1 (Li et al. 2018).",
+    "pac_bayes_flatness": "PAC-Bayes flatness: the largest std sigma of Gaussian weight noise that "
+                          "raises the training error (or loss) by at most 0.1 (Jiang et al. "
+                          "2020); larger is flatter.",
+    "local_entropy": "Local entropy Phi(w; gamma=100) relative to its Gaussian limit (Chaudhari "
+                     "et al. 2017), by Langevin sampling; higher is a wider basin.",
+    "quadratic_agreement": "Smallest sharpness radius at which measured sharpness departs from "
+                           "the quadratic prediction by more than 25% (NaN: never in the "
+                           "radii tried).",
 }
+# Costly measures beyond the peers: only when asked for with `measures=`.
+OPTIONAL_MEASURES = ("pac_bayes_flatness", "local_entropy", "quadratic_agreement")
 MEASURES = tuple(k for k in DESCRIPTIONS if k not in ("accuracy", "gradient_norm"))
+DEFAULT_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
 
 
 @dataclass(frozen=True)
 class Measure:
-    """One audited quantity: headline `value`, `stderr` (None when exact or a bound), cost."""
+    """One audited quantity: headline `value`, its uncertainty, settings and cost.
+
+    `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
+    sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
+    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
+    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
+    maximum and carry neither.
+    """
 
     name: str
     value: float
@@ -85,6 +103,7 @@ class Measure:
     settings: dict[str, Any]
     cost: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    error_bound: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -116,10 +135,10 @@ class AuditReport:
         lines = [f"# {title}", "",
                  f"{self.n_params} parameters, {self.n_samples} samples, budget "
                  f"`{self.budget}`, seed {self.seed}, {self.seconds:.1f} s.", "",
-                 "| measure | value | std. error | what it means | cost |",
+                 "| measure | value | uncertainty | what it means | cost |",
                  "|---|---|---|---|---|"]
         for m in self.measures.values():
-            lines.append(f"| `{m.name}` | {_fmt(m.value)} | {_fmt(m.stderr)} | "
+            lines.append(f"| `{m.name}` | {_fmt(m.value)} | {_uncertainty(m)} | "
                          f"{m.description} | {_fmt_cost(m.cost)} |")
         lines.append("")
         for fig in figures:
@@ -158,8 +177,9 @@ def audit(
         budget: "quick" (about a minute for a small model on a CPU), "standard" or "thorough":
             scales iterations, Hessian-vector products, Monte Carlo draws and grid sizes.
         seed: seed of every stochastic estimator (each gets this seed).
-        measures: subset of `landscape.audit.MEASURES` (default: all). The loss, accuracy and
-            gradient norm are always reported.
+        measures: subset of `landscape.audit.MEASURES` (default: `DEFAULT_MEASURES`, all but
+            the costly `OPTIONAL_MEASURES`: PAC-Bayes flatness, local entropy and quadratic-model
+            agreement). The loss, accuracy and gradient norm are always reported.
         progress: show progress bars.
         log: called with a line before each measure (the CLI prints them).
 
@@ -177,7 +197,7 @@ def audit(
 
     if budget not in BUDGETS:
         raise LandscapeError(f"budget must be one of {BUDGETS}; got {budget!r}.")
-    chosen = list(MEASURES) if measures is None else list(measures)
+    chosen = list(DEFAULT_MEASURES) if measures is None else list(measures)
     unknown = [m for m in chosen if m not in MEASURES]
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {list(MEASURES)}.")
@@ -207,17 +227,20 @@ def audit(
         r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
                                 seed=seed)
         results["hessian_eigenvalues"] = r
-        return _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
-                        {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
+        m = _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
+                     {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
+        return replace(m, error_bound=float(r.residuals[0]))
 
     def smallest() -> Measure:
         r = hessian_eigenvalues(probe, k=1, which="smallest", tol=effort["eig_tol"],
                                 max_iter=effort["eig_max_iter"], seed=seed)
-        return _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
-                        {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
+        m = _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
+                     {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
+        return replace(m, error_bound=float(r.residuals[0]))
 
     def trace() -> Measure:
         r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed)
+        results["hessian_trace"] = r
         return _measure("hessian_trace", float(r.estimate), float(r.stderr), r,
                         {"method": "hutch++", "n_hvp": effort["trace_hvp"], "seed": seed})
 
@@ -281,11 +304,48 @@ def audit(
                         {"normalization": "filter", "ignore": "biasbn", "seeds": [seed, seed + 1],
                          "grid": [len(xs), len(xs)], "range": [-1, 1]}, keep=False)
 
+    def pac_bayes() -> Measure:
+        from .pacbayes import pac_bayes_flatness
+
+        criterion = "error" if ev.accuracy is not None else "loss"
+        r = pac_bayes_flatness(probe, target=0.1, criterion=criterion,
+                               n_samples=effort["average_draws"], seed=seed)
+        return _measure("pac_bayes_flatness", float(r.value), r.stderr, r,
+                        {"target": 0.1, "criterion": criterion, "noise": "isotropic",
+                         "n_samples": effort["average_draws"], "seed": seed})
+
+    def entropy() -> Measure:
+        from .entropy import local_entropy
+
+        r = local_entropy(probe, [100.0], n_steps=10 * effort["ascent_steps"], seed=seed)
+        return _measure("local_entropy", float(r.value[0]), float(r.stderr[0]), r,
+                        {"gamma": 100.0, "temperature": r.temperature,
+                         "n_steps": 10 * effort["ascent_steps"], "seed": seed})
+
+    def agreement() -> Measure:
+        from .agreement import quadratic_agreement
+
+        known = {}
+        eig = results.get("hessian_eigenvalues")
+        if eig is not None:
+            known["top_eigenvalue"] = float(eig.eigenvalues[0])
+        tr = results.get("hessian_trace")
+        if tr is not None:
+            known["trace"], known["trace_stderr"] = float(tr.estimate), float(tr.stderr)
+        rhos = (0.01, 0.03, 0.1, 0.3)
+        r = quadratic_agreement(probe, rhos, steps=effort["ascent_steps"],
+                                n_samples=effort["average_draws"], seed=seed, **known)
+        value = float("nan") if r.value is None else float(r.value)
+        return _measure("quadratic_agreement", value, None, r,
+                        {"rhos": list(rhos), "band": list(r.band), "seed": seed})
+
     for name, fn in [
         ("hessian_eigenvalues", eigenvalues), ("hessian_smallest_eigenvalue", smallest),
         ("hessian_trace", trace), ("hessian_density", density), ("sharpness_worst_l2", worst),
         ("sharpness_adaptive_worst_l2", adaptive), ("sharpness_average_l2", average),
         ("first_order_flatness", flatness), ("loss_line", line), ("loss_surface", surface),
+        ("pac_bayes_flatness", pac_bayes), ("local_entropy", entropy),
+        ("quadratic_agreement", agreement),
     ]:
         run(name, fn)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
@@ -323,13 +383,14 @@ def _audit_figures(report: AuditReport, out: Path) -> list[Path]:
         r = report.results.get(name)
         if r is None:
             continue
-        fig, ax = plt.subplots(figsize=(5, 4))
-        draw(r, ax)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=150)
-            made.append(path)
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5, 4))
+            draw(r, ax)
+            fig.tight_layout()
+            for ext in ("png", "pdf"):
+                path = out / f"{name}.{ext}"
+                fig.savefig(path, dpi=150)
+                made.append(path)
         plt.close(fig)
     return made
 
@@ -338,7 +399,7 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
                extra_tables: Sequence[str] = ()) -> str:
     rows = "".join(
         f"<tr><td><code>{html.escape(m.name)}</code></td><td>{_fmt(m.value)}</td>"
-        f"<td>{_fmt(m.stderr)}</td><td>{html.escape(m.description)}</td>"
+        f"<td>{html.escape(_uncertainty(m))}</td><td>{html.escape(m.description)}</td>"
         f"<td>{html.escape(_fmt_cost(m.cost))}</td></tr>"
         for m in measures
     )
@@ -347,7 +408,7 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
         f'alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}</figcaption></figure>'
         for f in figures
     )
-    table = ("<table><tr><th>measure</th><th>value</th><th>std. error</th><th>what it means"
+    table = ("<table><tr><th>measure</th><th>value</th><th>uncertainty</th><th>what it means"
              f"</th><th>cost</th></tr>{rows}</table>") if rows else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -358,6 +419,14 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
         f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>{table}"
         f"{''.join(extra_tables)}{imgs}</body></html>"
     )
+
+
+def _uncertainty(m: Measure) -> str:
+    if m.stderr is not None:
+        return f"± {_fmt(m.stderr)} (s.e.)"
+    if m.error_bound is not None:
+        return f"± {_fmt(m.error_bound)} (bound)"
+    return "-"
 
 
 def _fmt(x: float | None) -> str:

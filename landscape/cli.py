@@ -176,13 +176,14 @@ def _save_track_plot(result: Any, lr: float | None, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plot import plot_track
+    from .plot import STYLE, plot_track
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    plot_track(result, lr=lr, ax=ax)
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"track.{ext}", dpi=150)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        plot_track(result, lr=lr, ax=ax)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"track.{ext}", dpi=150)
     plt.close(fig)
 
 

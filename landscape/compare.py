@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,24 @@ import numpy as np
 from torch import nn
 
 from ._results import to_jsonable
-from .audit import MEASURES, AuditReport, _fmt, audit
+from .audit import DEFAULT_MEASURES as AUDIT_DEFAULTS
+from .audit import AuditReport, _fmt, audit
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .probe import Probe
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
-DEFAULT_MEASURES = tuple(m for m in MEASURES if m != "loss_surface")
+DEFAULT_MEASURES = tuple(m for m in AUDIT_DEFAULTS if m != "loss_surface")
 
 
 @dataclass(frozen=True)
 class PairResult:
-    """Linear interpolation from minimum `a` (alpha 0) to minimum `b` (alpha 1)."""
+    """Linear interpolation from minimum `a` (alpha 0) to minimum `b` (alpha 1).
+
+    `barrier` (loss) and `error_barrier` are on the raw weights; `aligned_*` after permuting the
+    hidden units of `b` to match `a` (Git Re-Basin weight matching, `align_weights`), None with
+    an `alignment_note` when the architecture cannot be aligned.
+    """
 
     a: str
     b: str
@@ -44,6 +50,10 @@ class PairResult:
     alphas: np.ndarray
     loss: np.ndarray
     error: np.ndarray | None
+    aligned_barrier: float | None = None
+    aligned_error_barrier: float | None = None
+    aligned_distance: float | None = None
+    alignment_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -70,7 +80,8 @@ class Comparison:
         rows: dict[str, dict[str, dict[str, float | None]]] = {}
         for name, report in self.audits.items():
             for key, m in report.measures.items():
-                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr}
+                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr,
+                                                  "error_bound": m.error_bound}
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,9 +98,11 @@ class Comparison:
     def to_markdown(self, figures: Sequence[str] = ()) -> str:
         names = self.names
         lines = ["# Comparison of minima", "",
-                 f"Budget `{self.budget}`, seed {self.seed}, {self.seconds:.1f} s. Values with "
-                 "a standard error are estimates (± one standard error); worst-case sharpness and "
-                 "flatness are lower bounds of a maximum.", "",
+                 f"Budget `{self.budget}`, seed {self.seed}, "
+                 f"{self.seconds:.1f} s. `x ± s` is an estimate with one standard error; "
+                 "`x (± b)` a Lanczos eigenvalue with its residual bound; worst-case sharpness "
+                 "and flatness are lower bounds of a maximum; other values are exact for the "
+                 "data.", "",
                  "| measure | " + " | ".join(names) + " |",
                  "|---|" + "---|" * len(names)]
         for key, row in self.table().items():
@@ -98,18 +111,25 @@ class Comparison:
                 entry = row.get(n)
                 if entry is None:
                     cells.append("-")
-                elif entry["stderr"] is None:
-                    cells.append(_fmt(entry["value"]))
-                else:
+                elif entry["stderr"] is not None:
                     cells.append(f"{_fmt(entry['value'])} ± {_fmt(entry['stderr'])}")
+                elif entry["error_bound"] is not None:
+                    cells.append(f"{_fmt(entry['value'])} (± {_fmt(entry['error_bound'])})")
+                else:
+                    cells.append(_fmt(entry["value"]))
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
         if self.pairs:
             lines += ["", "## Linear interpolation between minima", "",
-                      "| pair | loss barrier | at alpha | error barrier | distance | cosine |",
-                      "|---|---|---|---|---|---|"]
+                      "| pair | loss barrier | at alpha | error barrier | distance | cosine | "
+                      "aligned loss barrier | aligned error barrier | aligned distance |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for p in self.pairs:
                 lines.append(f"| {p.a} -> {p.b} | {_fmt(p.barrier)} | {p.barrier_alpha:.2f} | "
-                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} |")
+                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} | "
+                             f"{_fmt(p.aligned_barrier)} | {_fmt(p.aligned_error_barrier)} | "
+                             f"{_fmt(p.aligned_distance)} |")
+            notes = {p.alignment_note for p in self.pairs if p.alignment_note}
+            lines += ["", *[f"Alignment not possible: {n}" for n in sorted(notes)]]
         lines.append("")
         for fig in figures:
             lines += [f"![{Path(fig).stem}]({fig})", ""]
@@ -117,7 +137,7 @@ class Comparison:
 
     def write(self, out: str | Path) -> list[Path]:
         """Write comparison.json, comparison.md, comparison.html and the figures to `out`."""
-        from .audit import Measure, _html_page
+        from .audit import _html_page
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +145,7 @@ class Comparison:
         pngs = [f for f in figures if f.suffix == ".png"]
         (out / "comparison.json").write_text(self.to_json())
         (out / "comparison.md").write_text(self.to_markdown([f.name for f in pngs]))
-        flat = [Measure(f"{name}: {m.name}", m.value, m.stderr, m.description, m.settings, m.cost)
+        flat = [replace(m, name=f"{name}: {m.name}")
                 for name, r in self.audits.items() for m in r.measures.values()]
         (out / "comparison.html").write_text(
             _html_page("Comparison of minima", ", ".join(self.names), flat, pngs))
@@ -144,6 +164,7 @@ def compare(
     seed: int = 0,
     measures: Sequence[str] | None = None,
     interpolation_points: int = 21,
+    align: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -157,6 +178,10 @@ def compare(
         budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
         interpolation_points: alphas in [0, 1] for each pair's linear interpolation
             f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
+            Floating-point buffers (BatchNorm statistics) are interpolated along the same path,
+            so f(0) and f(1) are the two minima's own losses.
+        align: also report each pair's barriers after permutation alignment (Ainsworth et al.
+            2023, `landscape.align_weights`), with the same buffer convention.
 
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
@@ -180,7 +205,10 @@ def compare(
     for a, b in itertools.combinations(probes, 2):
         say(f"interpolating {a} -> {b} ...")
         line = interpolate(probes[a], probes[b].model, alphas, progress=progress)
-        pairs.append(_pair(a, b, line))
+        pair = _pair(a, b, line)
+        if align:
+            pair = _with_alignment(pair, probes[a], probes[b].model, alphas)
+        pairs.append(pair)
         interpolations[f"{a} -> {b}"] = line
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
@@ -196,6 +224,23 @@ def _pair(a: str, b: str, line: Any) -> PairResult:
         distance=float(line.distance), cosine=float(line.cosine),
         alphas=np.asarray(line.alphas), loss=np.asarray(line.loss), error=error,
     )
+
+
+def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
+                    alphas: np.ndarray) -> PairResult:
+    import dataclasses
+
+    from .align import aligned_barrier
+
+    try:
+        result = aligned_barrier(probe_a, model_b, alphas, buffers="interpolate")
+    except LandscapeError as exc:
+        return dataclasses.replace(pair, alignment_note=str(exc))
+    curve = result.aligned
+    return dataclasses.replace(
+        pair, aligned_barrier=float(curve.loss_barrier),
+        aligned_error_barrier=None if curve.error_barrier is None else float(curve.error_barrier),
+        aligned_distance=float(curve.distance))
 
 
 def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, data: Any,
@@ -230,19 +275,22 @@ def _comparison_figures(comparison: Comparison, out: Path) -> list[Path]:
     made: list[Path] = []
 
     def save(fig: Any, stem: str) -> None:
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(out / f"{stem}.{ext}", dpi=150)
-            made.append(out / f"{stem}.{ext}")
+        with plt.rc_context(plot.STYLE):
+            fig.tight_layout()
+            for ext in ("png", "pdf"):
+                fig.savefig(out / f"{stem}.{ext}", dpi=150)
+                made.append(out / f"{stem}.{ext}")
         plt.close(fig)
 
     if comparison.lines:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
         plot.plot_line(list(comparison.lines.values()), labels=list(comparison.lines), ax=ax)
         ax.set_title("filter-normalized random direction")
         save(fig, "lines")
     if comparison.interpolations:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        with plt.rc_context(plot.STYLE):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
         plot.plot_line(list(comparison.interpolations.values()),
                        labels=list(comparison.interpolations), ax=ax)
         ax.set_xlabel(r"$\alpha$: (1 - $\alpha$) $w_A$ + $\alpha$ $w_B$")

@@ -352,16 +352,23 @@ class Probe:
     def evaluate_points(
         self, directions: Sequence[Tensor], coords: Iterable[Sequence[float]],
         offset: Tensor | None = None,
+        buffer_ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
     ) -> Iterator[Evaluation]:
         """Evaluate L(w + offset + sum_k c_k d_k) for each coordinate tuple c, lazily.
 
         The parameters are written in place for each point (no per-point allocation) and
         restored bitwise when the generator finishes, is closed, or raises.
+
+        `buffer_ends=(start, end)` (dicts of buffer name -> tensor) also moves those buffers along
+        the first coordinate, to (1 - c_0) start + c_0 end: interpolating BatchNorm statistics
+        between two checkpoints. They are restored bitwise afterwards too.
         """
         dirs = [self._split(self._check_vector(d, "direction")) for d in directions]
         base = None if offset is None else self._split(self._check_vector(offset, "offset"))
+        moving = self._buffer_path(buffer_ends)
         with self._session(None), torch.no_grad():
             backup = [p.detach().clone() for p in self.params]
+            buffer_backup = [b.detach().clone() for b, _, _ in moving]
             try:
                 for c in coords:
                     if len(c) != len(dirs):
@@ -374,10 +381,32 @@ class Probe:
                             p.add_(base[i])
                         for ck, dk in zip(c, dirs):
                             p.add_(dk[i], alpha=float(ck))
+                    for buf, start, end in moving:
+                        torch.lerp(start, end, float(c[0]), out=buf)
                     yield self._evaluate_here()
             finally:
                 for p, b in zip(self.params, backup):
                     p.copy_(b)
+                for (buf, _, _), b in zip(moving, buffer_backup):
+                    buf.copy_(b)
+
+    def _buffer_path(self, ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None
+                     ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """(buffer, start, end) for each floating-point buffer named in both ends."""
+        if ends is None:
+            return []
+        start, end = ends
+        out = []
+        for name, buf in self.model.named_buffers():
+            if name in start and name in end and buf.is_floating_point():
+                a, b = start[name], end[name]
+                if a.shape != buf.shape or b.shape != buf.shape:
+                    raise LandscapeError(
+                        f"buffer {name!r} has shape {tuple(buf.shape)} in the model but "
+                        f"{tuple(a.shape)} / {tuple(b.shape)} at the interpolation ends."
+                    )
+                out.append((buf, a.to(buf), b.to(buf)))
+        return out
 
     def gradient(self, delta: Tensor | None = None) -> Tensor:
         """grad L(w + delta) as a flat vector (zeros for parameters that do not reach the loss)."""

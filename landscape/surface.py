@@ -275,13 +275,15 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
 
 def interpolate(probe: Probe, other: Checkpoint,
                 alphas: Sequence[float] | np.ndarray | None = None, *,
-                max_samples: int | None = None, seed: int = 0, progress: bool = False,
-                shard: str = "auto") -> Line:
+                buffers: str = "interpolate", max_samples: int | None = None, seed: int = 0,
+                progress: bool = False, shard: str = "auto") -> Line:
     """Linear interpolation f(a) = L((1 - a) w_A + a w_B) from the probe's w_A to `other`'s w_B.
 
-    Only the probed parameters are interpolated: buffers (BatchNorm running statistics) stay those
-    of the probe's model at every alpha, and parameters outside the probe stay as they are. (To
-    interpolate BN statistics too, or to recompute them, load them into the probe's model first.)
+    The probed parameters are interpolated; parameters outside the probe stay as they are.
+    Floating-point buffers (BatchNorm running statistics) follow `buffers`: "interpolate"
+    (default) moves them along the same path, (1 - a) b_A + a b_B, so that f(0) and f(1) are
+    the two checkpoints' own losses; "keep" leaves the probe's model's buffers at every alpha.
+    Either way every parameter and buffer is restored bitwise afterwards.
 
     The barrier (Frankle et al. 2020; Entezari et al. 2022) is
     max over a in [0, 1] of f(a) - ((1 - a) f(0) + a f(1)), taken over the evaluated alphas in
@@ -307,9 +309,14 @@ def interpolate(probe: Probe, other: Checkpoint,
         >>> line.barrier >= 0
         True
     """
+    if buffers not in INTERPOLATION_BUFFERS:
+        raise LandscapeError(
+            f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}."
+        )
     a = _coords(np.linspace(0.0, 1.0, 21) if alphas is None else alphas, "alphas")
     w_a = probe.flat_params()
     w_b = flat_from_checkpoint(probe, other)
+    buffer_ends = _buffer_ends(probe, other) if buffers == "interpolate" else None
     d = w_b - w_a
     extra = np.array([e for e in (0.0, 1.0) if not np.any(a == e)])
     full = np.concatenate([a, extra])
@@ -317,7 +324,7 @@ def interpolate(probe: Probe, other: Checkpoint,
             "norm": float(d.double().norm())}
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
-                      progress, {}, shard)
+                      progress, {"buffers": buffers}, shard, buffer_ends)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     i0, i1 = int(np.flatnonzero(full == 0.0)[0]), int(np.flatnonzero(full == 1.0)[0])
@@ -334,6 +341,24 @@ def interpolate(probe: Probe, other: Checkpoint,
         error_barrier=err_barrier, error_barrier_alpha=err_alpha,
         distance=float(d.double().norm()), cosine=cosine(w_a, w_b),
     )
+
+
+INTERPOLATION_BUFFERS = ("interpolate", "keep")
+
+
+def _buffer_ends(probe: Probe, other: Checkpoint) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The floating-point buffers of the probe's model and of `other`, by name."""
+    from .checkpoint import read_state_dict
+
+    state = read_state_dict(other)
+    own = {n: b.detach().clone() for n, b in probe.model.named_buffers() if b.is_floating_point()}
+    missing = [n for n in own if n not in state]
+    if missing:
+        raise LandscapeError(
+            f"the other checkpoint lacks the buffers {missing[:10]} (BatchNorm statistics?); "
+            "save it with its buffers (model.state_dict()) or pass buffers='keep'."
+        )
+    return own, {n: state[n] for n in own}
 
 
 def pca_directions(probe: Probe, checkpoints: Sequence[Checkpoint]) -> TrajectoryPCA:
@@ -372,7 +397,7 @@ def pca_directions(probe: Probe, checkpoints: Sequence[Checkpoint]) -> Trajector
 def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray], kind: str,
               metas: list[dict[str, Any]], out: str | os.PathLike | None,
               max_samples: int | None, seed: int, progress: bool,
-              extra: dict[str, Any], shard: str = "auto") -> GridStore:
+              extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None) -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
     mode, evaluator = grid_plan(probe, shard, int(np.prod([len(c) for c in coords.values()])))
     total = probe.n_samples
@@ -406,11 +431,11 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     bar = _progress(len(points), progress and comm.rank == 0)
     try:
         if mode == "points":
-            _by_points(evaluator, groups, vectors, points, store, bar, comm)
+            _by_points(evaluator, groups, vectors, points, store, bar, comm, buffer_ends)
         elif groups is None:
-            _exact(probe, vectors, points, store, bar)
+            _exact(probe, vectors, points, store, bar, buffer_ends)
         else:
-            _grouped(groups, vectors, points, store, bar)
+            _grouped(groups, vectors, points, store, bar, buffer_ends)
     except BaseException:
         bar.close()
         store.flush()  # keep what was computed
@@ -425,8 +450,9 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     return store
 
 
-def _exact(probe: Probe, vectors: list[Tensor], points: list, store: GridStore, bar: Any) -> None:
-    gen = probe.evaluate_points(vectors, (c for _, c in points))
+def _exact(probe: Probe, vectors: list[Tensor], points: list, store: GridStore, bar: Any,
+           buffer_ends: Any = None) -> None:
+    gen = probe.evaluate_points(vectors, (c for _, c in points), buffer_ends=buffer_ends)
     try:
         for idx, _ in points:
             ev = next(gen)
@@ -440,10 +466,11 @@ def _exact(probe: Probe, vectors: list[Tensor], points: list, store: GridStore, 
 
 
 def _grouped(groups: list[Probe], vectors: list[Tensor], points: list, store: GridStore,
-             bar: Any, chunk: int = 32) -> None:
+             bar: Any, buffer_ends: Any = None, chunk: int = 32) -> None:
     for s in range(0, len(points), chunk):
         part = points[s:s + chunk]
-        for (idx, _), value in zip(part, _group_values(groups, vectors, [c for _, c in part])):
+        coords = [c for _, c in part]
+        for (idx, _), value in zip(part, _group_values(groups, vectors, coords, buffer_ends)):
             store.set(idx, *value)
             bar.update()
 
@@ -452,9 +479,9 @@ _Value = tuple[float, float | None, float | None]  # loss, accuracy, stderr
 
 
 def _group_values(groups: list[Probe], vectors: list[Tensor],
-                  coords: list[tuple[float, ...]]) -> list[_Value]:
+                  coords: list[tuple[float, ...]], buffer_ends: Any = None) -> list[_Value]:
     """(mean loss, mean accuracy, stderr) over the groups at each point; NaN when not finite."""
-    evs = [list(g.evaluate_points(vectors, coords)) for g in groups]
+    evs = [list(g.evaluate_points(vectors, coords, buffer_ends=buffer_ends)) for g in groups]
     out = []
     for k in range(len(coords)):
         losses = np.array([e[k].loss for e in evs], dtype=np.float64)
@@ -468,14 +495,16 @@ def _group_values(groups: list[Probe], vectors: list[Tensor],
 
 
 def _by_points(evaluator: Probe, groups: list[Probe] | None, vectors: list[Tensor],
-               points: list, store: GridStore, bar: Any, comm: Any) -> None:
+               points: list, store: GridStore, bar: Any, comm: Any,
+               buffer_ends: Any = None) -> None:
     """Points sharding: rank r evaluates points r, r + W, ... on all the data (`evaluator` is
     not distributed); after each round of W points the ranks all-gather the finished values
     (flat index, loss, accuracy, stderr, failed flag), so every rank's store holds the grid and
     a rank that raised makes every rank raise."""
     world, shape = comm.world_size, store.loss.shape
     mine = points[comm.rank::world]
-    gen = None if groups is not None else evaluator.evaluate_points(vectors, (c for _, c in mine))
+    gen = None if groups is not None else evaluator.evaluate_points(
+        vectors, (c for _, c in mine), buffer_ends=buffer_ends)
     try:
         for k in range(-(-len(points) // world)):
             row, error = [-1.0, np.nan, np.nan, np.nan, 0.0], None
@@ -486,7 +515,8 @@ def _by_points(evaluator: Probe, groups: list[Probe] | None, vectors: list[Tenso
                         ev = next(gen)
                         value = (ev.loss, ev.accuracy, None)
                     else:
-                        value = _group_values(groups, vectors, [c])[0]  # type: ignore[arg-type]
+                        value = _group_values(groups, vectors, [c],  # type: ignore[arg-type]
+                                              buffer_ends)[0]
                     row = [float(np.ravel_multi_index(idx, shape)),
                            *(np.nan if v is None else float(v) for v in value), 0.0]
                 except Exception as e:  # noqa: BLE001 - raised on every rank below

@@ -25,6 +25,7 @@ from landscape import (
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
+    interpolate,
     loss_line,
     loss_surface,
     sharpness,
@@ -82,9 +83,26 @@ def _surfaces(out_dir: str | None) -> dict:
     meter = small_cache.meter()
     out["small_cache"] = (torch.as_tensor(loss_line(small_cache, dx, XS).loss),
                           meter.cost().n_batch_forward)
+    out["interpolate"] = _interpolation()
     if out_dir is not None:
         out["resume"] = _resume(probe, dx, dy, out_dir)
     return out
+
+
+def _bn_mlp(seed: int) -> torch.nn.Module:
+    mlp = tiny_mlp(seed)
+    bn = torch.nn.BatchNorm1d(6).double()
+    bn.running_mean.fill_(0.1 * seed)
+    bn.running_var.fill_(1.0 + seed)
+    return torch.nn.Sequential(mlp[0], bn, mlp[1], mlp[2])
+
+
+def _interpolation() -> tuple:
+    """Interpolation to another checkpoint, BatchNorm statistics moving along the path."""
+    x, y = tiny_data(37)
+    line = interpolate(Probe(_bn_mlp(0), (x, y), batch_size=5), _bn_mlp(1).state_dict(),
+                       np.linspace(-0.5, 1.5, 5))
+    return torch.as_tensor(line.loss), line.barrier
 
 
 def _resume(probe: Probe, dx, dy, out_dir: str) -> tuple:
@@ -168,7 +186,7 @@ def test_estimators_equal_the_single_process_values(ranks, single, name):
         _close(res["estimators"][name], ref)
 
 
-@pytest.mark.parametrize("name", ["points", "data", "subsets", "line"])
+@pytest.mark.parametrize("name", ["points", "data", "subsets", "line", "interpolate"])
 def test_surfaces_equal_the_single_process_values(ranks, single, name):
     ref = single["surfaces"][name]
     for res in ranks:

@@ -249,3 +249,27 @@ def test_pca_directions_recover_a_planar_trajectory():
     np.testing.assert_allclose(pca.coords[-1], 0.0, atol=1e-12)
     with pytest.raises(LandscapeError, match="at least 3"):
         pca_directions(probe, states[:2])
+
+
+def test_interpolation_endpoints_are_both_losses_with_batchnorm(snapshot):
+    from landscape.data import digits_cnn, digits_tensors
+
+    x, y = digits_tensors("train", image=True, dtype=torch.float64)
+    x, y = x[:64], y[:64]
+    a, b = digits_cnn(seed=0).double(), digits_cnn(seed=1).double()
+    with torch.no_grad():  # different BatchNorm statistics, as two trained networks have
+        a[1].running_mean.fill_(0.3)
+        b[1].running_var.fill_(2.0)
+    snap = snapshot(a)
+    probe = Probe(a, (x, y))
+    line = interpolate(probe, b, [0.0, 0.5, 1.0])
+    assert line.loss[0] == pytest.approx(probe.loss(), rel=1e-12)
+    assert line.loss[2] == pytest.approx(Probe(b, (x, y)).loss(), rel=1e-12)
+    kept = interpolate(probe, b, [0.0, 1.0], buffers="keep")
+    assert abs(kept.loss[1] - line.loss[2]) > 1e-3  # A's statistics with B's weights differ
+    snap.assert_unchanged()
+    with pytest.raises(LandscapeError, match="buffers must be one of"):
+        interpolate(probe, b, buffers="recompute")
+    state = {k: v for k, v in b.state_dict().items() if "running" not in k}
+    with pytest.raises(LandscapeError, match="lacks the buffers"):
+        interpolate(probe, state)

@@ -1,0 +1,102 @@
+"""audit, compare and track from Python: fields, the optional measures, resume, safety."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from landscape import LandscapeError, Probe, audit, compare, track
+from landscape.audit import DEFAULT_MEASURES, OPTIONAL_MEASURES
+from landscape.data import digits_loaders, digits_mlp, digits_tensors
+from landscape.data.training import train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    loader, _ = digits_loaders(batch_size=64)
+    return [train(digits_mlp(hidden=12, seed=s), loader, epochs=2, lr=0.05, seed=s)
+            for s in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = digits_tensors("train")
+    return x[:200], y[:200]
+
+
+def test_audit_reports_every_default_measure_and_leaves_the_model(trained, data, snapshot):
+    model = trained[0]
+    snap = snapshot(model)
+    report = audit(Probe(model, data), budget="quick", seed=3)
+    assert set(DEFAULT_MEASURES) <= set(report.measures)
+    assert not set(OPTIONAL_MEASURES) & set(report.measures)
+    m = report.measures
+    # consistency between measures: top eigenvalue >= the density mean; trace with error bars
+    assert m["hessian_eigenvalues"].value >= m["hessian_density"].value
+    assert m["hessian_trace"].stderr > 0 and m["sharpness_average_l2"].stderr > 0
+    assert m["hessian_smallest_eigenvalue"].value <= m["hessian_eigenvalues"].value
+    assert m["first_order_flatness"].value >= 0
+    d = json.loads(report.to_json())
+    assert d["measures"]["hessian_eigenvalues"]["cost"]["n_hvp"] > 0
+    assert d["measures"]["hessian_trace"]["settings"]["seed"] == 3
+    snap.assert_unchanged()
+    again = audit(Probe(model, data), budget="quick", seed=3, measures=["hessian_trace"])
+    assert again.measures["hessian_trace"].value == m["hessian_trace"].value
+
+
+def test_audit_optional_measures_beyond_the_peers(trained, data):
+    report = audit(Probe(trained[0], data), budget="quick",
+                   measures=["hessian_eigenvalues", "hessian_trace", *OPTIONAL_MEASURES])
+    m = report.measures
+    assert m["pac_bayes_flatness"].value > 0 and m["pac_bayes_flatness"].stderr > 0
+    assert math.isfinite(m["local_entropy"].value) and m["local_entropy"].stderr > 0
+    assert "quadratic_agreement" in m
+
+
+def test_audit_rejects_bad_options(trained, data):
+    probe = Probe(trained[0], data)
+    with pytest.raises(LandscapeError, match="budget must be one of"):
+        audit(probe, budget="huge")
+    with pytest.raises(LandscapeError, match=r"unknown measures \['vibes'\]"):
+        audit(probe, measures=["vibes"])
+
+
+def test_compare_reports_raw_and_aligned_barriers(trained, data, snapshot):
+    snaps = [snapshot(m) for m in trained]
+    result = compare({"a": Probe(trained[0], data), "b": trained[1]}, data=data,
+                     measures=["hessian_eigenvalues"])
+    assert result.names == ["a", "b"]
+    pair = result.pairs[0]
+    assert pair.barrier > 0 and pair.aligned_barrier is not None
+    assert pair.aligned_distance < pair.distance  # alignment brings the weights closer
+    assert result.table()["hessian_eigenvalues"]["b"]["value"] > 0
+    for snap in snaps:
+        snap.assert_unchanged()
+    same = compare({"a": Probe(trained[0], data), "a2": Probe(trained[0], data)},
+                   measures=["hessian_eigenvalues"])
+    p = same.pairs[0]
+    assert p.barrier == pytest.approx(0, abs=1e-6) and p.distance == 0
+    assert p.cosine == pytest.approx(1) and p.aligned_barrier == pytest.approx(0, abs=1e-6)
+    with pytest.raises(LandscapeError, match="pass model_fn="):
+        compare({"x": "some.pt"}, data=data)
+
+
+def test_track_measures_in_order_and_resumes(tmp_path, trained, data):
+    paths = []
+    for step, model in zip((200, 100), trained):
+        paths.append(tmp_path / f"ckpt_{step}.pt")
+        torch.save(model.state_dict(), paths[-1])
+    out = tmp_path / "track.json"
+    result = track(tmp_path, model_fn=lambda: digits_mlp(hidden=12), data=data,
+                   measures=["loss", "gradient_norm"], out=out)
+    assert result.steps == [100, 200]  # sorted by the step in the file name
+    assert result.column("loss")[0] == pytest.approx(Probe(trained[1], data).loss())
+    calls = []
+    again = track(tmp_path, model_fn=lambda: calls.append(1) or digits_mlp(hidden=12),
+                  data=data, measures=["loss", "gradient_norm"], out=out)
+    assert calls == [] and again.rows == result.rows
+    with pytest.raises(LandscapeError, match="measures must be among"):
+        track(tmp_path, model_fn=digits_mlp, data=data, measures=["vibes"])
