@@ -143,3 +143,16 @@ def test_bad_input_errors():
     other = tiny_mlp(hidden=7).state_dict()
     with pytest.raises(LandscapeError, match="same architecture"):
         direction_from_checkpoint(probe, other)
+
+
+def test_line_along_the_top_hessian_eigenvector_has_its_curvature():
+
+    from landscape import hessian_eigenvalues, loss_line
+
+    probe = Probe(tiny_mlp(), tiny_data(30))
+    r = hessian_eigenvalues(probe, k=1, tol=1e-10, return_vectors=True)
+    d = direction_from_vector(probe, r.eigenvectors[0])
+    h = 1e-3
+    f = loss_line(probe, d, [-h, 0.0, h]).loss
+    second_derivative = (f[0] - 2 * f[1] + f[2]) / h**2
+    assert second_derivative == pytest.approx(r.eigenvalues[0], rel=1e-4)
