@@ -438,7 +438,7 @@ class Probe:
         otherwise the faster of double backward and forward-over-reverse, timed on one batch.
         """
         v = self._check_vector(v, "v")
-        with self._session(delta):
+        with self._session(delta), _twice_differentiable():
             method = self._pick_hvp_method(v, at_checkpoint=delta is None)
             out, n, error = torch.zeros_like(v), 0, None
             try:
@@ -461,7 +461,7 @@ class Probe:
         """
         if v is not None:
             v = self._check_vector(v, "v")
-        with self._session(delta):
+        with self._session(delta), _twice_differentiable():
             g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
             loss_sum, n, graphs, error = 0.0, 0, [], None
             try:
@@ -502,7 +502,7 @@ class Probe:
                 "the Gauss-Newton matrix needs the model outputs and loss_fn separately; it is not "
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
-        with self._session(delta):
+        with self._session(delta), _twice_differentiable():
             total = torch.zeros_like(v)
             n, error = 0, None
             try:
@@ -964,6 +964,16 @@ class Probe:
 
 
 # ---------------------------------------------------------------------- module helpers
+
+
+def _twice_differentiable() -> contextlib.AbstractContextManager:
+    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
+    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -367,3 +368,30 @@ def test_error_bad_data_and_options():
         Probe(tiny_mlp(), tiny_data(), device="meta")
     with pytest.raises(LandscapeError, match="scalar tensor"):
         Probe(tiny_mlp(), tiny_data(), lambda o, t: o).loss()
+
+
+def test_hvp_through_fused_attention_kernels():
+    """scaled_dot_product_attention's fused float32 CPU/GPU kernels have no double backward."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(4, 12)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)  # (batch, heads, seq, dim)
+            h = nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.out(h.mean((1, 2)))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    model = Attention()
+    probe = Probe(model, (x.float(), y))
+    v = torch.randn(probe.num_params, generator=g, dtype=torch.float64)
+    # float64 runs the math kernel, whose double backward exists: the reference
+    reference = Probe(copy.deepcopy(model).double(), (x, y)).hvp(v)
+    assert torch.allclose(probe.hvp(v.float()).double(), reference, rtol=1e-4, atol=1e-5)
+    _, _, hv = probe.gradient_and_hvp(v.float())
+    assert torch.allclose(hv.double(), reference, rtol=1e-4, atol=1e-5)

@@ -100,3 +100,39 @@ def test_track_measures_in_order_and_resumes(tmp_path, trained, data):
     assert calls == [] and again.rows == result.rows
     with pytest.raises(LandscapeError, match="measures must be among"):
         track(tmp_path, model_fn=digits_mlp, data=data, measures=["vibes"])
+
+
+class TinyTransformer(torch.nn.Module):
+    """A language model with its own loss, dict batches, dropout, LayerNorm, attention, an unused
+    and a frozen layer: what users bring."""
+
+    def __init__(self, vocab: int = 20, width: int = 16):
+        super().__init__()
+        self.vocab = vocab
+        self.emb = torch.nn.Embedding(vocab, width)
+        self.layer = torch.nn.TransformerEncoderLayer(width, 2, 32, dropout=0.1,
+                                                      batch_first=True)
+        self.head = torch.nn.Linear(width, vocab)
+        self.unused = torch.nn.Linear(3, 3)
+        self.frozen = torch.nn.Linear(width, width).requires_grad_(False)
+
+    def forward(self, ids, labels):
+        logits = self.head(self.layer(self.frozen(self.emb(ids))))
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab),
+                                                 labels.reshape(-1))
+
+
+def test_audit_of_a_small_transformer_with_dict_batches(snapshot):
+    model = TinyTransformer().train()
+    snap = snapshot(model)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"ids": torch.randint(0, 20, (4, 6), generator=g),
+                "labels": torch.randint(0, 20, (4, 6), generator=g)} for _ in range(3)]
+    probe = Probe(model, batches, batch_loss=lambda m, b: m(**b))
+    report = audit(probe, budget="quick", measures=[
+        "hessian_eigenvalues", "hessian_trace", "sharpness_worst_l2", "first_order_flatness",
+        "loss_line"])
+    for m in report.measures.values():
+        assert math.isfinite(m.value), m.name
+    assert "accuracy" not in report.measures  # the model computes its own loss
+    snap.assert_unchanged()
