@@ -672,10 +672,12 @@ class Probe:
             error = e
         if loss_sum is None:
             sums = [0.0, 0.0]
-        elif has_acc and correct_sum is not None:
-            sums = torch.stack([loss_sum, correct_sum.double()]).tolist()
-        else:
+        elif not has_acc or correct_sum is None:
             sums = [loss_sum.item(), 0.0]
+        elif loss_sum.device.type == "cpu":  # no device sync to save: skip the stack
+            sums = [loss_sum.item(), float(correct_sum)]
+        else:
+            sums = torch.stack([loss_sum, correct_sum.double()]).tolist()
         total, n_correct, n, n_no_acc = self._comm.reduce(
             [sums[0], sums[1], n, 0.0 if has_acc else 1.0], error=error)
         n = int(n)
