@@ -363,30 +363,37 @@ class Probe:
         the first coordinate, to (1 - c_0) start + c_0 end: interpolating BatchNorm statistics
         between two checkpoints. They are restored bitwise afterwards too.
         """
-        dirs = [self._split(self._check_vector(d, "direction")) for d in directions]
-        base = None if offset is None else self._split(self._check_vector(offset, "offset"))
+        dirs = [self._check_vector(d, "direction") for d in directions]
+        base = None if offset is None else self._check_vector(offset, "offset")
         moving = self._buffer_path(buffer_ends)
         with self._session(None), torch.no_grad():
             backup = [p.detach().clone() for p in self.params]
             buffer_backup = [b.detach().clone() for b, _, _ in moving]
+            # One flat buffer: per point 1 + len(dirs) vector ops and one multi-tensor copy into
+            # the parameters, instead of a Python loop over parameters.
+            start = self._flat(backup)
+            if base is not None:
+                start.add_(base)
+            point = torch.empty_like(start)
+            views = self._split(point)
             try:
                 for c in coords:
                     if len(c) != len(dirs):
                         raise LandscapeError(
                             f"each point needs {len(dirs)} coordinates; got {len(c)}."
                         )
-                    for i, p in enumerate(self.params):
-                        p.copy_(backup[i])
-                        if base is not None:
-                            p.add_(base[i])
-                        for ck, dk in zip(c, dirs):
-                            p.add_(dk[i], alpha=float(ck))
-                    for buf, start, end in moving:
-                        torch.lerp(start, end, float(c[0]), out=buf)
+                    if dirs:
+                        torch.add(start, dirs[0], alpha=float(c[0]), out=point)
+                        for ck, dk in zip(c[1:], dirs[1:]):
+                            point.add_(dk, alpha=float(ck))
+                    else:
+                        point.copy_(start)
+                    _copy_all(self.params, views)
+                    for buf, lo, hi in moving:
+                        torch.lerp(lo, hi, float(c[0]), out=buf)
                     yield self._evaluate_here()
             finally:
-                for p, b in zip(self.params, backup):
-                    p.copy_(b)
+                _copy_all(self.params, backup)
                 for (buf, _, _), b in zip(moving, buffer_backup):
                     buf.copy_(b)
 
@@ -646,22 +653,33 @@ class Probe:
         return loss.reshape(()), n_b, correct
 
     def _evaluate_here(self) -> Evaluation:
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct_sum = torch.zeros((), device=self.device, dtype=torch.int64)
+        """Loss and accuracy at the current parameters: sums kept on the device, one host
+        transfer (a single `tolist()`) per call."""
+        loss_sum: Tensor | None = None
+        correct_sum: Tensor | None = None
         n, has_acc, error = 0, True, None
         try:
             for batch in self._data.batches():
                 loss, n_b, correct = self._compute_batch(batch)
-                loss_sum += loss.double() * n_b
+                term = loss.double() * n_b
+                loss_sum = term if loss_sum is None else loss_sum + term
                 if correct is None:
                     has_acc = False
-                else:
-                    correct_sum += correct
+                elif has_acc:
+                    correct_sum = correct if correct_sum is None else correct_sum + correct
                 n += n_b
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
+        if loss_sum is None:
+            sums = [0.0, 0.0]
+        elif not has_acc or correct_sum is None:
+            sums = [loss_sum.item(), 0.0]
+        elif loss_sum.device.type == "cpu":  # no device sync to save: skip the stack
+            sums = [loss_sum.item(), float(correct_sum)]
+        else:
+            sums = torch.stack([loss_sum, correct_sum.double()]).tolist()
         total, n_correct, n, n_no_acc = self._comm.reduce(
-            [float(loss_sum), float(correct_sum), n, 0.0 if has_acc else 1.0], error=error)
+            [sums[0], sums[1], n, 0.0 if has_acc else 1.0], error=error)
         n = int(n)
         self._counts["n_forward"] += 1
         if n == 0:
@@ -1009,6 +1027,16 @@ def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[st
             )
         chosen_names.update(hits)
     return [(n, p) for n, p in trainable if n in chosen_names]
+
+
+def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """dst[i].copy_(src[i]) for all i, in one multi-tensor call where torch has it."""
+    foreach = getattr(torch, "_foreach_copy_", None)
+    if foreach is not None:
+        foreach(list(dst), list(src))
+    else:  # pragma: no cover - older torch
+        for d, s in zip(dst, src):
+            d.copy_(s)
 
 
 def _default_budget(device: torch.device) -> int:

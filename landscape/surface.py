@@ -41,10 +41,26 @@ with the same arguments and returns the whole result. `shard=` picks what is spl
 
 With `out=`, rank 0 alone reads and writes the file; every rank resumes from its `done` mask.
 `max_samples=` subsets are drawn by global sample index, so they are the same in both modes.
+
+Speed (`batched=`, `autocast=`):
+
+* The per-point loop (`probe.evaluate_points`): w + offset is kept in one flat buffer, a point
+  costs 1 + len(directions) vector operations, one multi-tensor copy into the parameters, the
+  forward passes over the cached batches, and one host transfer (loss and correct count).
+* `batched=True` (or None = auto, which picks it on CUDA only): chunks of points evaluated at
+  once with `torch.func.vmap` over stacked weights (`landscape._batched`); the chunk is the
+  memory budget (256 MiB on CPU, a quarter of free CUDA memory) over weights + activations per
+  point. Same values up to floating-point rounding of the batched kernels. A model vmap cannot
+  handle falls back silently to the loop. On CPU it is slower than the loop on the benchmarked
+  models (vmapped convolutions become grouped convolutions), hence not the CPU default.
+  Distributed runs always use the loop.
+* `autocast=True`: forward passes under `torch.autocast(dtype=torch.bfloat16)`: approximate
+  losses, recorded as `autocast="bfloat16"` in the result, the file's settings and its hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -55,6 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._batched import chunk_size, evaluate_chunk
 from ._results import to_jsonable
 from .directions import (
     Checkpoint,
@@ -84,6 +101,7 @@ class Line:
         n_samples: samples per point (all data, or the subsets' total with `max_samples=`).
         max_samples, seed: the subset options (None, 0 for exact evaluation).
         cost: forward passes and seconds spent (`probe.meter()`), None when loaded from a file.
+        autocast: "bfloat16" when evaluated under `autocast=True` (approximate losses), else None.
         barrier: interpolations only: max over a in [0, 1] of f(a) - ((1 - a) f(0) + a f(1))
             (Frankle et al. 2020), over the evaluated alphas in [0, 1].
         barrier_alpha: the a where the barrier occurs.
@@ -107,6 +125,7 @@ class Line:
     error_barrier_alpha: float | None = None
     distance: float | None = None
     cosine: float | None = None
+    autocast: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -127,6 +146,7 @@ class Surface:
         settings_hash: SHA-256 of the settings (what a stored file is checked against).
         cost: forward passes and seconds spent, None when loaded from a file.
         path: the file it was stored in, if any.
+        autocast: "bfloat16" when evaluated under `autocast=True` (approximate losses), else None.
     """
 
     xs: np.ndarray
@@ -143,6 +163,7 @@ class Surface:
     cost: Cost | None = None
     path: str | None = None
     complete: bool = field(default=True)
+    autocast: str | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Surface:
@@ -160,7 +181,7 @@ class Surface:
             cosine=float("nan") if s["cosine"] is None else float(s["cosine"]),
             n_samples=int(s["n_samples"]), max_samples=s["max_samples"], seed=int(s["seed"]),
             settings_hash=data["settings_hash"], cost=None, path=str(path),
-            complete=bool(data["done"].all()),
+            complete=bool(data["done"].all()), autocast=s.get("autocast"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,7 +216,8 @@ class TrajectoryPCA:
 def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[float] | np.ndarray,
               *, max_samples: int | None = None, seed: int = 0,
               out: str | os.PathLike | None = None, progress: bool = False,
-              shard: str = "auto") -> Line:
+              shard: str = "auto", batched: bool | None = None,
+              autocast: bool = False) -> Line:
     """The loss along a line, f(a) = L(w + a d), at each a in `alphas`.
 
     Args:
@@ -209,6 +231,14 @@ def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[floa
         progress: show a tqdm progress bar (rank 0 only when distributed).
         shard: distributed only: "auto", "points" (each rank its own points, on all the data)
             or "data" (every point on every rank's share of the data); module docstring.
+        batched: evaluate several points at once with `torch.func.vmap` over stacked weights
+            (module docstring, "Speed"). None (default): on CUDA when the chunk fits the memory
+            budget, else the per-point loop; True: also on CPU (where it is slower on the
+            benchmarked models); False: never. Any vmap error falls back to the loop. Ignored
+            (the loop) under torch.distributed.
+        autocast: evaluate under `torch.autocast` in bfloat16 (CUDA, or CPU). Faster on GPUs
+            but APPROXIMATE: the stored losses are not L(w + ...) exactly. Recorded as
+            `autocast="bfloat16"` in the result and in the file's settings (and its hash).
 
     Returns:
         A `Line` (the whole line on every rank). Non-finite losses are NaN.
@@ -226,7 +256,7 @@ def loss_line(probe: Probe, direction: Direction | Tensor, alphas: Sequence[floa
     a = _coords(alphas, "alphas")
     meter = probe.meter()
     store = _run_grid(probe, [vec], {"alphas": a}, "line", [_meta(direction, vec)], out,
-                      max_samples, seed, progress, {}, shard)
+                      max_samples, seed, progress, {}, shard, batched=batched, autocast=autocast)
     return _make_line(probe, a, store, _meta(direction, vec), max_samples, seed, meter.cost())
 
 
@@ -234,7 +264,8 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
                  xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, *,
                  max_samples: int | None = None, seed: int = 0,
                  out: str | os.PathLike | None = None, progress: bool = False,
-                 shard: str = "auto") -> Surface:
+                 shard: str = "auto", batched: bool | None = None,
+                 autocast: bool = False) -> Surface:
     """The loss on a plane, `loss[i, j] = L(w + xs[i] dx + ys[j] dy)`.
 
     Points are evaluated row by row (i outer, j inner). With `out=` the file is written as
@@ -247,7 +278,7 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
         dx, dy: `Direction`s or flat tensors of length `probe.num_params` (not orthogonalized;
             `Surface.cosine` reports their cosine).
         xs, ys: coordinates along dx and dy (the grid may be non-square).
-        max_samples, seed, out, progress, shard: as in `loss_line`.
+        max_samples, seed, out, progress, shard, batched, autocast: as in `loss_line`.
 
     Returns:
         A `Surface` (the whole grid on every rank); memory is O(len(xs) len(ys)) floats plus
@@ -263,20 +294,22 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
     cos = cosine(vx, vy)
     meter = probe.meter()
     store = _run_grid(probe, [vx, vy], {"xs": x, "ys": y}, "surface", metas, out, max_samples,
-                      seed, progress, {"cosine": _json_float(cos)}, shard)
+                      seed, progress, {"cosine": _json_float(cos)}, shard, batched=batched,
+                      autocast=autocast)
     return Surface(
         xs=x, ys=y, loss=store.loss.copy(), accuracy=_none_if_all_nan(store.accuracy),
         loss_stderr=None if max_samples is None else store.loss_stderr.copy(),
         directions=(metas[0], metas[1]), cosine=cos, n_samples=store.settings["n_samples"],
         max_samples=max_samples, seed=seed, settings_hash=store.hash, cost=meter.cost(),
-        path=None if out is None else str(out),
+        path=None if out is None else str(out), autocast=store.settings.get("autocast"),
     )
 
 
 def interpolate(probe: Probe, other: Checkpoint,
                 alphas: Sequence[float] | np.ndarray | None = None, *,
                 buffers: str = "interpolate", max_samples: int | None = None, seed: int = 0,
-                progress: bool = False, shard: str = "auto") -> Line:
+                progress: bool = False, shard: str = "auto", batched: bool | None = None,
+                autocast: bool = False) -> Line:
     """Linear interpolation f(a) = L((1 - a) w_A + a w_B) from the probe's w_A to `other`'s w_B.
 
     The probed parameters are interpolated; parameters outside the probe stay as they are.
@@ -295,7 +328,7 @@ def interpolate(probe: Probe, other: Checkpoint,
         probe: the model at w_A (alpha 0).
         other: w_B (alpha 1): a state dict, a model of the same architecture, or a checkpoint path.
         alphas: where to evaluate (may range outside [0, 1]); default 0, 0.05, ..., 1.
-        max_samples, seed, progress, shard: as in `loss_line`.
+        max_samples, seed, progress, shard, batched, autocast: as in `loss_line`.
 
     Returns:
         A `Line` with `barrier`, `barrier_alpha`, `error_barrier`, `error_barrier_alpha`,
@@ -324,7 +357,8 @@ def interpolate(probe: Probe, other: Checkpoint,
             "norm": float(d.double().norm())}
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
-                      progress, {"buffers": buffers}, shard, buffer_ends)
+                      progress, {"buffers": buffers}, shard, buffer_ends, batched=batched,
+                      autocast=autocast)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     i0, i1 = int(np.flatnonzero(full == 0.0)[0]), int(np.flatnonzero(full == 1.0)[0])
@@ -340,6 +374,7 @@ def interpolate(probe: Probe, other: Checkpoint,
         seed=seed, cost=cost, barrier=barrier, barrier_alpha=barrier_alpha,
         error_barrier=err_barrier, error_barrier_alpha=err_alpha,
         distance=float(d.double().norm()), cosine=cosine(w_a, w_b),
+        autocast=store.settings.get("autocast"),
     )
 
 
@@ -397,8 +432,15 @@ def pca_directions(probe: Probe, checkpoints: Sequence[Checkpoint]) -> Trajector
 def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray], kind: str,
               metas: list[dict[str, Any]], out: str | os.PathLike | None,
               max_samples: int | None, seed: int, progress: bool,
-              extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None) -> GridStore:
+              extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None, *,
+              batched: bool | None = None, autocast: bool = False) -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
+    if batched not in (None, True, False):
+        raise LandscapeError(f"batched must be True, False or None (auto); got {batched!r}.")
+    if autocast not in (True, False):
+        raise LandscapeError(f"autocast must be True or False; got {autocast!r}.")
+    if autocast:  # approximate values: part of the settings and of the file's hash
+        extra = {**extra, "autocast": "bfloat16"}
     mode, evaluator = grid_plan(probe, shard, int(np.prod([len(c) for c in coords.values()])))
     total = probe.n_samples
     groups: list[Probe] | None = None
@@ -429,13 +471,16 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
               for idx in np.ndindex(*store.loss.shape) if not store.done[idx]]
     bar = _progress(len(points), progress and comm.rank == 0)
+    chunk = 1 if mode != "alone" else _chunk(probe if groups is None else groups[0],
+                                             len(points), batched)
     try:
-        if mode == "points":
-            _by_points(evaluator, groups, vectors, points, store, bar, comm, buffer_ends)
-        elif groups is None:
-            _exact(probe, vectors, points, store, bar, buffer_ends)
-        else:
-            _grouped(groups, vectors, points, store, bar, buffer_ends)
+        with _autocast(probe, autocast):
+            if mode == "points":
+                _by_points(evaluator, groups, vectors, points, store, bar, comm, buffer_ends)
+            elif groups is None:
+                _exact(probe, vectors, points, store, bar, buffer_ends, chunk)
+            else:
+                _grouped(groups, vectors, points, store, bar, buffer_ends, chunk=chunk)
     except BaseException:
         bar.close()
         store.flush()  # keep what was computed
@@ -450,27 +495,72 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     return store
 
 
+def _chunk(probe: Probe, n_points: int, batched: bool | None) -> int:
+    """Points per vmap call: 1 (the per-point loop) unless batching is asked for or, by default,
+    on CUDA; then as many as the memory budget allows (`_batched.chunk_size`)."""
+    if batched is False or (batched is None and probe.device.type != "cuda"):
+        return 1
+    return chunk_size(probe, n_points)
+
+
+def _autocast(probe: Probe, enabled: bool) -> Any:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=probe.device.type, dtype=torch.bfloat16)
+
+
+def _store_value(store: GridStore, idx: Any, ev: Any) -> None:
+    if np.isfinite(ev.loss):
+        store.set(idx, ev.loss, ev.accuracy)
+    else:
+        store.set(idx, np.nan, None)
+
+
 def _exact(probe: Probe, vectors: list[Tensor], points: list, store: GridStore, bar: Any,
-           buffer_ends: Any = None) -> None:
+           buffer_ends: Any = None, chunk: int = 1) -> None:
+    """Every point on all the data: chunks of points under vmap while that works (chunk > 1),
+    then the per-point loop for whatever is left."""
+    done = 0
+    while chunk > 1 and done < len(points):
+        part = points[done:done + chunk]
+        try:
+            evs = evaluate_chunk(probe, vectors, [c for _, c in part], buffer_ends)
+        except Exception:  # noqa: BLE001 - not vmap-able: the loop below is exact and re-raises
+            break
+        for (idx, _), ev in zip(part, evs):
+            _store_value(store, idx, ev)
+            bar.update()
+        done += len(part)
+    points = points[done:]
+    if not points:
+        return
     gen = probe.evaluate_points(vectors, (c for _, c in points), buffer_ends=buffer_ends)
     try:
         for idx, _ in points:
-            ev = next(gen)
-            if np.isfinite(ev.loss):
-                store.set(idx, ev.loss, ev.accuracy)
-            else:
-                store.set(idx, np.nan, None)
+            _store_value(store, idx, next(gen))
             bar.update()
     finally:
         gen.close()
 
 
 def _grouped(groups: list[Probe], vectors: list[Tensor], points: list, store: GridStore,
-             bar: Any, buffer_ends: Any = None, chunk: int = 32) -> None:
-    for s in range(0, len(points), chunk):
-        part = points[s:s + chunk]
+             bar: Any, buffer_ends: Any = None, chunk: int = 1) -> None:
+    """`max_samples=`: each chunk of points on every group (under vmap when chunk > 1 and it
+    works, else the loop, 32 points per call)."""
+    step = chunk if chunk > 1 else 32
+    vmap_ok = chunk > 1
+    for s in range(0, len(points), step):
+        part = points[s:s + step]
         coords = [c for _, c in part]
-        for (idx, _), value in zip(part, _group_values(groups, vectors, coords, buffer_ends)):
+        values = None
+        if vmap_ok:
+            try:
+                values = _group_values(groups, vectors, coords, buffer_ends, batched=True)
+            except Exception:  # noqa: BLE001 - not vmap-able: the loop is exact and re-raises
+                vmap_ok = False
+        if values is None:
+            values = _group_values(groups, vectors, coords, buffer_ends)
+        for (idx, _), value in zip(part, values):
             store.set(idx, *value)
             bar.update()
 
@@ -479,9 +569,13 @@ _Value = tuple[float, float | None, float | None]  # loss, accuracy, stderr
 
 
 def _group_values(groups: list[Probe], vectors: list[Tensor],
-                  coords: list[tuple[float, ...]], buffer_ends: Any = None) -> list[_Value]:
+                  coords: list[tuple[float, ...]], buffer_ends: Any = None,
+                  batched: bool = False) -> list[_Value]:
     """(mean loss, mean accuracy, stderr) over the groups at each point; NaN when not finite."""
-    evs = [list(g.evaluate_points(vectors, coords, buffer_ends=buffer_ends)) for g in groups]
+    if batched:
+        evs = [evaluate_chunk(g, vectors, coords, buffer_ends) for g in groups]
+    else:
+        evs = [list(g.evaluate_points(vectors, coords, buffer_ends=buffer_ends)) for g in groups]
     out = []
     for k in range(len(coords)):
         losses = np.array([e[k].loss for e in evs], dtype=np.float64)
@@ -545,6 +639,7 @@ def _make_line(probe: Probe, a: np.ndarray, store: GridStore, meta: dict[str, An
         alphas=a, loss=store.loss.copy(), accuracy=_none_if_all_nan(store.accuracy),
         loss_stderr=None if max_samples is None else store.loss_stderr.copy(), direction=meta,
         n_samples=store.settings["n_samples"], max_samples=max_samples, seed=seed, cost=cost,
+        autocast=store.settings.get("autocast"),
     )
 
 

@@ -2,12 +2,21 @@
 
 Compares, in one run and on the same model, samples and grid:
 
-* landscape: `loss_surface` with a fresh Probe (its first-use checks included in the time);
+* landscape: `loss_surface` with a fresh Probe (its first-use checks included in the time), with
+  the per-point loop (`batched=False`, the CPU default) and with the vmap path (`batched=True`);
 * loss-landscapes: `random_plane(..., normalization="filter", deepcopy_model=True)` (its metric
   evaluates all 1024 samples in one forward, like our cached batch);
-* a tomgoldstein/loss-landscape style loop: set the weights from w + a d1 + b d2 (new tensors),
-  then iterate a DataLoader (batch 128, as its default) computing loss and accuracy;
-* the floor: a bare loop of 441 forward passes + loss over the same cached batch.
+* a tomgoldstein/loss-landscape style loop (`plot_surface.py` -> `crunch` -> `set_weights`,
+  `evaluation.eval_loss`): per point set the weights to w + a d1 + b d2 (new tensors, its
+  `p.data = w + d`), then iterate a DataLoader (batch 128, its default) computing loss and
+  accuracy with `.item()` per batch. Same filter-normalized directions as ours. It is kept
+  favourable to the original: tensors in memory (the original decodes CIFAR images through
+  torchvision transforms every point), `num_workers=0` (the original's `--threads 2` starts two
+  worker processes per point), no h5 write and print per point;
+* the floor: a bare loop of 441 forward passes + loss over the same cached batch, at w;
+* for reference, the same bare forward passes at the 441 grid points (441 prepared copies of the
+  model): far from w the logits grow and the loss kernels get slower on CPU, so this is the
+  cost of the forward passes a surface really makes.
 
 Each method is timed best-of-`--repeats`, with the methods interleaved in every repeat (the
 machine is noisy). Prints grid points per second and ratios to the floor. Run:
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import numpy as np
@@ -39,10 +49,35 @@ def floor(model, x, y, n_points):
             float(nn.functional.cross_entropy(model(x), y))
 
 
-def ours(model, x, y, xs):
+def ours(model, x, y, xs, batched=False):
     probe = Probe(model, (x, y), batch_size=N_SAMPLES)
     d1, d2 = random_direction(probe, seed=0), random_direction(probe, seed=1)
-    return loss_surface(probe, d1, d2, xs, xs)
+    return loss_surface(probe, d1, d2, xs, xs, batched=batched)
+
+
+def directions(model, x, y):
+    """The filter-normalized directions of `ours`, per parameter (for the other loops)."""
+    probe = Probe(model, (x, y), batch_size=N_SAMPLES)
+    return [probe.unflatten(random_direction(probe, seed=s).vector) for s in (0, 1)]
+
+
+def grid_models(model, xs, dirs):
+    """441 copies of the model at the grid points w + a d1 + b d2."""
+    out = []
+    for a in xs:
+        for b in xs:
+            net = copy.deepcopy(model).eval()
+            with torch.no_grad():
+                for n, p in net.named_parameters():
+                    p.add_(dirs[0][n], alpha=a).add_(dirs[1][n], alpha=b)
+            out.append(net)
+    return out
+
+
+def floor_at_points(models, x, y):
+    with torch.inference_mode():
+        for net in models:
+            float(nn.functional.cross_entropy(net(x), y))
 
 
 def loss_landscapes_plane(model, x, y):
@@ -59,14 +94,13 @@ def loss_landscapes_plane(model, x, y):
                                             normalization="layer", deepcopy_model=True)
 
 
-def dataloader_loop(model, x, y, xs):
+def dataloader_loop(model, x, y, xs, dirs):
     """As tomgoldstein/loss-landscape: per point set weights, then loop over a DataLoader."""
     net = copy.deepcopy(model).eval()
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
     w = [p.detach().clone() for p in net.parameters()]
-    g = torch.Generator().manual_seed(0)
-    d1 = [torch.randn(p.shape, generator=g) for p in w]
-    d2 = [torch.randn(p.shape, generator=g) for p in w]
+    d1 = [dirs[0][n] for n, _ in net.named_parameters()]
+    d2 = [dirs[1][n] for n, _ in net.named_parameters()]
     out = np.zeros((len(xs), len(xs)))
     for i, a in enumerate(xs):
         for j, b in enumerate(xs):
@@ -96,11 +130,15 @@ def main() -> None:
         x, y = digits_tensors("train", image=image)
         x, y = x[:N_SAMPLES], y[:N_SAMPLES]
         model = build()
+        dirs = directions(model, x, y)
         methods = {
-            "bare forward floor": (floor, (model, x, y, n_points)),
-            "landscape": (ours, (model, x, y, xs)),
+            "bare forward floor (at w)": (floor, (model, x, y, n_points)),
+            "bare forward at the grid points": (floor_at_points,
+                                                (grid_models(model, xs, dirs), x, y)),
+            "landscape (loop)": (ours, (model, x, y, xs)),
+            "landscape (vmap, batched=True)": (ours, (model, x, y, xs, True)),
             "loss-landscapes random_plane": (loss_landscapes_plane, (model, x, y)),
-            "DataLoader loop (loss-landscape)": (dataloader_loop, (model, x, y, xs)),
+            "DataLoader loop (loss-landscape)": (dataloader_loop, (model, x, y, xs, dirs)),
         }
         best = {k: float("inf") for k in methods}
         for _ in range(args.repeats):
@@ -109,10 +147,11 @@ def main() -> None:
                 fn(*fn_args)
                 best[k] = min(best[k], time.perf_counter() - t0)
         for k, t in best.items():
-            rows.append((name, k, t, n_points / t, t / best["bare forward floor"],
+            rows.append((name, k, t, n_points / t, t / best["bare forward floor (at w)"],
                          best["DataLoader loop (loss-landscape)"] / t))
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"21x21 grid, {N_SAMPLES} digits samples, {args.threads} thread(s), "
-          f"best of {args.repeats} interleaved repeats\n")
+          f"best of {args.repeats} interleaved repeats; load average {load}\n")
     print("| model | method | seconds | points/s | time / floor | speed-up vs DataLoader loop |")
     print("|---|---|---:|---:|---:|---:|")
     for name, k, t, pps, ratio, speedup in rows:
