@@ -225,7 +225,7 @@ def audit(
 
     def eigenvalues() -> Measure:
         r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
-                                seed=seed)
+                                seed=seed, progress=progress)
         results["hessian_eigenvalues"] = r
         m = _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
                      {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
@@ -233,20 +233,22 @@ def audit(
 
     def smallest() -> Measure:
         r = hessian_eigenvalues(probe, k=1, which="smallest", tol=effort["eig_tol"],
-                                max_iter=effort["eig_max_iter"], seed=seed)
+                                max_iter=effort["eig_max_iter"], seed=seed,
+                                progress=progress)
         m = _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
                      {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
         return replace(m, error_bound=float(r.residuals[0]))
 
     def trace() -> Measure:
-        r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed)
+        r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed,
+                          progress=progress)
         results["hessian_trace"] = r
         return _measure("hessian_trace", float(r.estimate), float(r.stderr), r,
                         {"method": "hutch++", "n_hvp": effort["trace_hvp"], "seed": seed})
 
     def density() -> Measure:
         r = hessian_density(probe, n_vectors=effort["density_vectors"],
-                            n_steps=effort["density_steps"], seed=seed)
+                            n_steps=effort["density_steps"], seed=seed, progress=progress)
         results["hessian_density"] = r
         mean = float((r.nodes * r.weights).sum() / max(r.weights.sum(), 1e-300))
         return _measure("hessian_density", mean, None, r,
@@ -255,27 +257,28 @@ def audit(
 
     def worst() -> Measure:
         r = sharpness(probe, RHO_WORST, norm="l2", kind="worst", steps=effort["ascent_steps"],
-                      seed=seed)
+                      seed=seed, progress=progress)
         return _measure("sharpness_worst_l2", float(r.value), None, r,
                         {"rho": RHO_WORST, "norm": "l2", "kind": "worst", "seed": seed,
                          "steps": effort["ascent_steps"]})
 
     def adaptive() -> Measure:
         r = sharpness(probe, RHO_ADAPTIVE, norm="l2", kind="worst", adaptive=True,
-                      steps=effort["ascent_steps"], seed=seed)
+                      steps=effort["ascent_steps"], seed=seed, progress=progress)
         return _measure("sharpness_adaptive_worst_l2", float(r.value), None, r,
                         {"rho": RHO_ADAPTIVE, "norm": "l2", "kind": "worst", "adaptive": True,
                          "seed": seed, "steps": effort["ascent_steps"]})
 
     def average() -> Measure:
         r = sharpness(probe, RHO_AVERAGE, norm="l2", kind="average", adaptive=True,
-                      n_samples=effort["average_draws"], seed=seed)
+                      n_samples=effort["average_draws"], seed=seed, progress=progress)
         return _measure("sharpness_average_l2", float(r.value), float(r.stderr), r,
                         {"rho": RHO_AVERAGE, "kind": "average", "adaptive": True,
                          "n_samples": effort["average_draws"], "seed": seed})
 
     def flatness() -> Measure:
-        r = first_order_flatness(probe, RHO_FLATNESS, steps=effort["ascent_steps"], seed=seed)
+        r = first_order_flatness(probe, RHO_FLATNESS, steps=effort["ascent_steps"], seed=seed,
+                                 progress=progress)
         return _measure("first_order_flatness", float(r.value), None, r,
                         {"rho": RHO_FLATNESS, "steps": effort["ascent_steps"], "seed": seed})
 
