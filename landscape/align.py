@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Probe
+from .surface import barrier  # the barrier of a sampled path (DESIGN.md)
 
 BUFFERS = ("interpolate", "recompute", "keep")
 
@@ -631,47 +632,37 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
 
 def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: str,
            bn_batches: list[Any] | None) -> BarrierCurve:
+    """The interpolation curve to `sd_b`: `landscape.interpolate` for "interpolate" and "keep";
+    for "recompute" each point's BatchNorm statistics are re-estimated on `bn_batches` first."""
+    from .directions import cosine
+    from .surface import interpolate
+
+    if buffers != "recompute":
+        line = interpolate(probe, sd_b, alphas, buffers=buffers)
+        error = None if line.accuracy is None else (1.0 - line.accuracy).tolist()
+        return BarrierCurve(
+            alphas=line.alphas.tolist(), loss=line.loss.tolist(), error=error,
+            loss_barrier=line.barrier, loss_barrier_alpha=line.barrier_alpha,
+            error_barrier=line.error_barrier, error_barrier_alpha=line.error_barrier_alpha,
+            distance=line.distance, cosine=line.cosine,
+        )
     w_a = probe.flat_params()
     w_b = torch.cat([sd_b[n].detach().reshape(-1) for n in probe.param_names]).to(w_a)
-    model = probe.model
     losses, errors = [], []
     for a in alphas:
-        with probe.perturbed(float(a) * (w_b - w_a)), _buffers_restored(model):
-            if buffers == "interpolate":
-                with torch.no_grad():
-                    for n, b in model.named_buffers():
-                        if b.is_floating_point():
-                            b.copy_(torch.lerp(b, sd_b[n].to(b), float(a)))
-            elif buffers == "recompute":
-                _recompute_batchnorm(model, bn_batches)
+        with probe.perturbed(float(a) * (w_b - w_a)), _buffers_restored(probe.model):
+            _recompute_batchnorm(probe.model, bn_batches)
             ev = probe.evaluate()
         losses.append(ev.loss)
         errors.append(None if ev.accuracy is None else 1.0 - ev.accuracy)
     has_error = all(e is not None for e in errors)
     lb, la = barrier(alphas, losses)
     eb, ea = barrier(alphas, errors) if has_error else (None, None)
-    cos = float(w_a @ w_b / (w_a.norm() * w_b.norm()).clamp_min(1e-300))
     return BarrierCurve(
         alphas=alphas.tolist(), loss=losses, error=errors if has_error else None,
         loss_barrier=lb, loss_barrier_alpha=la, error_barrier=eb, error_barrier_alpha=ea,
-        distance=float((w_a - w_b).norm()), cosine=cos,
+        distance=float((w_a - w_b).norm()), cosine=cosine(w_a, w_b),
     )
-
-
-def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
-    """(max over a in [0, 1] of f(a) - ((1 - a) f(0) + a f(1)), the a where it occurs).
-
-    `alphas` must contain 0 and 1. Non-finite f(a) make the barrier NaN.
-    """
-    a = np.asarray(alphas, dtype=float)
-    f = np.asarray(values, dtype=float)
-    f0, f1 = f[a == 0.0][0], f[a == 1.0][0]
-    inside = (a >= 0.0) & (a <= 1.0)
-    gap = f[inside] - ((1.0 - a[inside]) * f0 + a[inside] * f1)
-    if not np.all(np.isfinite(gap)):
-        return float("nan"), float("nan")
-    i = int(np.argmax(gap))
-    return float(gap[i]), float(a[inside][i])
 
 
 @contextlib.contextmanager

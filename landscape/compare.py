@@ -228,19 +228,20 @@ def _pair(a: str, b: str, line: Any) -> PairResult:
 
 def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
                     alphas: np.ndarray) -> PairResult:
-    import dataclasses
-
-    from .align import aligned_barrier
+    """The pair with its barriers after permuting `model_b` onto model A (the raw path is
+    already in `pair`: only the aligned one is evaluated here)."""
+    from .align import align_weights
+    from .surface import interpolate
 
     try:
-        result = aligned_barrier(probe_a, model_b, alphas, buffers="interpolate")
+        alignment = align_weights(probe_a.model, model_b)
     except LandscapeError as exc:
-        return dataclasses.replace(pair, alignment_note=str(exc))
-    curve = result.aligned
-    return dataclasses.replace(
-        pair, aligned_barrier=float(curve.loss_barrier),
-        aligned_error_barrier=None if curve.error_barrier is None else float(curve.error_barrier),
-        aligned_distance=float(curve.distance))
+        return replace(pair, alignment_note=str(exc))
+    line = interpolate(probe_a, alignment.state_dict, alphas)
+    return replace(pair, aligned_barrier=float(line.barrier),
+                   aligned_error_barrier=None if line.error_barrier is None
+                   else float(line.error_barrier),
+                   aligned_distance=float(line.distance))
 
 
 def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, data: Any,

@@ -361,17 +361,16 @@ def interpolate(probe: Probe, other: Checkpoint,
                       autocast=autocast)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
-    i0, i1 = int(np.flatnonzero(full == 0.0)[0]), int(np.flatnonzero(full == 1.0)[0])
-    barrier, barrier_alpha = _barrier(full, loss, i0, i1)
+    loss_barrier, barrier_alpha = barrier(full, loss)
     err_barrier = err_alpha = None
     if acc is not None:
-        err_barrier, err_alpha = _barrier(full, 1.0 - acc, i0, i1)
+        err_barrier, err_alpha = barrier(full, 1.0 - acc)
     n = len(a)
     return Line(
         alphas=a, loss=loss[:n].copy(), accuracy=None if acc is None else acc[:n].copy(),
         loss_stderr=None if max_samples is None else store.loss_stderr[:n].copy(),
         direction=meta, n_samples=store.settings["n_samples"], max_samples=max_samples,
-        seed=seed, cost=cost, barrier=barrier, barrier_alpha=barrier_alpha,
+        seed=seed, cost=cost, barrier=loss_barrier, barrier_alpha=barrier_alpha,
         error_barrier=err_barrier, error_barrier_alpha=err_alpha,
         distance=float(d.double().norm()), cosine=cosine(w_a, w_b),
         autocast=store.settings.get("autocast"),
@@ -643,14 +642,21 @@ def _make_line(probe: Probe, a: np.ndarray, store: GridStore, meta: dict[str, An
     )
 
 
-def _barrier(alphas: np.ndarray, f: np.ndarray, i0: int, i1: int) -> tuple[float, float]:
-    inside = (alphas >= 0.0) & (alphas <= 1.0)
-    a = alphas[inside]
-    gap = f[inside] - ((1.0 - a) * f[i0] + a * f[i1])
-    if np.all(np.isnan(gap)):
+def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """(max over a in [0, 1] of f(a) - ((1 - a) f(0) + a f(1)), the a where it occurs).
+
+    `alphas` must contain 0 and 1; points outside [0, 1] are ignored. A non-finite f(a) in
+    [0, 1] (a diverged point) makes the barrier NaN: it is unknown, not the largest finite gap.
+    """
+    a = np.asarray(alphas, dtype=float)
+    f = np.asarray(values, dtype=float)
+    f0, f1 = f[a == 0.0][0], f[a == 1.0][0]
+    inside = (a >= 0.0) & (a <= 1.0)
+    gap = f[inside] - ((1.0 - a[inside]) * f0 + a[inside] * f1)
+    if not np.all(np.isfinite(gap)):
         return float("nan"), float("nan")
-    k = int(np.nanargmax(gap))
-    return float(gap[k]), float(a[k])
+    k = int(np.argmax(gap))
+    return float(gap[k]), float(a[inside][k])
 
 
 def _coords(values: Any, name: str) -> np.ndarray:
