@@ -13,10 +13,18 @@ Compares, in one run and on the same model, samples and grid:
   favourable to the original: tensors in memory (the original decodes CIFAR images through
   torchvision transforms every point), `num_workers=0` (the original's `--threads 2` starts two
   worker processes per point), no h5 write and print per point;
+* the same loop "as shipped": each sample decoded from uint8 pixels and normalized in the
+  Dataset (the original's `ToTensor()` + `Normalize` on CIFAR images), directions as numpy
+  arrays combined per point and converted with `torch.Tensor(d)` (its `set_weights`), the
+  whole loss and accuracy arrays written to an HDF5 file and a progress line printed per point
+  (to a string buffer here). Still favourable: `num_workers=0`;
 * the floor: a bare loop of 441 forward passes + loss over the same cached batch, at w;
+* the floor with accuracy: the same plus the argmax accuracy, i.e. the outputs a surface point
+  has (loss and accuracy); ratios to both floors are printed;
 * for reference, the same bare forward passes at the 441 grid points (441 prepared copies of the
   model): far from w the logits grow and the loss kernels get slower on CPU, so this is the
-  cost of the forward passes a surface really makes.
+  cost of the forward passes a surface really makes; and the same with the accuracy (the argmax
+  over few classes is slower where predictions are less peaked).
 
 Each method is timed best-of-`--repeats`, with the methods interleaved in every repeat (the
 machine is noisy). Prints grid points per second and ratios to the floor. Run:
@@ -27,13 +35,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import os
+import tempfile
 import time
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from landscape import Probe, loss_surface, random_direction
 from landscape.data import digits_cnn, digits_mlp, digits_tensors
@@ -47,6 +57,15 @@ def floor(model, x, y, n_points):
     with torch.inference_mode():
         for _ in range(n_points):
             float(nn.functional.cross_entropy(model(x), y))
+
+
+def floor_with_accuracy(model, x, y, n_points):
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(n_points):
+            out = model(x)
+            float(nn.functional.cross_entropy(out, y))
+            int((out.argmax(1) == y).sum())
 
 
 def ours(model, x, y, xs, batched=False):
@@ -78,6 +97,14 @@ def floor_at_points(models, x, y):
     with torch.inference_mode():
         for net in models:
             float(nn.functional.cross_entropy(net(x), y))
+
+
+def floor_at_points_with_accuracy(models, x, y):
+    with torch.inference_mode():
+        for net in models:
+            out = net(x)
+            float(nn.functional.cross_entropy(out, y))
+            int((out.argmax(1) == y).sum())
 
 
 def loss_landscapes_plane(model, x, y):
@@ -117,6 +144,71 @@ def dataloader_loop(model, x, y, xs, dirs):
     return out
 
 
+class RawDigits(Dataset):
+    """The first n training digits as uint8 pixel images, decoded and normalized per sample."""
+
+    def __init__(self, n: int, image: bool):
+        from sklearn.datasets import load_digits
+
+        from landscape.data.digits import _SPLIT_SEED
+
+        raw = load_digits()
+        pixels = torch.tensor(raw.data, dtype=torch.float64)
+        perm = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(_SPLIT_SEED))
+        train = perm[int(round(0.2 * len(pixels))):]
+        self.mean = pixels[train].mean(0).float().reshape(1, 8, 8)
+        self.std = pixels[train].std(0).clamp_min(1e-3).float().reshape(1, 8, 8)
+        idx = train[:n]
+        self.images = pixels[idx].numpy().astype(np.uint8).reshape(-1, 8, 8, 1)  # HWC
+        self.labels = raw.target[idx.numpy()]
+        self.image = image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        t = torch.from_numpy(self.images[i]).permute(2, 0, 1).float()  # ToTensor-like
+        t = (t - self.mean) / self.std  # Normalize-like
+        return (t if self.image else t.reshape(-1)), int(self.labels[i])
+
+
+def as_shipped_loop(model, dataset, xs, dirs, h5_path):
+    """tomgoldstein/loss-landscape's crunch + set_weights + eval_loss, without MPI or workers."""
+    import h5py
+
+    net = copy.deepcopy(model).eval()
+    loader = DataLoader(dataset, batch_size=128, shuffle=False, num_workers=0)
+    w = [p.data for p in net.parameters()]
+    names = [n for n, _ in net.named_parameters()]
+    dx = [dirs[0][n].numpy() for n in names]  # its load_directions returns numpy arrays
+    dy = [dirs[1][n].numpy() for n in names]
+    shape = (len(xs), len(xs))
+    losses, accs = -np.ones(shape), -np.ones(shape)
+    sink = io.StringIO()
+    with h5py.File(h5_path, "w") as f:
+        f["train_loss"], f["train_acc"] = losses, accs
+        coords = [(a, b) for a in xs for b in xs]
+        for ind, (a, b) in enumerate(coords):
+            changes = [d0 * a + d1 * b for d0, d1 in zip(dx, dy)]
+            for p, w0, d in zip(net.parameters(), w, changes):
+                p.data = w0 + torch.Tensor(d).type(type(w0))
+            correct, total_loss, total = 0, 0.0, 0
+            with torch.no_grad():
+                for inputs, targets in loader:
+                    total += inputs.size(0)
+                    outputs = net(inputs)
+                    total_loss += nn.functional.cross_entropy(outputs, targets).item() * len(
+                        targets)
+                    _, predicted = outputs.max(1)
+                    correct += predicted.eq(targets).sum()
+            losses.ravel()[ind] = total_loss / total
+            accs.ravel()[ind] = 100.0 * float(correct) / total
+            f["train_loss"][:], f["train_acc"][:] = losses, accs
+            print(f"Evaluating {ind}/{len(coords)} coord={(a, b)} loss={losses.ravel()[ind]:.3f}",
+                  file=sink)
+    return losses
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -126,19 +218,26 @@ def main() -> None:
     xs = np.linspace(-1, 1, STEPS)
     n_points = STEPS * STEPS
     rows = []
+    tmp = tempfile.mkdtemp(prefix="bench_surface_")
     for name, build, image in (("MLP", digits_mlp, False), ("CNN", digits_cnn, True)):
         x, y = digits_tensors("train", image=image)
         x, y = x[:N_SAMPLES], y[:N_SAMPLES]
         model = build()
         dirs = directions(model, x, y)
+        h5_path = os.path.join(tmp, f"{name}.h5")
+        grid = grid_models(model, xs, dirs)
         methods = {
             "bare forward floor (at w)": (floor, (model, x, y, n_points)),
-            "bare forward at the grid points": (floor_at_points,
-                                                (grid_models(model, xs, dirs), x, y)),
+            "bare forward + accuracy (at w)": (floor_with_accuracy, (model, x, y, n_points)),
+            "bare forward at the grid points": (floor_at_points, (grid, x, y)),
+            "bare forward + accuracy at the grid points": (floor_at_points_with_accuracy,
+                                                           (grid, x, y)),
             "landscape (loop)": (ours, (model, x, y, xs)),
             "landscape (vmap, batched=True)": (ours, (model, x, y, xs, True)),
             "loss-landscapes random_plane": (loss_landscapes_plane, (model, x, y)),
             "DataLoader loop (loss-landscape)": (dataloader_loop, (model, x, y, xs, dirs)),
+            "loss-landscape loop as shipped": (as_shipped_loop, (
+                model, RawDigits(N_SAMPLES, image), xs, dirs, h5_path)),
         }
         best = {k: float("inf") for k in methods}
         for _ in range(args.repeats):
@@ -148,14 +247,18 @@ def main() -> None:
                 best[k] = min(best[k], time.perf_counter() - t0)
         for k, t in best.items():
             rows.append((name, k, t, n_points / t, t / best["bare forward floor (at w)"],
-                         best["DataLoader loop (loss-landscape)"] / t))
+                         t / best["bare forward + accuracy (at w)"],
+                         best["DataLoader loop (loss-landscape)"] / t,
+                         best["loss-landscape loop as shipped"] / t))
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"21x21 grid, {N_SAMPLES} digits samples, {args.threads} thread(s), "
           f"best of {args.repeats} interleaved repeats; load average {load}\n")
-    print("| model | method | seconds | points/s | time / floor | speed-up vs DataLoader loop |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, k, t, pps, ratio, speedup in rows:
-        print(f"| {name} | {k} | {t:.3f} | {pps:.0f} | {ratio:.2f} | {speedup:.1f}x |")
+    print("| model | method | seconds | points/s | time / floor | time / floor with accuracy "
+          "| speed-up vs DataLoader loop | vs loop as shipped |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, k, t, pps, ratio, ratio_acc, speedup, speedup_shipped in rows:
+        print(f"| {name} | {k} | {t:.3f} | {pps:.0f} | {ratio:.2f} | {ratio_acc:.2f} "
+              f"| {speedup:.1f}x | {speedup_shipped:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,21 @@ def test_loss_is_sample_weighted_mean_with_unequal_last_batch():
     assert abs(np.mean(batch_means) - full) > 1e-6
 
 
+def test_accuracy_is_the_argmax_rate_with_ties_going_to_the_first_class():
+    model = tiny_mlp()
+    x, y = tiny_data(37)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+    want = (model(x).argmax(1) == y).double().mean().item()
+    assert Probe(model, loader).evaluate().accuracy == pytest.approx(want, abs=1e-15)
+    # constant logits tied between classes 0 and 1: argmax is class 0, so only targets 0 count
+    tied = nn.Linear(3, 3)
+    with torch.no_grad():
+        tied.weight.zero_()
+        tied.bias.copy_(torch.tensor([1.0, 1.0, 0.0]))
+    xt, yt = torch.randn(6, 3), torch.tensor([0, 1, 1, 2, 0, 1])
+    assert Probe(tied, (xt, yt)).evaluate().accuracy == pytest.approx(2 / 6)
+
+
 @pytest.mark.parametrize("method", HVP_METHODS)
 def test_gradient_and_hvp_match_exact_hessian(method):
     model = tiny_mlp()
