@@ -34,11 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import check_int, check_radii, is_positive
 from ._results import to_jsonable
 from .errors import LandscapeError
-from .pacbayes import _is_positive
 from .probe import Cost, Probe
-from .sharpness import _check_int, _check_rho, sharpness
+from .sharpness import sharpness
 
 BAND = (0.8, 1.25)
 N_SIGMA = 2.0  # a Monte Carlo ratio leaves the band only when 2 standard errors outside it
@@ -157,19 +157,19 @@ def quadratic_agreement(
         >>> [round(x, 6) for x in r.ratio_worst], r.value is None
         ([1.0, 1.0], True)
     """
-    radii, _ = _check_rho(rhos)
+    radii, _ = check_radii(rhos)
     radii = sorted(radii)
     low, high = _check_band(band)
-    _check_int("n_hvp", n_hvp, 1)
+    check_int("n_hvp", n_hvp, 1)
     if trace_stderr is not None and trace is None:
         raise LandscapeError("trace_stderr needs trace; give both, or neither to estimate them.")
     for name, v in (("top_eigenvalue", top_eigenvalue), ("trace", trace)):
-        if v is not None and not _is_positive(v):
+        if v is not None and not is_positive(v):
             raise LandscapeError(
                 f"{name} must be a positive finite number (the quadratic model predicts an "
                 f"increase only for positive curvature); got {v!r}."
             )
-    if trace_stderr is not None and not (_is_positive(trace_stderr) or trace_stderr == 0):
+    if trace_stderr is not None and not (is_positive(trace_stderr) or trace_stderr == 0):
         raise LandscapeError(f"trace_stderr must be a finite number >= 0; got {trace_stderr!r}.")
     settings = dict(band=(low, high), steps=steps, restarts=restarts, n_samples=n_samples,
                     n_hvp=n_hvp, tol=tol, curvature_given=(top_eigenvalue is not None,
@@ -185,7 +185,7 @@ def quadratic_agreement(
             est = hessian_trace(probe, n_hvp=n_hvp, method="hutch++", seed=seed)
             trace, trace_stderr = float(est.estimate), float(est.stderr)
         for name, v in (("top_eigenvalue", top_eigenvalue), ("trace", trace)):
-            if not _is_positive(v):
+            if not is_positive(v):
                 raise LandscapeError(
                     f"the estimated {name} is {v:.4g} <= 0: the quadratic model predicts no "
                     "increase (a saddle or maximum); this comparison needs a minimum."

@@ -56,11 +56,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_positive, check_positive_values
+from ._random import normal_like
 from ._results import to_jsonable
 from .errors import LandscapeError
-from .pacbayes import _check_positive, _is_positive
 from .probe import Cost, Probe
-from .sharpness import _check_int, _randn
 
 SAMPLERS = ("mala", "langevin")
 TARGET_ACCEPT = 0.574  # MALA's optimal acceptance rate (Roberts and Rosenthal 1998)
@@ -193,17 +193,17 @@ def local_entropy(
     gs = _check_gammas(gammas)
     if temperature is None:
         temperature = 1.0 / probe.n_samples
-    _check_positive("temperature", temperature)
-    _check_positive("step_size", step_size)
+    check_positive("temperature", temperature)
+    check_positive("step_size", step_size)
     if sampler not in SAMPLERS:
         raise LandscapeError(f"sampler must be one of {SAMPLERS}; got {sampler!r}.")
-    _check_int("points_per_decade", points_per_decade, 1)
-    _check_int("burn_in", burn_in, 0)
-    _check_int("n_batches", n_batches, 2)
-    _check_int("n_steps", n_steps, n_batches)
+    check_int("points_per_decade", points_per_decade, 1)
+    check_int("burn_in", burn_in, 0)
+    check_int("n_batches", n_batches, 2)
+    check_int("n_steps", n_steps, n_batches)
     if gamma_max is None:
         gamma_max = 100.0 * gs[-1]
-    _check_positive("gamma_max", gamma_max)
+    check_positive("gamma_max", gamma_max)
     if gamma_max <= gs[-1]:
         raise LandscapeError(
             f"gamma_max must exceed the largest gamma {gs[-1]}; got {gamma_max}."
@@ -269,7 +269,7 @@ def _run_chain(probe: Probe, gamma: float, T: float, w: Tensor, gen: torch.Gener
                n_batches: int) -> _Chain:
     """One Langevin chain on U(x) = L(w + x) + gamma/2 ||x||^2 at temperature T."""
     scale = math.sqrt(T / gamma)
-    x = _randn(w, gen) * scale  # exact for the Gaussian part of the measure
+    x = normal_like(w, gen) * scale  # exact for the Gaussian part of the measure
     loss, grad = probe.loss_and_gradient(x)
     if not (math.isfinite(loss) and bool(torch.isfinite(grad).all())):
         x = torch.zeros_like(w)
@@ -281,7 +281,7 @@ def _run_chain(probe: Probe, gamma: float, T: float, w: Tensor, gen: torch.Gener
     for step in range(burn_in + n_steps):
         h = math.exp(log_c) * T / gamma
         grad_u = grad + gamma * x
-        y = x - (h / (2 * T)) * grad_u + math.sqrt(h) * _randn(w, gen)
+        y = x - (h / (2 * T)) * grad_u + math.sqrt(h) * normal_like(w, gen)
         loss_y, grad_y = probe.loss_and_gradient(y)
         finite = math.isfinite(loss_y) and bool(torch.isfinite(grad_y).all())
         if sampler == "langevin":
@@ -327,11 +327,5 @@ def _batch_means(samples: np.ndarray, n_batches: int) -> tuple[float, float]:
 
 def _check_gammas(gammas: Any) -> list[float]:
     """The distinct couplings, ascending, from a number or a list, tuple or 1-D array."""
-    many = isinstance(gammas, (list, tuple)) or getattr(gammas, "ndim", 0) == 1
-    items = list(gammas) if many else [gammas]
-    if not items:
-        raise LandscapeError("gammas is empty; give at least one coupling gamma > 0.")
-    for g in items:
-        if not _is_positive(g):
-            raise LandscapeError(f"gamma must be a positive finite number; got {g!r}.")
-    return sorted({float(g) for g in items})
+    values, _ = check_positive_values(gammas, "gammas", "gamma")
+    return sorted(set(values))

@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_radii
 from .errors import LandscapeError
 from .probe import Probe
 from .sharpness import (
     PERTURB,
-    _check_int,
-    _check_rho,
     _passes,
     ascent,
     scaling,
@@ -115,9 +114,9 @@ def first_order_flatness(
         >>> round(first_order_flatness(probe, 0.1).value, 6)  # rho^2 lambda_max
         0.03
     """
-    rhos, many = _check_rho(rho)
-    _check_int("steps", steps, 1)
-    _check_int("restarts", restarts, 1)
+    rhos, many = check_radii(rho)
+    check_int("steps", steps, 1)
+    check_int("restarts", restarts, 1)
     if perturb not in PERTURB:
         raise LandscapeError(f"perturb must be one of {PERTURB}; got {perturb!r}.")
     c = scaling(probe, False, perturb=perturb)

@@ -49,10 +49,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_positive
+from ._random import generator, normal_like
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Cost, Probe
-from .sharpness import _check_int
 
 CRITERIA = ("error", "loss")
 NOISES = ("isotropic", "magnitude")
@@ -199,7 +200,8 @@ def pac_bayes_flatness(
 
     def increases(sigma: float) -> Tensor:
         s = scale(sigma)
-        vals = [_criterion(probe, s * _randn(w, k), criterion) - base for k in draw_seeds]
+        vals = [_criterion(probe, s * normal_like(w, generator(k)), criterion) - base
+                for k in draw_seeds]
         return torch.tensor(vals, dtype=torch.float64)
 
     bar = tqdm(total=max_iter, disable=not progress, desc="PAC-Bayes bisection")
@@ -305,39 +307,16 @@ def _criterion(probe: Probe, delta: Tensor | None, criterion: str) -> float:
     return 1.0 - ev.accuracy
 
 
-def _randn(like: Tensor, seed: int) -> Tensor:
-    """The standard normal draw number `seed`, shaped like `like` (CPU generator, reproducible)."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
-
-
-def _is_positive(value: Any) -> bool:
-    """A real number (not a bool or a string) that is finite and > 0."""
-    if isinstance(value, (bool, str)):
-        return False
-    try:
-        x = float(value)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a multi-element tensor
-        return False
-    return math.isfinite(x) and x > 0
-
-
-def _check_positive(name: str, value: Any, *, upper: float | None = None) -> None:
-    if not (_is_positive(value) and (upper is None or float(value) < upper)):
-        rng = f"in (0, {upper})" if upper is not None else "positive and finite"
-        raise LandscapeError(f"{name} must be a number {rng}; got {value!r}.")
-
-
 def _check_options(*, target, criterion, noise, eps, n_samples, sigma0, rtol, max_iter,
                    confidence) -> None:
     if criterion not in CRITERIA:
         raise LandscapeError(f"criterion must be one of {CRITERIA}; got {criterion!r}.")
     if noise not in NOISES:
         raise LandscapeError(f"noise must be one of {NOISES}; got {noise!r}.")
-    _check_positive("target", target)
-    _check_positive("eps", eps)
-    _check_positive("sigma0", sigma0)
-    _check_positive("rtol", rtol)
-    _check_positive("confidence", confidence, upper=1.0)
-    _check_int("n_samples", n_samples, 2)
-    _check_int("max_iter", max_iter, 2)
+    check_positive("target", target)
+    check_positive("eps", eps)
+    check_positive("sigma0", sigma0)
+    check_positive("rtol", rtol)
+    check_positive("confidence", confidence, upper=1.0)
+    check_int("n_samples", n_samples, 2)
+    check_int("max_iter", max_iter, 2)

@@ -52,6 +52,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_radii
+from ._random import normal_like
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Cost, Probe
@@ -216,7 +218,7 @@ def sharpness(
         >>> round(sharpness(probe, 0.1).value, 6)  # rho^2 lambda_max / 2
         0.015
     """
-    rhos, many = _check_rho(rho)
+    rhos, many = check_radii(rho)
     _check_options(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                    restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, by=by)
     settings = dict(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
@@ -270,29 +272,6 @@ def scaling(probe: Probe, adaptive: bool | str = False, *, eta: float = 0.0,
 # ---------------------------------------------------------------------- validation
 
 
-def _check_rho(rho: Any) -> tuple[list[float], bool]:
-    """(radii, whether a list was given): a number, or a list, tuple or 1-D array of them."""
-    many = isinstance(rho, (list, tuple)) or getattr(rho, "ndim", 0) == 1
-    items = list(rho) if many else [rho]
-    if not items:
-        raise LandscapeError("rho is an empty list; give at least one radius.")
-    radii = []
-    for r in items:
-        try:
-            value = float(r)
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a multi-element tensor
-            value = math.nan
-        if isinstance(r, (bool, str)) or not math.isfinite(value) or value <= 0:
-            raise LandscapeError(f"rho must be a positive finite number; got {r!r}.")
-        radii.append(value)
-    return radii, many
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise LandscapeError(f"{name} must be an integer >= {low}; got {value!r}.")
-
-
 def _check_options(*, norm, kind, adaptive, eta, steps, restarts, n_samples, m, perturb,
                    by) -> None:
     if norm not in NORMS:
@@ -317,11 +296,11 @@ def _check_options(*, norm, kind, adaptive, eta, steps, restarts, n_samples, m, 
         raise LandscapeError(
             "adaptive='keskar' is Keskar et al.'s box: use norm='linf' and kind='worst'."
         )
-    _check_int("steps", steps, 1)
-    _check_int("restarts", restarts, 1)
-    _check_int("n_samples", n_samples, 2)
+    check_int("steps", steps, 1)
+    check_int("restarts", restarts, 1)
+    check_int("n_samples", n_samples, 2)
     if m is not None:
-        _check_int("m", m, 1)
+        check_int("m", m, 1)
         if kind != "worst":
             raise LandscapeError(
                 "m-sharpness is defined for the worst case; use kind='worst' or m=None "
@@ -418,7 +397,7 @@ def _average_case(probe: Probe, rho: float, c: Tensor, n_samples: int, gen: torc
     loss0 = probe.loss()
     losses = []
     for _ in tqdm(range(n_samples), disable=not progress, desc="average sharpness"):
-        z = _randn(c, gen)
+        z = normal_like(c, gen)
         losses.append(probe.loss(rho * c * z))
     vals = torch.tensor(losses, dtype=torch.float64)
     return loss0, float(vals.mean()), float(vals.std() / math.sqrt(n_samples))
@@ -431,11 +410,6 @@ def _passes(cost: Cost) -> tuple[int, int]:
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
-
-
-def _randn(like: Tensor, gen: torch.Generator) -> Tensor:
-    """Standard normal draws shaped like `like`, from a CPU generator (reproducible anywhere)."""
-    return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
 
 
 # ---------------------------------------------------------------------- the ascent
@@ -508,7 +482,7 @@ def ascent(
             u = (2 * torch.rand(c.shape, generator=gen, dtype=c.dtype) - 1).to(c.device)
             u = u * active * (radius * rho)
         else:
-            z = _randn(c, gen) * active
+            z = normal_like(c, gen) * active
             u = z * (radius * rho / max(float(z.norm()), 1e-300))
         u_prev = u
         step = initial_step * rho

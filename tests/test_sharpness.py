@@ -381,7 +381,7 @@ def test_apgd_checkpoints():
     (dict(rho=0.0), "rho must be a positive"),
     (dict(rho=float("nan")), "rho must be a positive"),
     (dict(rho="big"), "rho must be a positive"),
-    (dict(rho=[]), "rho is an empty list"),
+    (dict(rho=[]), "rho is empty"),
     (dict(rho=[0.1, -1.0]), "rho must be a positive"),
     (dict(rho=True), "rho must be a positive"),
     (dict(rho=torch.tensor([[0.1, 0.2]])), "rho must be a positive"),

@@ -9,17 +9,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_int, check_positive, check_probe
+from .._random import generator, rademacher
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
-from ._common import (
-    check_positive,
-    check_positive_int,
-    check_probe,
-    generator,
-    operator,
-    rademacher,
-    select,
-)
+from ._common import operator, select
 from .lanczos import lanczos_step
 from .results import DensityResult
 
@@ -75,13 +69,13 @@ def hessian_density(
         large matrices" (SIAM Review 2016); Yao et al., "PyHessian" (2020).
     """
     check_probe(probe)
-    check_positive_int("n_vectors", n_vectors)
-    check_positive_int("n_steps", n_steps)
+    check_int("n_vectors", n_vectors)
+    check_int("n_steps", n_steps)
     if sigma is not None:
         check_positive("sigma", sigma)
     grid_points = _check_grid(grid)
     matvec = operator(probe, curvature)
-    gen = generator(probe, seed)
+    gen = generator(seed)
     probe = select(probe, params)
     matvec = operator(probe, curvature)
     n = probe.num_params
@@ -94,7 +88,8 @@ def hessian_density(
             return matvec(v)
 
         for _ in range(n_vectors):
-            theta, tau2 = _lanczos_quadrature(counted, rademacher(n, gen, probe), steps)
+            start = rademacher((n,), gen, probe.device, probe.dtype)
+            theta, tau2 = _lanczos_quadrature(counted, start, steps)
             nodes.append(theta)
             weights.append(tau2 / n_vectors)
             means.append(float(tau2 @ theta))

@@ -15,19 +15,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_int, check_option, check_positive, check_probe
+from .._random import generator
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
-from ._common import (
-    MatVec,
-    check_option,
-    check_positive,
-    check_positive_int,
-    check_probe,
-    generator,
-    operator,
-    per_group,
-    select,
-)
+from ._common import MatVec, operator, per_group, select
 from .results import EigenResult, LayerResults
 
 WHICH = ("largest", "smallest")
@@ -113,21 +105,21 @@ def hessian_eigenvalues(
         problems" (SIMAX 2000); Yao et al., "PyHessian" (2020) for the power-iteration baseline.
     """
     check_probe(probe)
-    check_positive_int("k", k)
+    check_int("k", k)
     check_positive("tol", tol)
     check_option("which", which, WHICH)
     check_option("method", method, METHODS)
     if max_iter is not None:
-        check_positive_int("max_iter", max_iter)
+        check_int("max_iter", max_iter)
     if max_basis is not None:
-        check_positive_int("max_basis", max_basis, minimum=k + 2)
+        check_int("max_basis", max_basis, minimum=k + 2)
     if method == "power" and which != "largest":
         raise LandscapeError(
             "method='power' finds the largest-magnitude eigenvalues only; use method='lanczos' "
             "for which='smallest'."
         )
     operator(probe, curvature)  # validate early
-    gen_check = generator(probe, seed)  # validates seed
+    gen_check = generator(seed)  # validates seed
     del gen_check
     probe = select(probe, params)
 
@@ -138,7 +130,7 @@ def hessian_eigenvalues(
             )
         matvec = operator(p, curvature)
         meter = p.meter()
-        gen = generator(p, seed)
+        gen = generator(seed)
         v0 = torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
         with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
             def counted(v: Tensor) -> Tensor:

@@ -8,20 +8,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_int, check_option, check_positive, check_probe
+from .._random import generator, rademacher
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
-from ._common import (
-    MatVec,
-    check_option,
-    check_positive,
-    check_positive_int,
-    check_probe,
-    generator,
-    operator,
-    per_group,
-    rademacher,
-    select,
-)
+from ._common import MatVec, operator, per_group, select
 from .results import LayerResults, TraceResult
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -98,7 +89,7 @@ def hessian_trace(
     """
     check_probe(probe)
     check_option("method", method, TRACE_METHODS)
-    check_positive_int("n_hvp", n_hvp, minimum=3 if method == "hutch++" else 2)
+    check_int("n_hvp", n_hvp, minimum=3 if method == "hutch++" else 2)
     if rtol is not None:
         check_positive("rtol", rtol)
         if method == "xtrace":
@@ -107,12 +98,12 @@ def hessian_trace(
                 "use method='hutch++' or 'hutchinson' for early stopping, or drop rtol."
             )
     operator(probe, curvature)
-    generator(probe, seed)
+    generator(seed)
     probe = select(probe, params)
 
     def estimate(p: Probe) -> TraceResult:
         matvec = operator(p, curvature)
-        gen = generator(p, seed)
+        gen = generator(seed)
         meter = p.meter()
         with tqdm(total=n_hvp, disable=not progress, desc="trace", unit="hvp") as bar:
             def counted(v: Tensor) -> Tensor:
@@ -155,7 +146,7 @@ def _sample_terms(
     """Up to m Hutchinson terms (Pz)^T H (Pz), P = I - QQ^T when `project` is Q; may stop early."""
     terms = torch.zeros(m, device=probe.device, dtype=torch.float64)
     for i in range(m):
-        z = rademacher(probe.num_params, gen, probe)
+        z = rademacher((probe.num_params,), gen, probe.device, probe.dtype)
         if project is not None:
             z = z - project @ (project.T @ z)
         terms[i] = (z @ matvec(z)).double()
@@ -179,7 +170,7 @@ def _hutchinson(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
 
 def _hutchpp(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
     s = m // 3
-    sketch = rademacher(probe.num_params, gen, probe, s)
+    sketch = rademacher((probe.num_params, s), gen, probe.device, probe.dtype)
     Y = torch.stack([matvec(sketch[:, i]) for i in range(s)], dim=1)
     del sketch
     Q = torch.linalg.qr(Y).Q
@@ -198,7 +189,7 @@ def _xtrace(matvec, probe, gen, m) -> tuple[float, float]:
     expressed through s x s matrices after the 2s products.
     """
     s = m // 2
-    omega = rademacher(probe.num_params, gen, probe, s)
+    omega = rademacher((probe.num_params, s), gen, probe.device, probe.dtype)
     Y = torch.stack([matvec(omega[:, i]) for i in range(s)], dim=1)
     Q, R = torch.linalg.qr(Y)
     HQ = torch.stack([matvec(Q[:, i]) for i in range(s)], dim=1)
