@@ -145,14 +145,8 @@ def quadratic_agreement(
             non-positive lambda_max / tr(H) (the quadratic model predicts no increase).
 
     Example:
-        >>> import torch, landscape
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(3, 1) w, minimum at 0
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-        ...     def forward(self, batch):
-        ...         return 0.5 * (3 * self.w[0] ** 2 + self.w[1] ** 2)
-        >>> probe = landscape.Probe(Quadratic(), [torch.zeros(1, 1)], batch_loss=lambda m, b: m(b))
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe([3.0, 1.0])  # L(w) = 0.5 (3 w_0^2 + w_1^2), at its minimum 0
         >>> r = quadratic_agreement(probe, [0.1, 1.0], top_eigenvalue=3.0, trace=4.0)
         >>> [round(x, 6) for x in r.ratio_worst], r.value is None
         ([1.0, 1.0], True)

@@ -177,14 +177,9 @@ def local_entropy(
         LandscapeError: a bad gamma, temperature, gamma_max, sampler or count.
 
     Example:
-        >>> import math, torch, landscape
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(3, 1) w, minimum at 0
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-        ...     def forward(self, batch):
-        ...         return 0.5 * (3 * self.w[0] ** 2 + self.w[1] ** 2)
-        >>> probe = landscape.Probe(Quadratic(), [torch.zeros(1, 1)], batch_loss=lambda m, b: m(b))
+        >>> import math
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe([3.0, 1.0])  # L(w) = 0.5 (3 w_0^2 + w_1^2), at its minimum 0
         >>> r = local_entropy(probe, 1.0, temperature=1.0)
         >>> exact = -0.5 * (math.log(1 + 3.0) + math.log(1 + 1.0))
         >>> abs(r.value[0] - exact) < 4 * r.stderr[0] + 0.05

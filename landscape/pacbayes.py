@@ -169,14 +169,8 @@ def pac_bayes_flatness(
             of the wrong size, or magnitude noise whose floor eps alone exceeds the target.
 
     Example:
-        >>> import torch, landscape
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(3, 1) w, tr(H) = 4
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-        ...     def forward(self, batch):
-        ...         return 0.5 * (3 * self.w[0] ** 2 + self.w[1] ** 2)
-        >>> probe = landscape.Probe(Quadratic(), [torch.zeros(1, 1)], batch_loss=lambda m, b: m(b))
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe([3.0, 1.0])  # L(w) = 0.5 (3 w_0^2 + w_1^2), at its minimum 0
         >>> r = pac_bayes_flatness(probe, criterion="loss", target=0.02, n_samples=2000)
         >>> abs(r.value - (2 * 0.02 / 4) ** 0.5) < 0.01  # sigma^2 tr(H) / 2 = target
         True

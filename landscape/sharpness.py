@@ -207,14 +207,8 @@ def sharpness(
             perturb or by, or a combination that does not exist.
 
     Example:
-        >>> import torch, landscape
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(3, 1) w, minimum at 0
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-        ...     def forward(self, batch):
-        ...         return 0.5 * (3 * self.w[0] ** 2 + self.w[1] ** 2)
-        >>> probe = landscape.Probe(Quadratic(), [torch.zeros(1, 1)], batch_loss=lambda m, b: m(b))
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe([3.0, 1.0])  # L(w) = 0.5 (3 w_0^2 + w_1^2), at its minimum 0
         >>> round(sharpness(probe, 0.1).value, 6)  # rho^2 lambda_max / 2
         0.015
     """

@@ -1,4 +1,4 @@
-"""The built-in digits data and reference models."""
+"""The built-in digits data, reference models and the quadratic ground truth."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from landscape import LandscapeError
-from landscape.data import digits_cnn, digits_loaders, digits_mlp, digits_resnet, digits_tensors
+from landscape.data import (
+    digits_cnn,
+    digits_loaders,
+    digits_mlp,
+    digits_resnet,
+    digits_tensors,
+    quadratic_probe,
+)
 
 
 def test_digits_split_is_fixed_standardized_and_complete():
@@ -40,3 +47,32 @@ def test_loaders_cover_the_split():
     train, test = digits_loaders(batch_size=100)
     assert sum(len(y) for _, y in train) == 1438
     assert sum(len(y) for _, y in test) == 359
+
+
+def test_quadratic_probe_has_the_loss_gradient_and_hessian_it_is_built_with(snapshot):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    H, w_star = a @ a.T, torch.randn(4, generator=g, dtype=torch.float64)
+    start = torch.randn(4, generator=g, dtype=torch.float64)
+    probe = quadratic_probe(H, minimum=w_star, start=start, offset=0.5)
+    snap = snapshot(probe.model)
+    v = start - w_star
+    assert probe.loss() == pytest.approx(0.5 + 0.5 * float(v @ H @ v), rel=1e-12)
+    torch.testing.assert_close(probe.gradient(), H @ v)
+    u = torch.randn(4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(probe.hvp(u), H @ u)
+    assert quadratic_probe([2.0, 5.0]).loss() == 0.0  # starts at its minimum by default
+    torch.testing.assert_close(quadratic_probe([2.0, 5.0]).hvp(torch.ones(2, dtype=torch.float64)),
+                               torch.tensor([2.0, 5.0], dtype=torch.float64))
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hessian=[[1.0, 2.0]]), "square matrix"),
+    (dict(hessian=[[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
+    (dict(hessian=[1.0, 2.0], minimum=[0.0]), "minimum must have length 2"),
+    (dict(hessian=[1.0, 2.0], start=[0.0, 1.0, 2.0]), "start must have length 2"),
+])
+def test_quadratic_probe_rejects_bad_input(kwargs, match):
+    with pytest.raises(LandscapeError, match=match):
+        quadratic_probe(**kwargs)

@@ -87,16 +87,9 @@ def hessian_eigenvalues(
         LandscapeError: bad k, tol, max_iter, which, method, curvature, by or max_basis.
 
     Example:
-        >>> import torch
-        >>> from landscape import Probe, hessian_eigenvalues
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(1..10) w
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
-        ...     def forward(self, x):
-        ...         return 0.5 * (torch.arange(1.0, 11.0, dtype=torch.float64) * self.w**2).sum()
-        >>> probe = Probe(Quadratic(), [(torch.zeros(1), None)],
-        ...               batch_loss=lambda m, b: m(b[0]), n_samples_fn=lambda b: 1)
+        >>> from landscape import hessian_eigenvalues
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe(range(1, 11))  # L(w) = 0.5 w^T diag(1, ..., 10) w
         >>> hessian_eigenvalues(probe, k=2).eigenvalues.round(6).tolist()
         [10.0, 9.0]
 

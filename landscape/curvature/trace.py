@@ -69,16 +69,9 @@ def hessian_trace(
         LandscapeError: bad n_hvp, method, rtol, curvature, by, or rtol with "xtrace".
 
     Example:
-        >>> import torch
-        >>> from landscape import Probe, hessian_trace
-        >>> class Quadratic(torch.nn.Module):  # L(w) = 0.5 w^T diag(1..10) w, tr(H) = 55
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
-        ...     def forward(self, x):
-        ...         return 0.5 * (torch.arange(1.0, 11.0, dtype=torch.float64) * self.w**2).sum()
-        >>> probe = Probe(Quadratic(), [(torch.zeros(1), None)],
-        ...               batch_loss=lambda m, b: m(b[0]), n_samples_fn=lambda b: 1)
+        >>> from landscape import hessian_trace
+        >>> from landscape.data import quadratic_probe
+        >>> probe = quadratic_probe(range(1, 11))  # L(w) = 0.5 w^T diag(1, ..., 10) w
         >>> hessian_trace(probe, n_hvp=30).estimate  # n = 10 <= 30: exact
         55.0
 
