@@ -41,10 +41,9 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +53,7 @@ import torch.fx
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from . import batchnorm
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Probe
@@ -592,12 +592,15 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
             "interpolate": the same path (1 - a) b_A + a b_B, so f(1) is model B itself (cheap,
             but the interpolated network's true statistics differ: its activations shrink,
             "variance collapse", Jordan et al. 2023, and the barrier is overstated);
-            "recompute": reset and re-estimated at each a from `bn_data` in train mode (one
-            extra pass per point; what Ainsworth et al. 2023 do for BatchNorm networks);
+            "recompute": reset and re-estimated at each a (`landscape.batchnorm`: only the
+            BatchNorm layers in train mode; one extra pass per point; what Ainsworth et al.
+            2023 do for BatchNorm networks) on `bn_data`, or on the probe's data when it is
+            None;
             "keep": model A's all along. All buffers are restored bitwise afterwards.
-        bn_data: for "recompute": an `(inputs, targets)` tensor pair, an inputs tensor (both
-            split into batches of `batch_size`), or an iterable of batches whose first element
-            is the inputs (typically the training data).
+        bn_data: for "recompute", other inputs than the probe's to estimate the statistics on
+            (typically training data when the barrier is measured on test data): an
+            `(inputs, targets)` tensor pair, an inputs tensor (both split into batches of
+            `batch_size`), or an iterable of batches whose first element is the inputs.
         batch_size: batch size when `bn_data` is a tensor.
 
     Returns:
@@ -608,9 +611,10 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     """
     if buffers not in BUFFERS:
         raise LandscapeError(f"buffers must be one of {BUFFERS}; got {buffers!r}.")
-    if (buffers == "recompute") != (bn_data is not None):
-        raise LandscapeError("buffers='recompute' needs bn_data (the inputs to re-estimate the "
-                             "BatchNorm statistics on), and bn_data is only used with it.")
+    if bn_data is not None and buffers != "recompute":
+        raise LandscapeError("bn_data is only used with buffers='recompute' (the inputs to "
+                             "re-estimate the BatchNorm statistics on); drop it or pass "
+                             "buffers='recompute'.")
     alphas = np.linspace(0.0, 1.0, 21) if alphas is None else np.asarray(alphas, dtype=float)
     if alphas.ndim != 1 or not np.all(np.isfinite(alphas)):
         raise LandscapeError("alphas must be a 1-D sequence of finite numbers.")
@@ -632,12 +636,12 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
 
 def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: str,
            bn_batches: list[Any] | None) -> BarrierCurve:
-    """The interpolation curve to `sd_b`: `landscape.interpolate` for "interpolate" and "keep";
-    for "recompute" each point's BatchNorm statistics are re-estimated on `bn_batches` first."""
+    """The interpolation curve to `sd_b`: `landscape.interpolate`, unless the BatchNorm
+    statistics are re-estimated at each point on other inputs (`bn_batches`)."""
     from .directions import cosine
     from .surface import interpolate
 
-    if buffers != "recompute":
+    if bn_batches is None:
         line = interpolate(probe, sd_b, alphas, buffers=buffers)
         error = None if line.accuracy is None else (1.0 - line.accuracy).tolist()
         return BarrierCurve(
@@ -649,9 +653,12 @@ def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: s
     w_a = probe.flat_params()
     w_b = torch.cat([sd_b[n].detach().reshape(-1) for n in probe.param_names]).to(w_a)
     losses, errors = [], []
+    model = probe.model
     for a in alphas:
-        with probe.perturbed(float(a) * (w_b - w_a)), _buffers_restored(probe.model):
-            _recompute_batchnorm(probe.model, bn_batches)
+        with probe.perturbed(float(a) * (w_b - w_a)), \
+                batchnorm.statistics_restored(model) as layers:
+            model.eval()
+            batchnorm.reestimate(layers, lambda: [model(x) for x in bn_batches])
             ev = probe.evaluate()
         losses.append(ev.loss)
         errors.append(None if ev.accuracy is None else 1.0 - ev.accuracy)
@@ -663,38 +670,6 @@ def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: s
         loss_barrier=lb, loss_barrier_alpha=la, error_barrier=eb, error_barrier_alpha=ea,
         distance=float((w_a - w_b).norm()), cosine=cosine(w_a, w_b),
     )
-
-
-@contextlib.contextmanager
-def _buffers_restored(model: nn.Module) -> Iterator[None]:
-    """Every buffer (and BatchNorm momentum, module modes) restored bitwise after the block."""
-    backup = {n: b.clone() for n, b in model.named_buffers()}
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                b.copy_(backup[n])
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        for m, mode in modes:
-            m.training = mode
-
-
-def _recompute_batchnorm(model: nn.Module, batches: list[Any]) -> None:
-    """Reset BatchNorm statistics and re-estimate them (cumulative average) over `batches`."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the plain mean over batches
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    model.eval()
 
 
 def _input_batches(data: Any, batch_size: int) -> list[Any]:

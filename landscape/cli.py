@@ -64,6 +64,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     from .audit import BUDGETS, MEASURES
+    from .surface import INTERPOLATION_BUFFERS
 
     _add_model_data(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files")
@@ -73,6 +74,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=BUDGETS, default="quick", help="effort (default: quick)")
     p.add_argument("--measures", type=_measure_list, default=None,
                    help=f"comma-separated subset of: {', '.join(MEASURES)}")
+    p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
+                   help="BatchNorm statistics along the interpolation paths: interpolate "
+                        "(default), recompute (re-estimated at each point: the fair barrier "
+                        "for BatchNorm networks) or keep")
 
 
 def _track_args(p: argparse.ArgumentParser) -> None:
@@ -145,7 +150,7 @@ def _compare(args: argparse.Namespace) -> int:
     for name, ckpt in zip(names, args.checkpoints):
         probes[name] = _probe_for(args, ckpt)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
-                     progress=not args.no_progress, log=_log)
+                     buffers=args.buffers, progress=not args.no_progress, log=_log)
     written = result.write(args.out)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")

@@ -59,6 +59,13 @@ class PairResult:
         return to_jsonable(self)
 
 
+BUFFER_NOTES = {
+    "interpolate": "interpolated between the two minima's own (f(0), f(1) are their losses)",
+    "recompute": "re-estimated at every alpha on the first minimum's data",
+    "keep": "the first minimum's at every alpha",
+}
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Audits of several minima (same seed and budget) and every pair's interpolation."""
@@ -70,6 +77,7 @@ class Comparison:
     seconds: float
     lines: dict[str, Any] = field(default_factory=dict, repr=False)
     interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
+    buffers: str = "interpolate"
 
     @property
     def names(self) -> list[str]:
@@ -87,7 +95,8 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {
             "names": self.names, "seed": self.seed, "budget": self.budget,
-            "seconds": self.seconds, "table": to_jsonable(self.table()),
+            "seconds": self.seconds, "buffers": self.buffers,
+            "table": to_jsonable(self.table()),
             "audits": {k: r.to_dict() for k, r in self.audits.items()},
             "pairs": [p.to_dict() for p in self.pairs],
         }
@@ -120,6 +129,7 @@ class Comparison:
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
         if self.pairs:
             lines += ["", "## Linear interpolation between minima", "",
+                      f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]}.", "",
                       "| pair | loss barrier | at alpha | error barrier | distance | cosine | "
                       "aligned loss barrier | aligned error barrier | aligned distance |",
                       "|---|---|---|---|---|---|---|---|---|"]
@@ -165,6 +175,7 @@ def compare(
     measures: Sequence[str] | None = None,
     interpolation_points: int = 21,
     align: bool = True,
+    buffers: str = "interpolate",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -178,16 +189,20 @@ def compare(
         budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
         interpolation_points: alphas in [0, 1] for each pair's linear interpolation
             f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
-            Floating-point buffers (BatchNorm statistics) are interpolated along the same path,
-            so f(0) and f(1) are the two minima's own losses.
+            Floating-point buffers (BatchNorm statistics) follow `buffers`, as in
+            `landscape.interpolate`: "interpolate" (default; f(0) and f(1) are the two minima's
+            own losses), "recompute" (re-estimated at every alpha on the first probe's data:
+            the fair barrier for BatchNorm networks, one more forward pass per point) or "keep".
         align: also report each pair's barriers after permutation alignment (Ainsworth et al.
             2023, `landscape.align_weights`), with the same buffer convention.
 
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
     """
-    from .surface import interpolate
+    from .surface import INTERPOLATION_BUFFERS, interpolate
 
+    if buffers not in INTERPOLATION_BUFFERS:
+        raise LandscapeError(f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}.")
     if len(minima) < 1:
         raise LandscapeError("compare needs at least one minimum (a dict name -> checkpoint).")
     say = log or (lambda _line: None)
@@ -204,15 +219,16 @@ def compare(
     alphas = np.linspace(0.0, 1.0, interpolation_points)
     for a, b in itertools.combinations(probes, 2):
         say(f"interpolating {a} -> {b} ...")
-        line = interpolate(probes[a], probes[b].model, alphas, progress=progress)
+        line = interpolate(probes[a], probes[b].model, alphas, buffers=buffers,
+                           progress=progress)
         pair = _pair(a, b, line)
         if align:
-            pair = _with_alignment(pair, probes[a], probes[b].model, alphas)
+            pair = _with_alignment(pair, probes[a], probes[b].model, alphas, buffers)
         pairs.append(pair)
         interpolations[f"{a} -> {b}"] = line
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
-                      interpolations)
+                      interpolations, buffers)
 
 
 def _pair(a: str, b: str, line: Any) -> PairResult:
@@ -227,7 +243,7 @@ def _pair(a: str, b: str, line: Any) -> PairResult:
 
 
 def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
-                    alphas: np.ndarray) -> PairResult:
+                    alphas: np.ndarray, buffers: str) -> PairResult:
     """The pair with its barriers after permuting `model_b` onto model A (the raw path is
     already in `pair`: only the aligned one is evaluated here)."""
     from .align import align_weights
@@ -237,7 +253,7 @@ def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
         alignment = align_weights(probe_a.model, model_b)
     except LandscapeError as exc:
         return replace(pair, alignment_note=str(exc))
-    line = interpolate(probe_a, alignment.state_dict, alphas)
+    line = interpolate(probe_a, alignment.state_dict, alphas, buffers=buffers)
     return replace(pair, aligned_barrier=float(line.barrier),
                    aligned_error_barrier=None if line.error_barrier is None
                    else float(line.error_barrier),

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import batchnorm
 from .distributed import Comm, full_source, resolve_comm, shard_source
 from .errors import LandscapeError
 
@@ -353,6 +354,7 @@ class Probe:
         self, directions: Sequence[Tensor], coords: Iterable[Sequence[float]],
         offset: Tensor | None = None,
         buffer_ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
+        recompute_batchnorm: bool = False,
     ) -> Iterator[Evaluation]:
         """Evaluate L(w + offset + sum_k c_k d_k) for each coordinate tuple c, lazily.
 
@@ -361,12 +363,16 @@ class Probe:
 
         `buffer_ends=(start, end)` (dicts of buffer name -> tensor) also moves those buffers along
         the first coordinate, to (1 - c_0) start + c_0 end: interpolating BatchNorm statistics
-        between two checkpoints. They are restored bitwise afterwards too.
+        between two checkpoints. `recompute_batchnorm=True` instead re-estimates the BatchNorm
+        running statistics at every point from the probe's data (`landscape.batchnorm`; one
+        more forward pass per point, averaged over the ranks when distributed). Buffers are
+        restored bitwise afterwards too.
         """
         dirs = [self._check_vector(d, "direction") for d in directions]
         base = None if offset is None else self._check_vector(offset, "offset")
         moving = self._buffer_path(buffer_ends)
-        with self._session(None), torch.no_grad():
+        with self._session(None), torch.no_grad(), \
+                batchnorm.statistics_restored(self.model) as bn_layers:
             backup = [p.detach().clone() for p in self.params]
             buffer_backup = [b.detach().clone() for b, _, _ in moving]
             # One flat buffer: per point 1 + len(dirs) vector ops and one multi-tensor copy into
@@ -391,11 +397,41 @@ class Probe:
                     _copy_all(self.params, views)
                     for buf, lo, hi in moving:
                         torch.lerp(lo, hi, float(c[0]), out=buf)
+                    if recompute_batchnorm and bn_layers:
+                        self._reestimate_batchnorm(bn_layers)
                     yield self._evaluate_here()
             finally:
                 _copy_all(self.params, backup)
                 for (buf, _, _), b in zip(moving, buffer_backup):
                     buf.copy_(b)
+
+    def _reestimate_batchnorm(self, layers: list[nn.Module]) -> None:
+        """BatchNorm running statistics re-estimated on this probe's data at the current
+        parameters; distributed, each rank's batch means are averaged over all ranks' batches."""
+        n_local, error = 0, None
+
+        def run() -> None:
+            nonlocal n_local
+            for batch in self._data.batches():
+                self._compute_batch(batch)
+                n_local += 1
+
+        try:
+            batchnorm.reestimate(layers, run)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        self._counts["n_forward"] += 1
+        if not self._comm.active:
+            if error is not None:
+                raise error
+            return
+        stats = [b for m in layers for b in (m.running_mean, m.running_var)]
+        for b in stats:
+            b.mul_(n_local)
+        counts = [m.num_batches_tracked for m in layers]
+        (n_total,) = self._comm.reduce([n_local], tensors=stats + counts, error=error)
+        for b in stats:
+            b.div_(n_total)
 
     def _buffer_path(self, ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None
                      ) -> list[tuple[Tensor, Tensor, Tensor]]:

@@ -313,10 +313,20 @@ def interpolate(probe: Probe, other: Checkpoint,
     """Linear interpolation f(a) = L((1 - a) w_A + a w_B) from the probe's w_A to `other`'s w_B.
 
     The probed parameters are interpolated; parameters outside the probe stay as they are.
-    Floating-point buffers (BatchNorm running statistics) follow `buffers`: "interpolate"
-    (default) moves them along the same path, (1 - a) b_A + a b_B, so that f(0) and f(1) are
-    the two checkpoints' own losses; "keep" leaves the probe's model's buffers at every alpha.
-    Either way every parameter and buffer is restored bitwise afterwards.
+    Floating-point buffers (BatchNorm running statistics) follow `buffers`:
+
+    * "interpolate" (default): along the same path, (1 - a) b_A + a b_B, so that f(0) and f(1)
+      are the two checkpoints' own losses. Cheap, but between the ends the network's real
+      activation statistics differ (they shrink: "variance collapse", Jordan et al. 2023), so
+      the barrier of a BatchNorm network is overstated;
+    * "recompute": re-estimated at every alpha on the probe's data (`landscape.batchnorm`: only
+      the BatchNorm layers in train mode, the plain mean over the batches; on the subsets with
+      `max_samples`), one more forward pass per point. What Ainsworth et al. (2023) and Jordan
+      et al. (2023) report for BatchNorm networks; f(0) and f(1) then use re-estimated, not
+      stored, statistics. Nothing changes for a model without BatchNorm;
+    * "keep": the probe's model's buffers at every alpha.
+
+    Every parameter and buffer is restored bitwise afterwards.
 
     The barrier (Frankle et al. 2020; Entezari et al. 2022) is
     max over a in [0, 1] of f(a) - ((1 - a) f(0) + a f(1)), taken over the evaluated alphas in
@@ -358,7 +368,7 @@ def interpolate(probe: Probe, other: Checkpoint,
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
                       progress, {"buffers": buffers}, shard, buffer_ends, batched=batched,
-                      autocast=autocast)
+                      autocast=autocast, recompute_batchnorm=buffers == RECOMPUTE)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     loss_barrier, barrier_alpha = barrier(full, loss)
@@ -377,7 +387,7 @@ def interpolate(probe: Probe, other: Checkpoint,
     )
 
 
-INTERPOLATION_BUFFERS = ("interpolate", "keep")
+INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
 
 
 def _buffer_ends(probe: Probe, other: Checkpoint) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -432,7 +442,8 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
               metas: list[dict[str, Any]], out: str | os.PathLike | None,
               max_samples: int | None, seed: int, progress: bool,
               extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None, *,
-              batched: bool | None = None, autocast: bool = False) -> GridStore:
+              batched: bool | None = None, autocast: bool = False,
+              recompute_batchnorm: bool = False) -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
     if batched not in (None, True, False):
         raise LandscapeError(f"batched must be True, False or None (auto); got {batched!r}.")
@@ -470,16 +481,17 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
               for idx in np.ndindex(*store.loss.shape) if not store.done[idx]]
     bar = _progress(len(points), progress and comm.rank == 0)
-    chunk = 1 if mode != "alone" else _chunk(probe if groups is None else groups[0],
-                                             len(points), batched)
+    chunk = 1 if mode != "alone" or recompute_batchnorm else _chunk(
+        probe if groups is None else groups[0], len(points), batched)
+    ends: Any = RECOMPUTE if recompute_batchnorm else buffer_ends
     try:
         with _autocast(probe, autocast):
             if mode == "points":
-                _by_points(evaluator, groups, vectors, points, store, bar, comm, buffer_ends)
+                _by_points(evaluator, groups, vectors, points, store, bar, comm, ends)
             elif groups is None:
-                _exact(probe, vectors, points, store, bar, buffer_ends, chunk)
+                _exact(probe, vectors, points, store, bar, ends, chunk)
             else:
-                _grouped(groups, vectors, points, store, bar, buffer_ends, chunk=chunk)
+                _grouped(groups, vectors, points, store, bar, ends, chunk=chunk)
     except BaseException:
         bar.close()
         store.flush()  # keep what was computed
@@ -492,6 +504,17 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
         error = e
     comm.reduce([], error=error)  # on return the file is complete, on every rank
     return store
+
+
+RECOMPUTE = "recompute"  # the buffers plan that re-estimates BatchNorm statistics per point
+
+
+def _buffer_kwargs(plan: Any) -> dict[str, Any]:
+    """`Probe.evaluate_points` arguments for a buffers plan: None (the model's buffers as they
+    are), `(start, end)` dicts to interpolate along the first coordinate, or RECOMPUTE."""
+    if isinstance(plan, str) and plan == RECOMPUTE:
+        return {"recompute_batchnorm": True}
+    return {"buffer_ends": plan}
 
 
 def _chunk(probe: Probe, n_points: int, batched: bool | None) -> int:
@@ -533,7 +556,7 @@ def _exact(probe: Probe, vectors: list[Tensor], points: list, store: GridStore, 
     points = points[done:]
     if not points:
         return
-    gen = probe.evaluate_points(vectors, (c for _, c in points), buffer_ends=buffer_ends)
+    gen = probe.evaluate_points(vectors, (c for _, c in points), **_buffer_kwargs(buffer_ends))
     try:
         for idx, _ in points:
             _store_value(store, idx, next(gen))
@@ -574,7 +597,8 @@ def _group_values(groups: list[Probe], vectors: list[Tensor],
     if batched:
         evs = [evaluate_chunk(g, vectors, coords, buffer_ends) for g in groups]
     else:
-        evs = [list(g.evaluate_points(vectors, coords, buffer_ends=buffer_ends)) for g in groups]
+        evs = [list(g.evaluate_points(vectors, coords, **_buffer_kwargs(buffer_ends)))
+               for g in groups]
     out = []
     for k in range(len(coords)):
         losses = np.array([e[k].loss for e in evs], dtype=np.float64)
@@ -597,7 +621,7 @@ def _by_points(evaluator: Probe, groups: list[Probe] | None, vectors: list[Tenso
     world, shape = comm.world_size, store.loss.shape
     mine = points[comm.rank::world]
     gen = None if groups is not None else evaluator.evaluate_points(
-        vectors, (c for _, c in mine), buffer_ends=buffer_ends)
+        vectors, (c for _, c in mine), **_buffer_kwargs(buffer_ends))
     try:
         for k in range(-(-len(points) // world)):
             row, error = [-1.0, np.nan, np.nan, np.nan, 0.0], None

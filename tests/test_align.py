@@ -159,6 +159,11 @@ def test_buffers_keep_and_interpolate(trained, snapshot):
     # statistics re-estimated on the same inputs at every point: the aligned path is flat
     assert abs(redo.aligned.loss_barrier) < 1e-9 and redo.raw.loss_barrier > 0.1
     assert redo.raw.loss[0] == pytest.approx(redo.raw.loss[-1], abs=1e-5)
+    # without bn_data the statistics come from the probe's own data: the same conclusions
+    own = aligned_barrier(probe, other, alphas=[0.5], buffers="recompute")
+    snap.assert_unchanged()
+    assert abs(own.aligned.loss_barrier) < 1e-9 and own.raw.loss_barrier > 0.1
+    assert own.raw.loss != redo.raw.loss  # other inputs, other statistics
 
 
 def test_barrier_ground_truth():
@@ -188,8 +193,8 @@ def test_errors(trained):
     probe = Probe(trained["mlp"], _data(False, 50))
     with pytest.raises(LandscapeError, match="buffers must be one of"):
         aligned_barrier(probe, trained["mlp"], buffers="reset")
-    with pytest.raises(LandscapeError, match="needs bn_data"):
-        aligned_barrier(probe, trained["mlp"], buffers="recompute")
+    with pytest.raises(LandscapeError, match="bn_data is only used with buffers='recompute'"):
+        aligned_barrier(probe, trained["mlp"], buffers="keep", bn_data=_data(False, 50)[0])
     spec = permutation_spec(digits_mlp(hidden=8))
     with pytest.raises(LandscapeError, match="permutation of range"):
         apply_permutation(digits_mlp(hidden=8).state_dict(), spec, {"0": [0] * 8, "2": range(8)})

@@ -74,10 +74,12 @@ def test_compare_and_track(workdir):
     out = workdir / "compare"
     proc = run_cli("compare", "run0_epoch_2.pt", "run1_epoch_3.pt", "--model", "net.py:make",
                    "--data", "small_data.py:load", "--out", out, "--measures",
-                   "hessian_eigenvalues,loss_line", "--no-progress", cwd=workdir)
+                   "hessian_eigenvalues,loss_line", "--buffers", "keep", "--no-progress",
+                   cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "comparison.json").read_text())
     assert result["names"] == ["run0_epoch_2", "run1_epoch_3"]
+    assert result["buffers"] == "keep"
     pair = result["pairs"][0]
     assert pair["distance"] > 0 and -1 <= pair["cosine"] <= 1
     assert pair["loss"][0] == pytest.approx(

@@ -98,11 +98,14 @@ def _bn_mlp(seed: int) -> torch.nn.Module:
 
 
 def _interpolation() -> tuple:
-    """Interpolation to another checkpoint, BatchNorm statistics moving along the path."""
+    """Interpolation to another checkpoint, BatchNorm statistics moving along the path, and
+    re-estimated at each point with every rank holding its share of the batches."""
     x, y = tiny_data(37)
-    line = interpolate(Probe(_bn_mlp(0), (x, y), batch_size=5), _bn_mlp(1).state_dict(),
-                       np.linspace(-0.5, 1.5, 5))
-    return torch.as_tensor(line.loss), line.barrier
+    probe = Probe(_bn_mlp(0), (x, y), batch_size=5)
+    line = interpolate(probe, _bn_mlp(1).state_dict(), np.linspace(-0.5, 1.5, 5))
+    recomputed = interpolate(probe, _bn_mlp(1).state_dict(), np.linspace(-0.5, 1.5, 5),
+                             buffers="recompute", shard="data")
+    return torch.as_tensor(line.loss), line.barrier, torch.as_tensor(recomputed.loss)
 
 
 def _resume(probe: Probe, dx, dy, out_dir: str) -> tuple:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -269,7 +271,57 @@ def test_interpolation_endpoints_are_both_losses_with_batchnorm(snapshot):
     assert abs(kept.loss[1] - line.loss[2]) > 1e-3  # A's statistics with B's weights differ
     snap.assert_unchanged()
     with pytest.raises(LandscapeError, match="buffers must be one of"):
-        interpolate(probe, b, buffers="recompute")
+        interpolate(probe, b, buffers="average")
     state = {k: v for k, v in b.state_dict().items() if "running" not in k}
     with pytest.raises(LandscapeError, match="lacks the buffers"):
         interpolate(probe, state)
+
+
+def _dropout_bn_net(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.BatchNorm1d(6), nn.ReLU(),
+                        nn.Linear(6, 3)).double()
+    with torch.no_grad():  # stored statistics unlike the data's, as after training elsewhere
+        net[2].running_mean.fill_(0.5 * seed - 1.0)
+        net[2].running_var.fill_(1.0 + 2.0 * seed)
+    return net
+
+
+def _reestimated_loss(a: nn.Module, b: nn.Module, alpha: float, x, y, batch: int) -> float:
+    """By hand: weights (1 - alpha) w_A + alpha w_B, BatchNorm reset and run over the batches in
+    train mode (dropout off), cumulative average, then the eval-mode loss."""
+    net = copy.deepcopy(a).eval()
+    with torch.no_grad():
+        for p, pb in zip(net.parameters(), b.parameters()):
+            p.mul_(1 - alpha).add_(pb, alpha=alpha)
+        net[2].reset_running_stats()
+        net[2].momentum = None
+        net[2].train()
+        for xb in x.split(batch):
+            net(xb)
+        net.eval()
+        return float(nn.functional.cross_entropy(net(x), y))
+
+
+def test_interpolation_recompute_reestimates_batchnorm_with_dropout_off(snapshot):
+    a, b = _dropout_bn_net(0).train(), _dropout_bn_net(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    snap = snapshot(a)
+    probe = Probe(a, (x, y), batch_size=10)
+    alphas = [0.0, 0.25, 0.5, 1.0]
+    line = interpolate(probe, b, alphas, buffers="recompute")
+    want = [_reestimated_loss(a, b, al, x, y, 10) for al in alphas]
+    np.testing.assert_allclose(line.loss, want, rtol=1e-10)
+    again = interpolate(probe, b, alphas, buffers="recompute")
+    np.testing.assert_array_equal(again.loss, line.loss)  # dropout stayed off: deterministic
+    stored = interpolate(probe, b, alphas)  # the stored statistics, interpolated
+    assert abs(stored.loss[2] - line.loss[2]) > 1e-3  # so the test can tell the two apart
+    assert line.cost.n_forward == 2 * len(alphas)  # a re-estimation and an evaluation per point
+    snap.assert_unchanged()
+    assert a[2].momentum == 0.1
+    net = nn.Sequential(nn.Linear(4, 3)).double()  # no BatchNorm: the same as the other plans
+    plain = Probe(net, (x, y), batch_size=10)
+    np.testing.assert_array_equal(interpolate(plain, net, alphas, buffers="recompute").loss,
+                                  interpolate(plain, net, alphas, buffers="keep").loss)

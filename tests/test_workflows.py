@@ -136,3 +136,34 @@ def test_audit_of_a_small_transformer_with_dict_batches(snapshot):
         assert math.isfinite(m.value), m.name
     assert "accuracy" not in report.measures  # the model computes its own loss
     snap.assert_unchanged()
+
+
+def test_compare_with_batchnorm_statistics_recomputed(snapshot):
+    import numpy as np
+
+    from landscape import aligned_barrier, interpolate
+    from landscape.data import digits_cnn
+
+    x, y = digits_tensors("train", image=True)
+    x, y = x[:128], y[:128]
+    a, b = digits_cnn(seed=0), digits_cnn(seed=1)
+    with torch.no_grad():  # stored statistics unlike the data's, as after training elsewhere
+        a[1].running_var.fill_(3.0)
+        b[1].running_mean.fill_(0.5)
+    snaps = [snapshot(a), snapshot(b)]
+    result = compare({"a": Probe(a, (x, y)), "b": b}, data=(x, y),
+                     measures=["hessian_eigenvalues"], buffers="recompute")
+    pair = result.pairs[0]
+    alphas = np.linspace(0, 1, 21)
+    want = interpolate(Probe(a, (x, y)), b, alphas, buffers="recompute")
+    assert pair.barrier == pytest.approx(want.barrier, rel=1e-9)
+    stored = interpolate(Probe(a, (x, y)), b, alphas)
+    assert np.abs(stored.loss - want.loss).max() > 1e-2  # the plans differ on this network
+    aligned = aligned_barrier(Probe(a, (x, y)), b, alphas, buffers="recompute")
+    assert pair.aligned_barrier == pytest.approx(aligned.aligned.loss_barrier, rel=1e-9)
+    assert result.to_dict()["buffers"] == "recompute"
+    assert "re-estimated at every alpha" in result.to_markdown()
+    for snap in snaps:
+        snap.assert_unchanged()
+    with pytest.raises(LandscapeError, match="buffers must be one of"):
+        compare({"a": Probe(a, (x, y))}, buffers="average")
