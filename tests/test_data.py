@@ -54,11 +54,13 @@ def test_quadratic_probe_has_the_loss_gradient_and_hessian_it_is_built_with(snap
     a = torch.randn(4, 4, generator=g, dtype=torch.float64)
     H, w_star = a @ a.T, torch.randn(4, generator=g, dtype=torch.float64)
     start = torch.randn(4, generator=g, dtype=torch.float64)
-    probe = quadratic_probe(H, minimum=w_star, start=start, offset=0.5)
+    lin = torch.randn(4, generator=g, dtype=torch.float64)
+    probe = quadratic_probe(H, minimum=w_star, start=start, offset=0.5, gradient=lin)
     snap = snapshot(probe.model)
     v = start - w_star
-    assert probe.loss() == pytest.approx(0.5 + 0.5 * float(v @ H @ v), rel=1e-12)
-    torch.testing.assert_close(probe.gradient(), H @ v)
+    assert probe.loss() == pytest.approx(0.5 + 0.5 * float(v @ H @ v) + float(lin @ v),
+                                         rel=1e-12)
+    torch.testing.assert_close(probe.gradient(), H @ v + lin)
     u = torch.randn(4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(probe.hvp(u), H @ u)
     assert quadratic_probe([2.0, 5.0]).loss() == 0.0  # starts at its minimum by default
@@ -72,6 +74,7 @@ def test_quadratic_probe_has_the_loss_gradient_and_hessian_it_is_built_with(snap
     (dict(hessian=[[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
     (dict(hessian=[1.0, 2.0], minimum=[0.0]), "minimum must have length 2"),
     (dict(hessian=[1.0, 2.0], start=[0.0, 1.0, 2.0]), "start must have length 2"),
+    (dict(hessian=[1.0, 2.0], gradient=[1.0]), "gradient must have length 2"),
 ])
 def test_quadratic_probe_rejects_bad_input(kwargs, match):
     with pytest.raises(LandscapeError, match=match):

@@ -1,7 +1,7 @@
 """A quadratic loss with a known Hessian: the ground truth every estimator can be checked on.
 
-L(w) = offset + 0.5 (w - w*)^T H (w - w*), in float64, with w starting at `start` (w* by
-default). Its Hessian is H everywhere, its gradient H (w - w*), and, at the minimum, the
+L(w) = offset + 0.5 v^T H v + g^T v with v = w - w*, in float64, w starting at `start` (w* by
+default). Its Hessian is H everywhere and its gradient H v + g; with g = 0, at w*, the
 worst-case l2 sharpness is rho^2 lambda_max / 2 and the first-order flatness rho^2 lambda_max
 (DESIGN.md, ground-truth cases). The loss ignores the data: the probe has one dummy sample.
 """
@@ -18,31 +18,35 @@ from ..probe import Probe
 
 
 class Quadratic(nn.Module):
-    """L(w) = offset + 0.5 (w - w*)^T H (w - w*); one parameter `w` of length n."""
+    """L(w) = offset + 0.5 v^T H v + g^T v, v = w - w*; one parameter `w` of length n."""
 
-    def __init__(self, hessian: Tensor, minimum: Tensor, start: Tensor, offset: float = 0.0):
+    def __init__(self, hessian: Tensor, minimum: Tensor, start: Tensor, offset: float = 0.0,
+                 gradient: Tensor | None = None):
         super().__init__()
         self.w = nn.Parameter(start.clone())
         self.register_buffer("hessian", hessian)
         self.register_buffer("minimum", minimum)
+        self.register_buffer("linear", torch.zeros_like(minimum) if gradient is None else gradient)
         self.offset = offset
 
     def forward(self) -> Tensor:
         v = self.w - self.minimum
-        return self.offset + 0.5 * v @ self.hessian @ v
+        return self.offset + 0.5 * v @ self.hessian @ v + self.linear @ v
 
 
 def quadratic_probe(hessian: Sequence[float] | Tensor, *,
                     minimum: Sequence[float] | Tensor | None = None,
                     start: Sequence[float] | Tensor | None = None,
-                    offset: float = 0.0) -> Probe:
-    """A Probe of L(w) = offset + 0.5 (w - w*)^T H (w - w*) (float64).
+                    offset: float = 0.0,
+                    gradient: Sequence[float] | Tensor | None = None) -> Probe:
+    """A Probe of L(w) = offset + 0.5 v^T H v + g^T v with v = w - w* (float64).
 
     Args:
         hessian: H, as its diagonal (a 1-D sequence of eigenvalues) or a symmetric n x n matrix.
-        minimum: w* (zeros by default).
+        minimum: w* (zeros by default; the minimum when g = 0 and H is positive definite).
         start: where w is (w* by default): the point the probe measures around.
         offset: L(w*).
+        gradient: g, the gradient at w* (zeros by default).
 
     Example:
         >>> from landscape import hessian_eigenvalues
@@ -64,9 +68,11 @@ def quadratic_probe(hessian: Sequence[float] | Tensor, *,
     w_star = torch.zeros(n, dtype=torch.float64) if minimum is None else torch.as_tensor(
         minimum, dtype=torch.float64)
     w0 = w_star if start is None else torch.as_tensor(start, dtype=torch.float64)
-    for name, v in (("minimum", w_star), ("start", w0)):
+    g = torch.zeros(n, dtype=torch.float64) if gradient is None else torch.as_tensor(
+        gradient, dtype=torch.float64)
+    for name, v in (("minimum", w_star), ("start", w0), ("gradient", g)):
         if v.shape != (n,):
             raise LandscapeError(f"{name} must have length {n} (the Hessian's size); got shape "
                                  f"{tuple(v.shape)}.")
-    model = Quadratic(h, w_star.clone(), w0, float(offset))
+    model = Quadratic(h, w_star.clone(), w0, float(offset), g.clone())
     return Probe(model, [torch.zeros(1)], batch_loss=lambda m, _batch: m())
