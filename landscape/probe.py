@@ -242,6 +242,9 @@ class Probe:
 
         first = self.params[0]
         self.device: torch.device = first.device
+        # loss sums as Python floats on CPU (no sync to save, cheaper than tensor ops); on a
+        # GPU as device tensors, with one host transfer per evaluation
+        self._host_sums = self.device.type == "cpu"
         self.dtype: torch.dtype = first.dtype
         if any(p.dtype != self.dtype for p in self.params):
             raise LandscapeError(
@@ -692,14 +695,14 @@ class Probe:
     def _evaluate_here(self) -> Evaluation:
         """Loss and accuracy at the current parameters: sums kept on the device, one host
         transfer (a single `tolist()`) per call."""
-        on_cpu = self.device.type == "cpu"
+        on_cpu = self._host_sums
         loss_sum: Tensor | float | None = None
         correct_sum: Tensor | int | None = None
         n, has_acc, error = 0, True, None
         try:
             for batch in self._data.batches():
                 loss, n_b, correct = self._compute_batch(batch)
-                if on_cpu:  # .item() costs no device sync here and is cheaper than tensor ops
+                if on_cpu:
                     term: Tensor | float = loss.item() * n_b
                 else:
                     term = loss.double() * n_b

@@ -45,6 +45,22 @@ def test_accuracy_is_the_argmax_rate_with_ties_going_to_the_first_class():
     assert Probe(tied, (xt, yt)).evaluate().accuracy == pytest.approx(2 / 6)
 
 
+def test_device_tensor_sums_equal_host_sums():
+    # the GPU path keeps the sums on the device; run it on CPU to check it agrees
+    model = tiny_mlp()
+    x, y = tiny_data(37)
+    host = Probe(model, DataLoader(TensorDataset(x, y), batch_size=10))
+    device = Probe(model, DataLoader(TensorDataset(x, y), batch_size=10))
+    device._host_sums = False
+    a, b = host.evaluate(), device.evaluate()
+    assert b.loss == pytest.approx(a.loss, rel=1e-14) and b.accuracy == a.accuracy
+    d = torch.randn(host.num_params, dtype=torch.float64)
+    got = list(device.evaluate_points([d], [(0.5,), (-1.0,)]))
+    want = list(host.evaluate_points([d], [(0.5,), (-1.0,)]))
+    assert [e.loss for e in got] == pytest.approx([e.loss for e in want], rel=1e-14)
+    assert [e.accuracy for e in got] == [e.accuracy for e in want]
+
+
 @pytest.mark.parametrize("method", HVP_METHODS)
 def test_gradient_and_hvp_match_exact_hessian(method):
     model = tiny_mlp()
