@@ -321,9 +321,10 @@ def interpolate(probe: Probe, other: Checkpoint,
       the barrier of a BatchNorm network is overstated;
     * "recompute": re-estimated at every alpha on the probe's data (`landscape.batchnorm`: only
       the BatchNorm layers in train mode, the plain mean over the batches; on the subsets with
-      `max_samples`), one more forward pass per point. What Ainsworth et al. (2023) and Jordan
-      et al. (2023) report for BatchNorm networks; f(0) and f(1) then use re-estimated, not
-      stored, statistics. Nothing changes for a model without BatchNorm;
+      `max_samples`), one more forward pass per point, always in the per-point loop (not under
+      vmap). What Ainsworth et al. (2023) and Jordan et al. (2023) report for BatchNorm
+      networks; f(0) and f(1) then use re-estimated, not stored, statistics. Nothing changes
+      for a model without BatchNorm;
     * "keep": the probe's model's buffers at every alpha.
 
     Every parameter and buffer is restored bitwise afterwards.
