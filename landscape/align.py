@@ -57,7 +57,7 @@ from . import batchnorm
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Probe
-from .surface import barrier  # the barrier of a sampled path (DESIGN.md)
+from .surface import barrier, interpolate  # noqa: F401 - barrier: importable from here too
 
 BUFFERS = ("interpolate", "recompute", "keep")
 
@@ -623,9 +623,7 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     meter = probe.meter()
     alignment = align_weights(probe.model, model_b, max_iter=max_iter, seed=seed)
     raw_sd = {k: v.detach() for k, v in model_b.state_dict().items()}
-    bn_batches = None if bn_data is None else [
-        x.to(probe.device, probe.dtype if x.is_floating_point() else x.dtype)
-        for x in _input_batches(bn_data, batch_size)]
+    bn_batches = None if bn_data is None else batchnorm.input_batches(bn_data, batch_size)
     curves = [_curve(probe, sd, alphas, buffers, bn_batches)
               for sd in (raw_sd, alignment.state_dict)]
     return AlignedBarrierResult(
@@ -636,50 +634,12 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
 
 def _curve(probe: Probe, sd_b: dict[str, Tensor], alphas: np.ndarray, buffers: str,
            bn_batches: list[Any] | None) -> BarrierCurve:
-    """The interpolation curve to `sd_b`: `landscape.interpolate`, unless the BatchNorm
-    statistics are re-estimated at each point on other inputs (`bn_batches`)."""
-    from .directions import cosine
-    from .surface import interpolate
-
-    if bn_batches is None:
-        line = interpolate(probe, sd_b, alphas, buffers=buffers)
-        error = None if line.accuracy is None else (1.0 - line.accuracy).tolist()
-        return BarrierCurve(
-            alphas=line.alphas.tolist(), loss=line.loss.tolist(), error=error,
-            loss_barrier=line.barrier, loss_barrier_alpha=line.barrier_alpha,
-            error_barrier=line.error_barrier, error_barrier_alpha=line.error_barrier_alpha,
-            distance=line.distance, cosine=line.cosine,
-        )
-    w_a = probe.flat_params()
-    w_b = torch.cat([sd_b[n].detach().reshape(-1) for n in probe.param_names]).to(w_a)
-    losses, errors = [], []
-    model = probe.model
-    for a in alphas:
-        with probe.perturbed(float(a) * (w_b - w_a)), \
-                batchnorm.statistics_restored(model) as layers:
-            model.eval()
-            batchnorm.reestimate(layers, lambda: [model(x) for x in bn_batches])
-            ev = probe.evaluate()
-        losses.append(ev.loss)
-        errors.append(None if ev.accuracy is None else 1.0 - ev.accuracy)
-    has_error = all(e is not None for e in errors)
-    lb, la = barrier(alphas, losses)
-    eb, ea = barrier(alphas, errors) if has_error else (None, None)
+    """The interpolation curve to `sd_b` (`landscape.interpolate`)."""
+    line = interpolate(probe, sd_b, alphas, buffers=buffers, bn_data=bn_batches)
+    error = None if line.accuracy is None else (1.0 - line.accuracy).tolist()
     return BarrierCurve(
-        alphas=alphas.tolist(), loss=losses, error=errors if has_error else None,
-        loss_barrier=lb, loss_barrier_alpha=la, error_barrier=eb, error_barrier_alpha=ea,
-        distance=float((w_a - w_b).norm()), cosine=cosine(w_a, w_b),
+        alphas=line.alphas.tolist(), loss=line.loss.tolist(), error=error,
+        loss_barrier=line.barrier, loss_barrier_alpha=line.barrier_alpha,
+        error_barrier=line.error_barrier, error_barrier_alpha=line.error_barrier_alpha,
+        distance=line.distance, cosine=line.cosine,
     )
-
-
-def _input_batches(data: Any, batch_size: int) -> list[Any]:
-    if isinstance(data, Tensor):
-        return list(data.split(batch_size))
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-            isinstance(t, Tensor) for t in data):
-        return list(data[0].split(batch_size))
-    out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
-    if not out:
-        raise LandscapeError("bn_data is empty: give the inputs to estimate BatchNorm "
-                             "statistics on.")
-    return out

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from .errors import LandscapeError
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -63,3 +66,25 @@ def reestimate(layers: list[_BatchNorm], run: Callable[[], None]) -> None:
     finally:
         for m in layers:
             m.eval()
+
+
+def input_batches(data: Any, batch_size: int = 256) -> list[Any]:
+    """Batches of model inputs to estimate statistics on, from an inputs tensor or an
+    `(inputs, targets)` tensor pair (split into batches of `batch_size`), or from an iterable of
+    batches whose first element is the inputs (or of bare inputs)."""
+    if isinstance(data, Tensor):
+        out = list(data.split(batch_size))
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, Tensor) for t in data):
+        out = list(data[0].split(batch_size))
+    else:
+        out = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+    if not out:
+        raise LandscapeError("bn_data is empty: give the inputs to estimate the BatchNorm "
+                             "statistics on.")
+    if any(not isinstance(x, (Tensor, dict, list, tuple)) for x in out):
+        kinds = sorted({type(x).__name__ for x in out})
+        raise LandscapeError(f"bn_data must hold model inputs (tensors); got batches of {kinds}. "
+                             "Pass an inputs tensor, an (inputs, targets) pair of tensors, or "
+                             "batches whose first element is the inputs.")
+    return out

@@ -358,6 +358,7 @@ class Probe:
         offset: Tensor | None = None,
         buffer_ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
         recompute_batchnorm: bool = False,
+        batchnorm_inputs: Sequence[Any] | None = None,
     ) -> Iterator[Evaluation]:
         """Evaluate L(w + offset + sum_k c_k d_k) for each coordinate tuple c, lazily.
 
@@ -368,12 +369,15 @@ class Probe:
         the first coordinate, to (1 - c_0) start + c_0 end: interpolating BatchNorm statistics
         between two checkpoints. `recompute_batchnorm=True` instead re-estimates the BatchNorm
         running statistics at every point from the probe's data (`landscape.batchnorm`; one
-        more forward pass per point, averaged over the ranks when distributed). Buffers are
-        restored bitwise afterwards too.
+        more forward pass per point, averaged over the ranks when distributed), or from
+        `batchnorm_inputs` (batches of model inputs, the same on every rank) when given.
+        Buffers are restored bitwise afterwards too.
         """
         dirs = [self._check_vector(d, "direction") for d in directions]
         base = None if offset is None else self._check_vector(offset, "offset")
         moving = self._buffer_path(buffer_ends)
+        inputs = None if batchnorm_inputs is None else [
+            _to_device(x, self.device, self.dtype) for x in batchnorm_inputs]
         with self._session(None), torch.no_grad(), \
                 batchnorm.statistics_restored(self.model) as bn_layers:
             backup = [p.detach().clone() for p in self.params]
@@ -401,22 +405,26 @@ class Probe:
                     for buf, lo, hi in moving:
                         torch.lerp(lo, hi, float(c[0]), out=buf)
                     if recompute_batchnorm and bn_layers:
-                        self._reestimate_batchnorm(bn_layers)
+                        self._reestimate_batchnorm(bn_layers, inputs)
                     yield self._evaluate_here()
             finally:
                 _copy_all(self.params, backup)
                 for (buf, _, _), b in zip(moving, buffer_backup):
                     buf.copy_(b)
 
-    def _reestimate_batchnorm(self, layers: list[nn.Module]) -> None:
-        """BatchNorm running statistics re-estimated on this probe's data at the current
-        parameters; distributed, each rank's batch means are averaged over all ranks' batches."""
+    def _reestimate_batchnorm(self, layers: list[nn.Module], inputs: list[Any] | None) -> None:
+        """BatchNorm running statistics re-estimated at the current parameters on this probe's
+        data (distributed: each rank's batch means averaged over all ranks' batches), or on
+        `inputs` (batches of model inputs)."""
         n_local, error = 0, None
 
         def run() -> None:
             nonlocal n_local
-            for batch in self._data.batches():
-                self._compute_batch(batch)
+            for batch in self._data.batches() if inputs is None else inputs:
+                if inputs is None:
+                    self._compute_batch(batch)
+                else:
+                    _call_model(self.model, batch)
                 n_local += 1
 
         try:
@@ -693,8 +701,8 @@ class Probe:
         return (loss if loss.ndim == 0 else loss.reshape(())), n_b, correct
 
     def _evaluate_here(self) -> Evaluation:
-        """Loss and accuracy at the current parameters: sums kept on the device, one host
-        transfer (a single `tolist()`) per call."""
+        """Loss and accuracy at the current parameters. The sums are Python floats on CPU and
+        device tensors elsewhere, with one host transfer (a single `tolist()`) per call."""
         on_cpu = self._host_sums
         loss_sum: Tensor | float | None = None
         correct_sum: Tensor | int | None = None

@@ -73,6 +73,7 @@ from torch import Tensor
 
 from ._batched import chunk_size, evaluate_chunk
 from ._results import to_jsonable
+from .batchnorm import input_batches
 from .directions import (
     Checkpoint,
     Direction,
@@ -307,7 +308,8 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
 
 def interpolate(probe: Probe, other: Checkpoint,
                 alphas: Sequence[float] | np.ndarray | None = None, *,
-                buffers: str = "interpolate", max_samples: int | None = None, seed: int = 0,
+                buffers: str = "interpolate", bn_data: Any = None,
+                max_samples: int | None = None, seed: int = 0,
                 progress: bool = False, shard: str = "auto", batched: bool | None = None,
                 autocast: bool = False) -> Line:
     """Linear interpolation f(a) = L((1 - a) w_A + a w_B) from the probe's w_A to `other`'s w_B.
@@ -319,12 +321,12 @@ def interpolate(probe: Probe, other: Checkpoint,
       are the two checkpoints' own losses. Cheap, but between the ends the network's real
       activation statistics differ (they shrink: "variance collapse", Jordan et al. 2023), so
       the barrier of a BatchNorm network is overstated;
-    * "recompute": re-estimated at every alpha on the probe's data (`landscape.batchnorm`: only
-      the BatchNorm layers in train mode, the plain mean over the batches; on the subsets with
-      `max_samples`), one more forward pass per point, always in the per-point loop (not under
-      vmap). What Ainsworth et al. (2023) and Jordan et al. (2023) report for BatchNorm
-      networks; f(0) and f(1) then use re-estimated, not stored, statistics. Nothing changes
-      for a model without BatchNorm;
+    * "recompute": re-estimated at every alpha on the probe's data, or on `bn_data`
+      (`landscape.batchnorm`: only the BatchNorm layers in train mode, the plain mean over the
+      batches; on the subsets with `max_samples`), one more forward pass per point, always in
+      the per-point loop (not under vmap). What Ainsworth et al. (2023) and Jordan et al.
+      (2023) report for BatchNorm networks; f(0) and f(1) then use re-estimated, not stored,
+      statistics. Nothing changes for a model without BatchNorm;
     * "keep": the probe's model's buffers at every alpha.
 
     Every parameter and buffer is restored bitwise afterwards.
@@ -339,6 +341,11 @@ def interpolate(probe: Probe, other: Checkpoint,
         probe: the model at w_A (alpha 0).
         other: w_B (alpha 1): a state dict, a model of the same architecture, or a checkpoint path.
         alphas: where to evaluate (may range outside [0, 1]); default 0, 0.05, ..., 1.
+        buffers: "interpolate", "recompute" or "keep" (above).
+        bn_data: for "recompute", other inputs than the probe's to estimate the statistics on
+            (say training data while the probe holds test data): an inputs tensor or an
+            `(inputs, targets)` tensor pair (split into batches of 256), or an iterable of
+            batches whose first element is the inputs.
         max_samples, seed, progress, shard, batched, autocast: as in `loss_line`.
 
     Returns:
@@ -357,6 +364,10 @@ def interpolate(probe: Probe, other: Checkpoint,
         raise LandscapeError(
             f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}."
         )
+    if bn_data is not None and buffers != "recompute":
+        raise LandscapeError("bn_data is only used with buffers='recompute' (the inputs to "
+                             "re-estimate the BatchNorm statistics on); drop it or pass "
+                             "buffers='recompute'.")
     a = _coords(np.linspace(0.0, 1.0, 21) if alphas is None else alphas, "alphas")
     w_a = probe.flat_params()
     w_b = flat_from_checkpoint(probe, other)
@@ -369,7 +380,8 @@ def interpolate(probe: Probe, other: Checkpoint,
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
                       progress, {"buffers": buffers}, shard, buffer_ends, batched=batched,
-                      autocast=autocast, recompute_batchnorm=buffers == RECOMPUTE)
+                      autocast=autocast, recompute=None if buffers != "recompute" else
+                      Recompute(None if bn_data is None else input_batches(bn_data)))
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     loss_barrier, barrier_alpha = barrier(full, loss)
@@ -444,7 +456,7 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
               max_samples: int | None, seed: int, progress: bool,
               extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None, *,
               batched: bool | None = None, autocast: bool = False,
-              recompute_batchnorm: bool = False) -> GridStore:
+              recompute: Recompute | None = None) -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
     if batched not in (None, True, False):
         raise LandscapeError(f"batched must be True, False or None (auto); got {batched!r}.")
@@ -482,9 +494,9 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
               for idx in np.ndindex(*store.loss.shape) if not store.done[idx]]
     bar = _progress(len(points), progress and comm.rank == 0)
-    chunk = 1 if mode != "alone" or recompute_batchnorm else _chunk(
+    chunk = 1 if mode != "alone" or recompute is not None else _chunk(
         probe if groups is None else groups[0], len(points), batched)
-    ends: Any = RECOMPUTE if recompute_batchnorm else buffer_ends
+    ends: Any = recompute if recompute is not None else buffer_ends
     try:
         with _autocast(probe, autocast):
             if mode == "points":
@@ -507,14 +519,19 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     return store
 
 
-RECOMPUTE = "recompute"  # the buffers plan that re-estimates BatchNorm statistics per point
+@dataclass(frozen=True)
+class Recompute:
+    """The buffers plan that re-estimates BatchNorm statistics at every point, on the probe's
+    data (`inputs` None) or on these batches of model inputs."""
+
+    inputs: list[Any] | None = None
 
 
 def _buffer_kwargs(plan: Any) -> dict[str, Any]:
     """`Probe.evaluate_points` arguments for a buffers plan: None (the model's buffers as they
-    are), `(start, end)` dicts to interpolate along the first coordinate, or RECOMPUTE."""
-    if isinstance(plan, str) and plan == RECOMPUTE:
-        return {"recompute_batchnorm": True}
+    are), `(start, end)` dicts to interpolate along the first coordinate, or a `Recompute`."""
+    if isinstance(plan, Recompute):
+        return {"recompute_batchnorm": True, "batchnorm_inputs": plan.inputs}
     return {"buffer_ends": plan}
 
 

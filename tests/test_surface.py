@@ -287,7 +287,7 @@ def _dropout_bn_net(seed: int) -> nn.Sequential:
     return net
 
 
-def _reestimated_loss(a: nn.Module, b: nn.Module, alpha: float, x, y, batch: int) -> float:
+def _reestimated_loss(a: nn.Module, b: nn.Module, alpha: float, x, y, stat_batches) -> float:
     """By hand: weights (1 - alpha) w_A + alpha w_B, BatchNorm reset and run over the batches in
     train mode (dropout off), cumulative average, then the eval-mode loss."""
     net = copy.deepcopy(a).eval()
@@ -297,7 +297,7 @@ def _reestimated_loss(a: nn.Module, b: nn.Module, alpha: float, x, y, batch: int
         net[2].reset_running_stats()
         net[2].momentum = None
         net[2].train()
-        for xb in x.split(batch):
+        for xb in stat_batches:
             net(xb)
         net.eval()
         return float(nn.functional.cross_entropy(net(x), y))
@@ -312,13 +312,23 @@ def test_interpolation_recompute_reestimates_batchnorm_with_dropout_off(snapshot
     probe = Probe(a, (x, y), batch_size=10)
     alphas = [0.0, 0.25, 0.5, 1.0]
     line = interpolate(probe, b, alphas, buffers="recompute")
-    want = [_reestimated_loss(a, b, al, x, y, 10) for al in alphas]
+    want = [_reestimated_loss(a, b, al, x, y, x.split(10)) for al in alphas]
     np.testing.assert_allclose(line.loss, want, rtol=1e-10)
     again = interpolate(probe, b, alphas, buffers="recompute")
     np.testing.assert_array_equal(again.loss, line.loss)  # dropout stayed off: deterministic
     stored = interpolate(probe, b, alphas)  # the stored statistics, interpolated
     assert abs(stored.loss[2] - line.loss[2]) > 1e-3  # so the test can tell the two apart
     assert line.cost.n_forward == 2 * len(alphas)  # a re-estimation and an evaluation per point
+    other = torch.randn(300, 4, generator=g, dtype=torch.float64) * 2 + 1
+    on_other = interpolate(probe, b, alphas, buffers="recompute",
+                           bn_data=(other, torch.zeros(300).long()))
+    want = [_reestimated_loss(a, b, al, x, y, other.split(256)) for al in alphas]
+    np.testing.assert_allclose(on_other.loss, want, rtol=1e-10)
+    assert np.abs(on_other.loss - line.loss).max() > 1e-3
+    with pytest.raises(LandscapeError, match="bn_data is only used with buffers='recompute'"):
+        interpolate(probe, b, alphas, bn_data=other)
+    with pytest.raises(LandscapeError, match="bn_data must hold model inputs"):
+        interpolate(probe, b, alphas, buffers="recompute", bn_data=[other, None])
     snap.assert_unchanged()
     assert a[2].momentum == 0.1
     net = nn.Sequential(nn.Linear(4, 3)).double()  # no BatchNorm: the same as the other plans
