@@ -381,7 +381,7 @@ def interpolate(probe: Probe, other: Checkpoint,
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
                       progress, {"buffers": buffers}, shard, buffer_ends, batched=batched,
                       autocast=autocast, recompute=None if buffers != "recompute" else
-                      Recompute(None if bn_data is None else input_batches(bn_data)))
+                      _Recompute(None if bn_data is None else input_batches(bn_data)))
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     loss_barrier, barrier_alpha = barrier(full, loss)
@@ -456,7 +456,7 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
               max_samples: int | None, seed: int, progress: bool,
               extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None, *,
               batched: bool | None = None, autocast: bool = False,
-              recompute: Recompute | None = None) -> GridStore:
+              recompute: _Recompute | None = None) -> GridStore:
     """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
     if batched not in (None, True, False):
         raise LandscapeError(f"batched must be True, False or None (auto); got {batched!r}.")
@@ -520,7 +520,7 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class Recompute:
+class _Recompute:
     """The buffers plan that re-estimates BatchNorm statistics at every point, on the probe's
     data (`inputs` None) or on these batches of model inputs."""
 
@@ -529,8 +529,8 @@ class Recompute:
 
 def _buffer_kwargs(plan: Any) -> dict[str, Any]:
     """`Probe.evaluate_points` arguments for a buffers plan: None (the model's buffers as they
-    are), `(start, end)` dicts to interpolate along the first coordinate, or a `Recompute`."""
-    if isinstance(plan, Recompute):
+    are), `(start, end)` dicts to interpolate along the first coordinate, or a `_Recompute`."""
+    if isinstance(plan, _Recompute):
         return {"recompute_batchnorm": True, "batchnorm_inputs": plan.inputs}
     return {"buffer_ends": plan}
 
