@@ -371,7 +371,11 @@ def interpolate(probe: Probe, other: Checkpoint,
     a = _coords(np.linspace(0.0, 1.0, 21) if alphas is None else alphas, "alphas")
     w_a = probe.flat_params()
     w_b = flat_from_checkpoint(probe, other)
-    buffer_ends = _buffer_ends(probe, other) if buffers == "interpolate" else None
+    plan: Any = None  # "keep"
+    if buffers == "interpolate":
+        plan = _buffer_ends(probe, other)
+    elif buffers == "recompute":
+        plan = _Recompute(None if bn_data is None else input_batches(bn_data))
     d = w_b - w_a
     extra = np.array([e for e in (0.0, 1.0) if not np.any(a == e)])
     full = np.concatenate([a, extra])
@@ -379,9 +383,8 @@ def interpolate(probe: Probe, other: Checkpoint,
             "norm": float(d.double().norm())}
     meter = probe.meter()
     store = _run_grid(probe, [d], {"alphas": full}, "line", [meta], None, max_samples, seed,
-                      progress, {"buffers": buffers}, shard, buffer_ends, batched=batched,
-                      autocast=autocast, recompute=None if buffers != "recompute" else
-                      _Recompute(None if bn_data is None else input_batches(bn_data)))
+                      progress, {"buffers": buffers}, shard, plan, batched=batched,
+                      autocast=autocast)
     cost = meter.cost()
     loss, acc = store.loss, _none_if_all_nan(store.accuracy)
     loss_barrier, barrier_alpha = barrier(full, loss)
@@ -454,10 +457,10 @@ def pca_directions(probe: Probe, checkpoints: Sequence[Checkpoint]) -> Trajector
 def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray], kind: str,
               metas: list[dict[str, Any]], out: str | os.PathLike | None,
               max_samples: int | None, seed: int, progress: bool,
-              extra: dict[str, Any], shard: str = "auto", buffer_ends: Any = None, *,
-              batched: bool | None = None, autocast: bool = False,
-              recompute: _Recompute | None = None) -> GridStore:
-    """Evaluate every missing grid point into a GridStore (file-backed when `out` is given)."""
+              extra: dict[str, Any], shard: str = "auto", buffers: Any = None, *,
+              batched: bool | None = None, autocast: bool = False) -> GridStore:
+    """Evaluate every missing grid point into a GridStore (file-backed when `out` is given);
+    `buffers` is the buffers plan of `_buffer_kwargs`."""
     if batched not in (None, True, False):
         raise LandscapeError(f"batched must be True, False or None (auto); got {batched!r}.")
     if autocast not in (True, False):
@@ -494,17 +497,16 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
               for idx in np.ndindex(*store.loss.shape) if not store.done[idx]]
     bar = _progress(len(points), progress and comm.rank == 0)
-    chunk = 1 if mode != "alone" or recompute is not None else _chunk(
+    chunk = 1 if mode != "alone" or isinstance(buffers, _Recompute) else _chunk(
         probe if groups is None else groups[0], len(points), batched)
-    ends: Any = recompute if recompute is not None else buffer_ends
     try:
         with _autocast(probe, autocast):
             if mode == "points":
-                _by_points(evaluator, groups, vectors, points, store, bar, comm, ends)
+                _by_points(evaluator, groups, vectors, points, store, bar, comm, buffers)
             elif groups is None:
-                _exact(probe, vectors, points, store, bar, ends, chunk)
+                _exact(probe, vectors, points, store, bar, buffers, chunk)
             else:
-                _grouped(groups, vectors, points, store, bar, ends, chunk=chunk)
+                _grouped(groups, vectors, points, store, bar, buffers, chunk=chunk)
     except BaseException:
         bar.close()
         store.flush()  # keep what was computed
