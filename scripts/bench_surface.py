@@ -148,19 +148,12 @@ class RawDigits(Dataset):
     """The first n training digits as uint8 pixel images, decoded and normalized per sample."""
 
     def __init__(self, n: int, image: bool):
-        from sklearn.datasets import load_digits
-
-        from landscape.data.digits import _SPLIT_SEED
-
-        raw = load_digits()
-        pixels = torch.tensor(raw.data, dtype=torch.float64)
-        perm = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(_SPLIT_SEED))
-        train = perm[int(round(0.2 * len(pixels))):]
-        self.mean = pixels[train].mean(0).float().reshape(1, 8, 8)
-        self.std = pixels[train].std(0).clamp_min(1e-3).float().reshape(1, 8, 8)
-        idx = train[:n]
-        self.images = pixels[idx].numpy().astype(np.uint8).reshape(-1, 8, 8, 1)  # HWC
-        self.labels = raw.target[idx.numpy()]
+        pixels, labels = digits_tensors("train", standardize=False, dtype=torch.float64)
+        # the training split's per-pixel statistics, as digits_tensors standardizes with
+        self.mean = pixels.mean(0).float().reshape(1, 8, 8)
+        self.std = pixels.std(0).clamp_min(1e-3).float().reshape(1, 8, 8)
+        self.images = pixels[:n].numpy().astype(np.uint8).reshape(-1, 8, 8, 1)  # HWC
+        self.labels = labels[:n].numpy()
         self.image = image
 
     def __len__(self) -> int:

@@ -25,6 +25,10 @@ def test_digits_split_is_fixed_standardized_and_complete():
     assert torch.allclose(xtr.mean(0), torch.zeros(64), atol=1e-5)
     assert torch.equal(digits_tensors("train")[1], ytr)  # the same split every time
     assert digits_tensors("all", image=True)[0].shape == (1797, 1, 8, 8)
+    raw, _ = digits_tensors("train", standardize=False, dtype=torch.float64)
+    assert torch.equal(raw, raw.round()) and raw.min() == 0 and raw.max() == 16
+    standardized = (raw - raw.mean(0)) / raw.std(0).clamp_min(1e-3)
+    torch.testing.assert_close(standardized.float(), xtr)
     with pytest.raises(LandscapeError, match="split must be"):
         digits_tensors("validation")
 

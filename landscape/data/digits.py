@@ -12,7 +12,7 @@ _SPLIT_SEED = 0  # the split is fixed: the same train/test samples on every mach
 
 def digits_tensors(
     split: str = "train", *, image: bool = False, dtype: torch.dtype = torch.float32,
-    test_fraction: float = 0.2,
+    test_fraction: float = 0.2, standardize: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The digits data set as `(inputs, targets)` tensors.
 
@@ -24,6 +24,7 @@ def digits_tensors(
         image: shape inputs as (N, 1, 8, 8) images for CNNs instead of (N, 64) vectors.
         dtype: floating-point dtype of the inputs.
         test_fraction: fraction of samples held out as the test split.
+        standardize: False gives the raw pixel values (integers 0 to 16) instead.
 
     Returns:
         inputs of shape (N, 64) or (N, 1, 8, 8), targets of shape (N,) with class indices (int64).
@@ -42,7 +43,8 @@ def digits_tensors(
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     mean = x[train_idx].mean(0)
     std = x[train_idx].std(0).clamp_min(1e-3)  # constant border pixels: avoid dividing by zero
-    x = (x - mean) / std
+    if standardize:
+        x = (x - mean) / std
     idx = {"train": train_idx, "test": test_idx, "all": torch.arange(len(x))}[split]
     x, y = x[idx].to(dtype), y[idx]
     if image:
