@@ -31,15 +31,23 @@ import torch
 from torch import Tensor, nn
 
 from . import batchnorm
-from .distributed import Comm, full_source, resolve_comm, shard_source
+from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
+from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
+from .probe_data import (
+    ProbeData,
+    call_model,
+    default_budget,
+    first_tensor,
+    gather_samples,
+    nbytes,
+    to_device,
+    unpack,
+)
 
 LossFn = Callable[[Any, Any], Tensor]
 BatchLossFn = Callable[[nn.Module, Any], Tensor]
 ParamSelection = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
-
-HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
-_DEFAULT_CPU_BUDGET = 2 * 2**30  # bytes for the data cache and for kept gradient graphs
 
 
 @dataclass(frozen=True)
@@ -105,32 +113,6 @@ class Meter:
         now = self._probe._counts
         diff = {k: now[k] - self._start[k] for k in now}
         return Cost(**diff, seconds=time.perf_counter() - self._t0)
-
-
-class _Data:
-    """The probe's data: the user's source, a device cache, and the first-use checks."""
-
-    def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype,
-                 cache_bytes: int, comm: Comm):
-        self.given: Iterable[Any] | None = _as_reiterable(data, batch_size)  # None: a share
-        self.source = shard_source(self.given, comm)
-        self.device = device
-        self.dtype = dtype
-        self.cache_bytes = cache_bytes
-        self.cache: list[Any] | None = None
-        self.checked = False
-        self.n_local = 0  # samples in this rank's share (all samples when not distributed)
-        self.local_bytes = 0  # bytes of this rank's batches on the device
-
-    def raw(self) -> Iterator[Any]:
-        for batch in self.source:
-            yield _to_device(batch, self.device, self.dtype)
-
-    def batches(self) -> Iterator[Any]:
-        if self.cache is not None:
-            yield from self.cache
-        else:
-            yield from self.raw()
 
 
 class _LossModule(nn.Module):
@@ -262,14 +244,12 @@ class Probe:
                     f"the model is on {self.device} but device={want} was asked for; move the "
                     f"model first (model.to('{want}')): the probe never moves your model."
                 )
-        budget = cache_bytes if cache_bytes is not None else _default_budget(self.device)
+        budget = cache_bytes if cache_bytes is not None else default_budget(self.device)
         self.graph_bytes = graph_bytes if graph_bytes is not None else budget
         self._comm = resolve_comm(distributed, self.device)
-        self._data = _Data(data, batch_size, self.device, self.dtype, budget, self._comm)
+        self._data = ProbeData(data, batch_size, self.device, self.dtype, budget, self._comm)
         self._counts = {"n_forward": 0, "n_gradient": 0, "n_hvp": 0, "n_batch_forward": 0}
-        # (sum of n_b g_b with its graph, n samples, parameter versions), this rank's batches
-        self._graph: tuple[Tensor, int, list[int]] | None = None
-        self._chosen_hvp: str | None = None
+        self._hvp = HvpEngine(self)
         self._n_samples: int | None = None
         self._loss_module = _LossModule(model, self._compute_batch)
 
@@ -300,7 +280,7 @@ class Probe:
     @property
     def hvp_method_used(self) -> str | None:
         """The HVP method picked by "auto" (None before the first HVP)."""
-        return self._chosen_hvp
+        return self._hvp.chosen if self.hvp_method == "auto" else self.hvp_method
 
     def flat_params(self) -> Tensor:
         """A detached copy of the probed parameters as one flat vector (the point w)."""
@@ -377,7 +357,7 @@ class Probe:
         base = None if offset is None else self._check_vector(offset, "offset")
         moving = self._buffer_path(buffer_ends)
         inputs = None if batchnorm_inputs is None else [
-            _to_device(x, self.device, self.dtype) for x in batchnorm_inputs]
+            to_device(x, self.device, self.dtype) for x in batchnorm_inputs]
         with self._session(None), torch.no_grad(), \
                 batchnorm.statistics_restored(self.model) as bn_layers:
             backup = [p.detach().clone() for p in self.params]
@@ -424,7 +404,7 @@ class Probe:
                 if inputs is None:
                     self._compute_batch(batch)
                 else:
-                    _call_model(self.model, batch)
+                    call_model(self.model, batch)
                 n_local += 1
 
         try:
@@ -470,12 +450,13 @@ class Probe:
         """(L(w + delta), grad L(w + delta)) from one forward and backward pass over the data."""
         with self._session(delta):
             total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+            views = self._split(total)
             loss_sum, n, error = 0.0, 0, None
             try:
                 for batch in self._data.batches():
                     loss, n_b, _ = self._compute_batch(batch)
                     grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                    total.add_(self._flat(grads), alpha=n_b)
+                    _add_all(views, grads, n_b)
                     loss_sum += float(loss.detach()) * n_b
                     n += n_b
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
@@ -492,14 +473,10 @@ class Probe:
         otherwise the faster of double backward and forward-over-reverse, timed on one batch.
         """
         v = self._check_vector(v, "v")
-        with self._session(delta), _twice_differentiable():
-            method = self._pick_hvp_method(v, at_checkpoint=delta is None)
+        with self._session(delta), twice_differentiable():
             out, n, error = torch.zeros_like(v), 0, None
             try:
-                if method == "cached_graph":
-                    out, n = self._hvp_cached(v)
-                else:
-                    out, n = self._hvp_batches(v, method)
+                out, n = self._hvp.product(v, at_checkpoint=delta is None)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
             (n,) = self._comm.reduce([n], [out], error)
@@ -515,7 +492,7 @@ class Probe:
         """
         if v is not None:
             v = self._check_vector(v, "v")
-        with self._session(delta), _twice_differentiable():
+        with self._session(delta), twice_differentiable():
             g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
             loss_sum, n, graphs, error = 0.0, 0, [], None
             try:
@@ -535,7 +512,7 @@ class Probe:
             hv = torch.zeros_like(g_total)
             try:
                 for grads, n_b in graphs:
-                    hv.add_(self._vjp_of_grads(grads, vec), alpha=n_b / n)
+                    hv.add_(self._hvp.vjp_of_grads(grads, vec), alpha=n_b / n)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
             self._comm.reduce([], [hv], error)
@@ -556,7 +533,7 @@ class Probe:
                 "the Gauss-Newton matrix needs the model outputs and loss_fn separately; it is not "
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
-        with self._session(delta), _twice_differentiable():
+        with self._session(delta), twice_differentiable():
             total = torch.zeros_like(v)
             n, error = 0, None
             try:
@@ -607,7 +584,7 @@ class Probe:
             raise LandscapeError(f"n_samples must be in [1, {total}]; got {n_samples}.")
         gen = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(total, generator=gen)[:n_samples].sort().values
-        return self._clone(data=_gather_samples(batches, starts, chosen), check_data=False)
+        return self._clone(data=gather_samples(batches, starts, chosen), check_data=False)
 
     def sample_groups(self, m: int) -> list[Probe]:
         """Probes over consecutive groups of `m` samples (the last may be smaller), for m-sharpness.
@@ -620,7 +597,7 @@ class Probe:
         if not 1 <= m <= total:
             raise LandscapeError(f"m must be in [1, {total}] (the number of samples); got {m}.")
         return [
-            self._clone(data=_gather_samples(batches, starts, torch.arange(s, min(s + m, total))),
+            self._clone(data=gather_samples(batches, starts, torch.arange(s, min(s + m, total))),
                         check_data=False)
             for s in range(0, total, m)
         ]
@@ -631,8 +608,8 @@ class Probe:
         """Add sum over this rank's batches of n_b G_b v into `total`; return the sample count."""
         n = 0
         for batch in self._data.batches():
-            inputs, targets = _unpack(batch)
-            outputs = _call_model(self.model, inputs)
+            inputs, targets = unpack(batch)
+            outputs = call_model(self.model, inputs)
             self._counts["n_batch_forward"] += 1
             n_b = self._batch_n_samples(batch)
             # J v by the double-vjp trick: d/du <J^T u, v> = J v.
@@ -685,8 +662,8 @@ class Probe:
         if self.batch_loss is not None:
             loss = self.batch_loss(self.model, batch)
         else:
-            inputs, targets = _unpack(batch)
-            outputs = _call_model(self.model, inputs)
+            inputs, targets = unpack(batch)
+            outputs = call_model(self.model, inputs)
             loss = self.loss_fn(outputs, targets)
             if (isinstance(outputs, Tensor) and outputs.ndim == 2 and isinstance(targets, Tensor)
                     and targets.ndim == 1 and not targets.is_floating_point()):
@@ -740,124 +717,6 @@ class Probe:
         accuracy = n_correct / n if n_no_acc == 0 else None
         return Evaluation(total / n, accuracy, n)
 
-    def _hvp_batches(self, v: Tensor, method: str) -> tuple[Tensor, int]:
-        """(sum over this rank's batches of n_b H_b v, number of samples)."""
-        total = torch.zeros_like(v)
-        n = 0
-        for batch in self._data.batches():
-            hv, n_b = self._hvp_one_batch(batch, v, method)
-            total.add_(hv, alpha=n_b)
-            n += n_b
-        return total, n
-
-    def _hvp_one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:
-        if method == "forward_over_reverse":
-            from torch.func import functional_call, grad, jvp
-
-            primals = {"model." + n: p.detach() for n, p in zip(self.param_names, self.params)}
-            tangents = {"model." + k: t for k, t in self.unflatten(v).items()}
-
-            def loss_of(p):
-                return functional_call(self._loss_module, p, (batch,))
-
-            _, hv = jvp(grad(loss_of), (primals,), (tangents,))
-            n_b = self._batch_n_samples(batch)
-            return torch.cat([hv["model." + n].reshape(-1) for n in self.param_names]), n_b
-        loss, n_b, _ = self._compute_batch(batch)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        return self._vjp_of_grads(grads, v), n_b
-
-    def _vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
-        """d/dw <g(w), v> = H v, from a gradient computed with create_graph=True."""
-        terms = [(g * vi).sum() for g, vi in zip(grads, self._split(v))
-                 if g is not None and g.requires_grad]
-        if not terms:  # the loss is at most linear in the probed parameters: H = 0
-            return torch.zeros_like(v)
-        out = torch.autograd.grad(sum(terms), self.params, retain_graph=True, allow_unused=True)
-        return self._flat(out)
-
-    def _hvp_cached(self, v: Tensor) -> tuple[Tensor, int]:
-        """(sum over this rank's batches of n_b H_b v, number of samples), on the kept graph."""
-        versions = [p._version for p in self.params]
-        if self._graph is None or self._graph[2] != versions:
-            self._graph = None
-            self._graph = (*self._build_graph(), versions)
-        flat_g, n = self._graph[0], self._graph[1]
-        if not flat_g.requires_grad:
-            return torch.zeros_like(v), n
-        out = torch.autograd.grad(flat_g, self.params, grad_outputs=v, retain_graph=True,
-                                  allow_unused=True)
-        return self._flat(out), n
-
-    def _build_graph(self) -> tuple[Tensor, int]:
-        """(sum over this rank's batches of n_b g_b with the graph kept, number of samples)."""
-        total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-        n = 0
-        for batch in self._data.batches():
-            loss, n_b, _ = self._compute_batch(batch)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            total = total + self._flat(grads) * n_b
-            n += n_b
-        return total, n
-
-    def _graph_bytes_estimate(self) -> int:
-        """Bytes of tensors saved by autograd for all batches' gradient graphs (measured)."""
-        saved = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal saved
-            saved += t.numel() * t.element_size()
-            return t
-
-        batch = next(iter(self._data.batches()), None)
-        if batch is None:  # a rank without batches keeps no graph
-            return 0
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss, n_b, _ = self._compute_batch(batch)
-            torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        return int(saved * self._data.n_local / max(n_b, 1))
-
-    def _pick_hvp_method(self, v: Tensor, at_checkpoint: bool) -> str:
-        if self.hvp_method != "auto":
-            if self.hvp_method == "cached_graph" and not at_checkpoint:
-                return "double_backward"
-            return self.hvp_method
-        if self._chosen_hvp is None:
-            # Every rank must pick the same method: the kept graph only if it fits on all ranks.
-            fits, error = False, None
-            try:
-                fits = (self._data.cache is not None
-                        and self._graph_bytes_estimate() <= self.graph_bytes)
-            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-                error = e
-            (n_unfit,) = self._comm.reduce([0.0 if fits else 1.0], error=error)
-            if n_unfit == 0:
-                self._chosen_hvp = "cached_graph"
-            else:
-                self._chosen_hvp = self._fastest_uncached(v)
-        if self._chosen_hvp == "cached_graph" and not at_checkpoint:
-            return "double_backward"
-        return self._chosen_hvp
-
-    def _fastest_uncached(self, v: Tensor) -> str:
-        """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
-        methods = ("double_backward", "forward_over_reverse")
-        batch = next(iter(self._data.batches()), None)
-        timings = dict.fromkeys(methods, 0.0)  # a rank without batches does not vote
-        for method in methods if batch is not None else ():
-            try:
-                self._hvp_one_batch(batch, v, method)  # warm-up
-                t0 = time.perf_counter()
-                self._hvp_one_batch(batch, v, method)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                timings[method] = time.perf_counter() - t0
-            except Exception:  # noqa: BLE001 - a method the model does not support is skipped
-                timings[method] = math.inf
-        summed = dict(zip(methods, self._comm.reduce(list(timings.values()))))
-        usable = {m: t for m, t in summed.items() if math.isfinite(t)}
-        return min(usable, key=usable.get) if usable else "double_backward"
-
     # ------------------------------------------------------------------ internals: safety
 
     @contextlib.contextmanager
@@ -907,7 +766,7 @@ class Probe:
                         loss_sum += float(loss.double()) * n_b
                         n += n_b
                         n_batches += 1
-                        used += _nbytes(batch)
+                        used += nbytes(batch)
                         if cache is not None:
                             if used <= data.cache_bytes:
                                 cache.append(batch)
@@ -915,7 +774,7 @@ class Probe:
                                 cache = None
                 except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                     error = e
-                n_local = n
+                n_local, n_batches_local = n, n_batches
                 loss_sum, n, n_batches = comm.reduce([loss_sum, n, n_batches], error=error)
                 n = int(n)
                 if n_batches == 0 or n == 0:
@@ -956,6 +815,7 @@ class Probe:
         data.cache = cache
         data.checked = True
         data.n_local = n_local
+        data.n_batches = n_batches_local
         data.local_bytes = used
         self._n_samples = n
 
@@ -989,12 +849,12 @@ class Probe:
         if self.n_samples_fn is not None:
             return int(self.n_samples_fn(batch))
         if self.batch_loss is None:
-            inputs, targets = _unpack(batch)
-            first = _first_tensor(targets)
+            inputs, targets = unpack(batch)
+            first = first_tensor(targets)
             if first is None or first.ndim == 0:
-                first = _first_tensor(inputs)
+                first = first_tensor(inputs)
         else:
-            first = _first_tensor(batch)
+            first = first_tensor(batch)
         if first is None or first.ndim == 0:
             raise LandscapeError(
                 f"cannot count the samples of a batch of type {type(batch).__name__}: no tensor "
@@ -1037,16 +897,6 @@ class Probe:
 # ---------------------------------------------------------------------- module helpers
 
 
-def _twice_differentiable() -> contextlib.AbstractContextManager:
-    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
-    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
     named = list(model.named_parameters())
     trainable = [(n, p) for n, p in named if p.requires_grad]
@@ -1082,6 +932,13 @@ def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[st
     return [(n, p) for n, p in trainable if n in chosen_names]
 
 
+def _add_all(dst: Sequence[Tensor], src: Sequence[Tensor | None], alpha: float) -> None:
+    """dst[i] += alpha * src[i] for the src that are not None, without a flat temporary."""
+    pairs = [(d, t) for d, t in zip(dst, src) if t is not None]
+    if pairs:
+        torch._foreach_add_([d for d, _ in pairs], [t for _, t in pairs], alpha=alpha)
+
+
 def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
     """dst[i].copy_(src[i]) for all i, in one multi-tensor call where torch has it."""
     foreach = getattr(torch, "_foreach_copy_", None)
@@ -1090,124 +947,3 @@ def _copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
     else:  # pragma: no cover - older torch
         for d, s in zip(dst, src):
             d.copy_(s)
-
-
-def _default_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 4
-    return _DEFAULT_CPU_BUDGET
-
-
-class _TensorPairBatches:
-    def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int):
-        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for s in range(0, len(self.inputs), self.batch_size):
-            yield self.inputs[s : s + self.batch_size], self.targets[s : s + self.batch_size]
-
-
-def _as_reiterable(data: Any, batch_size: int) -> Iterable[Any]:
-    if (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor)
-            and isinstance(data[1], Tensor) and data[0].ndim > 0 and data[1].ndim > 0
-            and len(data[0]) == len(data[1])):
-        return _TensorPairBatches(data[0], data[1], batch_size)
-    if isinstance(data, Tensor):
-        raise LandscapeError(
-            "data is a single tensor; pass an (inputs, targets) pair, a DataLoader, or a list "
-            "of batches."
-        )
-    try:
-        it = iter(data)
-    except TypeError:
-        raise LandscapeError(
-            f"data of type {type(data).__name__} is not iterable; pass a DataLoader, a list of "
-            "batches, or an (inputs, targets) pair of tensors."
-        ) from None
-    if it is data:
-        raise LandscapeError(
-            "data is a one-shot iterator (a generator?); the probe passes over the data many "
-            "times. Pass a DataLoader or a list of batches."
-        )
-    return data
-
-
-def _to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    if isinstance(batch, Tensor):
-        if batch.is_floating_point():
-            return batch.to(device=device, dtype=dtype)
-        return batch.to(device=device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [_to_device(v, device, dtype) for v in batch]
-        return tuple(moved) if isinstance(batch, tuple) else moved
-    return batch
-
-
-def _unpack(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    kind = type(batch).__name__
-    hint = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
-    raise LandscapeError(
-        f"cannot unpack a batch of type {kind}{hint}: expected (inputs, targets). For dict "
-        "batches or models that compute their own loss, pass "
-        "batch_loss=lambda model, batch: ... (returning the mean loss) to the Probe."
-    )
-
-
-def _call_model(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _first_tensor(obj: Any) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            t = _first_tensor(item)
-            if t is not None:
-                return t
-    return None
-
-
-def _nbytes(obj: Any) -> int:
-    if isinstance(obj, Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def _slice_samples(obj: Any, index: Tensor, n: int) -> Any:
-    """Index every tensor whose first dimension is the batch dimension (length n)."""
-    if isinstance(obj, Tensor) and obj.ndim > 0 and obj.shape[0] == n:
-        return obj[index.to(obj.device)]
-    if isinstance(obj, dict):
-        return {k: _slice_samples(v, index, n) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [_slice_samples(v, index, n) for v in obj]
-        return tuple(out) if isinstance(obj, tuple) else out
-    return obj
-
-
-def _gather_samples(batches: list[tuple[Any, int]], starts: list[int],
-                    chosen: Tensor) -> list[Any]:
-    """The batches restricted to the chosen global sample indices (sorted), batch by batch;
-    `starts[i]` is the global index of the first sample of `batches[i]`."""
-    out = []
-    for (batch, n_b), start in zip(batches, starts):
-        local = chosen[(chosen >= start) & (chosen < start + n_b)] - start
-        if len(local):
-            out.append(_slice_samples(batch, local, n_b))
-    return out

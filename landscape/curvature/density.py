@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -13,6 +14,7 @@ from .._checks import check_int, check_positive, check_probe
 from .._random import generator, rademacher
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
+from ._basis import Basis, default_budget
 from ._common import operator, select
 from .lanczos import lanczos_step
 from .results import DensityResult
@@ -28,14 +30,16 @@ def hessian_density(
     seed: int = 0,
     curvature: str = "hessian",
     params: ParamSelection = None,
+    max_vectors: int | None = None,
     progress: bool = False,
 ) -> DensityResult:
     """The eigenvalue density of the Hessian at w by stochastic Lanczos quadrature.
 
     For each of `n_vectors` random unit vectors v (normalized Rademacher), `n_steps` Lanczos
-    steps with full reorthogonalization give a tridiagonal T = S diag(theta) S^T; the nodes are
-    the Ritz values theta_j and the weights tau_j^2 = S_1j^2 / n_vectors (they sum to 1). The
-    density is the Gaussian-broadened quadrature
+    steps with full reorthogonalization (or, when the n_steps + 1 basis vectors do not fit the
+    memory budget, the plain three-term recurrence) give a tridiagonal T = S diag(theta) S^T;
+    the nodes are the Ritz values theta_j and the weights tau_j^2 = S_1j^2 / n_vectors (they
+    sum to 1). The density is the Gaussian-broadened quadrature
 
         phi(t) = sum_j tau_j^2 exp(-(t - theta_j)^2 / (2 sigma^2)) / (sigma sqrt(2 pi)),
 
@@ -55,6 +59,13 @@ def hessian_density(
         seed: seeds the start vectors.
         curvature: "hessian" or "ggn".
         params: restrict to a subset of the probed parameters (the density of their block).
+        max_vectors: memory budget in parameter-sized vectors (beyond the model, one gradient
+            and one product). Full reorthogonalization stores n_steps + 1 vectors; when they do
+            not fit, the three-term recurrence stores 2. Loss of orthogonality splits a
+            converged eigenvalue into copies that share its weight, so the quadrature (the
+            density's moments) stays accurate (Golub and Meurant 2010, ch. 4); the result says
+            which was used. None: n_steps + 1 when they fit in 1 GiB, else 12 (so the
+            recurrence for the default n_steps).
         progress: show a progress bar over products.
 
     Returns:
@@ -73,6 +84,8 @@ def hessian_density(
     check_int("n_steps", n_steps)
     if sigma is not None:
         check_positive("sigma", sigma)
+    if max_vectors is not None:
+        check_int("max_vectors", max_vectors, minimum=2)
     grid_points = _check_grid(grid)
     matvec = operator(probe, curvature)
     gen = generator(seed)
@@ -80,6 +93,9 @@ def hessian_density(
     matvec = operator(probe, curvature)
     n = probe.num_params
     steps = min(n_steps, n)
+    budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
+                                                                        steps + 1)
+    reorthogonalize = budget >= steps + 1
     meter = probe.meter()
     nodes, weights, means = [], [], []
     with tqdm(total=n_vectors * steps, disable=not progress, desc="density", unit="hvp") as bar:
@@ -89,7 +105,8 @@ def hessian_density(
 
         for _ in range(n_vectors):
             start = rademacher((n,), gen, probe.device, probe.dtype)
-            theta, tau2 = _lanczos_quadrature(counted, start, steps)
+            quadrature = _lanczos_quadrature if reorthogonalize else _recurrence_quadrature
+            theta, tau2 = quadrature(counted, start, steps)
             nodes.append(theta)
             weights.append(tau2 / n_vectors)
             means.append(float(tau2 @ theta))
@@ -112,6 +129,7 @@ def hessian_density(
         grid=grid_points, density=density, nodes=nodes_a, weights=weights_a, sigma=float(sigma),
         mean=float(m.mean()), mean_stderr=stderr, n_vectors=n_vectors, n_steps=steps,
         n_hvp=cost.n_hvp, seconds=cost.seconds, seed=seed, curvature=curvature, num_params=n,
+        stored_vectors=steps + 1 if reorthogonalize else 2, reorthogonalized=reorthogonalize,
     )
 
 
@@ -129,18 +147,21 @@ def _check_grid(grid: int | np.ndarray) -> np.ndarray | None:
 
 
 def _lanczos_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ritz values and squared first components of `steps` Lanczos steps from v0."""
+    """Ritz values and squared first components of `steps` Lanczos steps from v0, with full
+    reorthogonalization (steps + 1 stored vectors)."""
     n = v0.numel()
-    V = torch.zeros(steps + 1, n, device=v0.device, dtype=v0.dtype)
+    basis = Basis(n, steps + 1, v0.device, v0.dtype)
     T = torch.zeros(steps + 1, steps + 1, device=v0.device, dtype=v0.dtype)
-    V[0] = v0 / torch.linalg.vector_norm(v0)
+    basis.set(0, v0 / torch.linalg.vector_norm(v0))
     eps = torch.finfo(v0.dtype).eps
     size = steps
     betas = torch.zeros(steps, device=v0.device, dtype=v0.dtype)
     for j in range(steps):
-        w, beta = lanczos_step(matvec, V, T, j)
+        w, beta = lanczos_step(matvec, basis, T, j)
         betas[j] = beta
-        V[j + 1] = w / beta
+        if j + 1 < steps:
+            basis.set(j + 1, w.div_(beta))
+        del w
         if j % 10 == 9 or j == steps - 1:  # breakdown test: one host copy every 10 steps
             scale = float(T[: j + 1, : j + 1].abs().max())
             small = (betas[: j + 1] <= 10 * eps * scale).nonzero()
@@ -149,4 +170,28 @@ def _lanczos_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.
                 break
     Tc = T[:size, :size].double().cpu().numpy()
     theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
+    return theta, S[0] ** 2
+
+
+def _recurrence_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same from the three-term recurrence (2 stored vectors, no reorthogonalization)."""
+    eps = torch.finfo(v0.dtype).eps
+    v = v0 / torch.linalg.vector_norm(v0)
+    v_prev: Tensor | None = None
+    alphas: list[float] = []
+    betas: list[float] = []
+    for _ in range(steps):
+        w = matvec(v)
+        alpha = float(v @ w)
+        w.sub_(v, alpha=alpha)
+        if v_prev is not None:
+            w.sub_(v_prev, alpha=betas[-1])
+        alphas.append(alpha)
+        beta = float(torch.linalg.vector_norm(w))
+        if beta <= 10 * eps * max(abs(a) for a in alphas) or len(alphas) == steps:
+            break
+        betas.append(beta)
+        v_prev, v = v, w.div_(beta)
+        del w
+    theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(alphas), np.asarray(betas))
     return theta, S[0] ** 2

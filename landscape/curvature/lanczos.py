@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -19,12 +20,12 @@ from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
+from ._basis import Basis, default_budget
 from ._common import MatVec, operator, per_group, select
 from .results import EigenResult, LayerResults
 
 WHICH = ("largest", "smallest")
 METHODS = ("lanczos", "power")
-_BASIS_BYTES = 2**30  # default memory budget of the Lanczos basis
 
 
 def hessian_eigenvalues(
@@ -41,6 +42,7 @@ def hessian_eigenvalues(
     params: ParamSelection = None,
     by: str | None = None,
     max_basis: int | None = None,
+    max_vectors: int | None = None,
     progress: bool = False,
 ) -> EigenResult | LayerResults[EigenResult]:
     """The k largest (or smallest) algebraic eigenvalues of the Hessian of L at w.
@@ -74,8 +76,18 @@ def hessian_eigenvalues(
         params: restrict to a subset of the probed parameters (their Hessian block); None: all.
         by: None, "layer" (one result per module: the diagonal block of its parameters) or
             "parameter" (one per parameter tensor); returns a `LayerResults` then.
-        max_basis: Lanczos basis size before a restart; None: min(n, max(50, 4k)), capped so
-            the basis takes at most 1 GiB.
+        max_basis: Lanczos basis size before a restart; None: min(n, max(50, 4k)), within
+            `max_vectors`.
+        max_vectors: memory budget, in parameter-sized vectors stored beyond the model, one
+            gradient and one product (a 64M-parameter float32 model: 256 MB each). The basis
+            holds max_vectors - 1 vectors before a thick restart; fewer vectors mean more
+            products (about 22 products for the top eigenvalue of a trained network with a
+            basis of 40, a few more with 11). For k=1 without `return_vectors`, when the full
+            basis does not fit, the three-term recurrence is used instead: 2 vectors and no
+            restarts (its Ritz vectors lose orthogonality, which leaves the extreme eigenvalue
+            and its residual exact enough; see `recurrence_eig`). None: the full basis
+            (max_basis + 1 vectors) when it fits in 1 GiB, else 12 vectors. The vectors are
+            allocated as the basis grows. `EigenResult.stored_vectors` reports what was stored.
         progress: show a progress bar over products.
 
     Returns:
@@ -84,7 +96,8 @@ def hessian_eigenvalues(
         RuntimeWarning is issued and `converged=False` is returned with the current estimates.
 
     Raises:
-        LandscapeError: bad k, tol, max_iter, which, method, curvature, by or max_basis.
+        LandscapeError: bad k, tol, max_iter, which, method, curvature, by, max_basis or
+            max_vectors (too small for k).
 
     Example:
         >>> from landscape import hessian_eigenvalues
@@ -106,6 +119,8 @@ def hessian_eigenvalues(
         check_int("max_iter", max_iter)
     if max_basis is not None:
         check_int("max_basis", max_basis, minimum=k + 2)
+    if max_vectors is not None:
+        check_int("max_vectors", max_vectors, minimum=2)
     if method == "power" and which != "largest":
         raise LandscapeError(
             "method='power' finds the largest-magnitude eigenvalues only; use method='lanczos' "
@@ -132,8 +147,12 @@ def hessian_eigenvalues(
 
             if method == "lanczos":
                 budget = max_iter if max_iter is not None else 1000
-                m = max_basis or _default_basis(p, k)
-                out = lanczos_eigs(counted, v0, k, which, tol, budget, m, gen)
+                m, _ = _plan(p, k, return_vectors, max_basis, max_vectors)
+                if m == 0:
+                    out = recurrence_eig(counted, v0, which, tol, budget)
+                else:
+                    out = lanczos_eigs(counted, v0, k, which, tol, budget, m, gen,
+                                       return_vectors)
             else:
                 budget = max_iter if max_iter is not None else 1000 * k
                 out = power_eigs(counted, v0, k, tol, budget, gen)
@@ -147,6 +166,7 @@ def hessian_eigenvalues(
             )
         return EigenResult(
             eigenvalues=out.values, eigenvectors=out.vectors if return_vectors else None,
+            stored_vectors=out.n_vectors,
             residuals=out.residuals, n_hvp=cost.n_hvp, converged=out.converged,
             seconds=cost.seconds, which=which, method=method, curvature=curvature, tol=tol,
             seed=seed,
@@ -159,30 +179,39 @@ def hessian_eigenvalues(
 class _Eigs:
     values: np.ndarray
     residuals: np.ndarray
-    vectors: Tensor
+    vectors: Tensor | None
     converged: bool
     n_matvec: int
+    n_vectors: int  # parameter-sized vectors stored (beyond the product)
 
 
-def _default_basis(probe: Probe, k: int) -> int:
-    per_vector = probe.num_params * torch.finfo(probe.dtype).bits // 8
-    cap = max(k + 2, _BASIS_BYTES // max(per_vector, 1) - 1)
-    return max(min(probe.num_params, max(50, 4 * k), cap), min(k + 2, probe.num_params))
+def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
+          max_vectors: int | None) -> tuple[int, int]:
+    """(basis size m before a restart, 0 for the three-term recurrence; vectors stored)."""
+    n = probe.num_params
+    wanted = min(n, max_basis or max(50, 4 * k))
+    budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
+                                                                         wanted + 1)
+    if k == 1 and not return_vectors and budget < wanted + 1:
+        return 0, 2
+    m = min(wanted, budget - 1)
+    if m < min(k + 2, n):
+        raise LandscapeError(
+            f"max_vectors={budget} leaves a Lanczos basis of {m} vectors, too few for k={k} "
+            f"(it needs k + 2 = {k + 2} plus one); raise max_vectors to at least {k + 3} or "
+            "ask for fewer eigenvalues."
+        )
+    return m, m + 1
 
 
-def lanczos_step(matvec: MatVec, V: Tensor, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
-    """Expand the basis by one product: H V[j], orthogonalized against V[:j+1] twice.
+def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
+    """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1] twice.
 
     Records column j of the projected matrix (T[:j+1, j] = V[:j+1]^T H V[j], symmetric) and
     T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.
     """
-    w = matvec(V[j])
-    basis = V[: j + 1]
-    h = basis @ w
-    w = w - h @ basis
-    h2 = basis @ w
-    w = w - h2 @ basis
-    h = h + h2
+    w = matvec(basis.row(j))
+    h = basis.orthogonalize(w, j + 1)
     beta = torch.linalg.vector_norm(w)
     T[: j + 1, j] = h
     T[j, : j + 1] = h
@@ -191,11 +220,10 @@ def lanczos_step(matvec: MatVec, V: Tensor, T: Tensor, j: int) -> tuple[Tensor, 
     return w, beta
 
 
-def _random_orthogonal(V: Tensor, size: int, gen: torch.Generator) -> Tensor:
-    """A unit vector orthogonal to V[:size] (to continue after an invariant subspace)."""
-    r = torch.randn(V.shape[1], generator=gen, dtype=V.dtype).to(V.device)
-    for _ in range(2):
-        r = r - (V[:size] @ r) @ V[:size]
+def _random_orthogonal(basis: Basis, size: int, gen: torch.Generator) -> Tensor:
+    """A unit vector orthogonal to rows[:size] (to continue after an invariant subspace)."""
+    r = torch.randn(basis.n, generator=gen, dtype=basis.dtype).to(basis.device)
+    basis.orthogonalize(r, size)
     return r / torch.linalg.vector_norm(r)
 
 
@@ -205,20 +233,36 @@ def _wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
     return idx[::-1][:count] if which == "largest" else idx[:count]
 
 
+def _stop_test(theta: np.ndarray, S: np.ndarray, b: float, k: int, which: str, tol: float,
+               eps: float) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """(wanted indices, their residual estimates b |s_mi|, all converged, breakdown)."""
+    scale = float(np.max(np.abs(theta))) if len(theta) else 0.0
+    want = _wanted(theta, min(k, len(theta)), which)
+    res = b * np.abs(S[-1, want])
+    breakdown = b <= 10 * eps * max(scale, 1e-300)
+    if breakdown:
+        res = np.zeros_like(res)
+    ok = bool(np.all(res <= np.maximum(tol * np.abs(theta[want]), 100 * eps * scale)))
+    return want, res, ok, breakdown
+
+
 def lanczos_eigs(
     matvec: MatVec, v0: Tensor, k: int, which: str, tol: float, max_iter: int, max_basis: int,
-    gen: torch.Generator,
+    gen: torch.Generator, return_vectors: bool = True,
 ) -> _Eigs:
-    """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above)."""
+    """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above).
+
+    Stores at most max_basis + 1 vectors (allocated as the basis grows) besides the product.
+    """
     n = v0.numel()
     m = min(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
-    V = torch.zeros(m + 1, n, device=v0.device, dtype=v0.dtype)
+    basis = Basis(n, m + 1, v0.device, v0.dtype)
     T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=v0.dtype)
-    V[0] = v0 / torch.linalg.vector_norm(v0)
+    basis.set(0, v0 / torch.linalg.vector_norm(v0))
     j, n_mv = 0, 0
     while True:
-        w, beta = lanczos_step(matvec, V, T, j)
+        w, beta = lanczos_step(matvec, basis, T, j)
         n_mv += 1
         size = j + 1
         # the stopping test: the only host copy of the loop (the small projected matrix)
@@ -226,40 +270,73 @@ def lanczos_eigs(
         b = float(Tc[size, size - 1])
         Tc = Tc[:size, :size]
         theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
-        scale = float(np.max(np.abs(theta))) if size else 0.0
-        want = _wanted(theta, min(k, size), which)
-        res = b * np.abs(S[-1, want])
-        floor = 100 * eps * scale
-        breakdown = b <= 10 * eps * max(scale, 1e-300)
-        if breakdown:
-            res = np.zeros_like(res)
-        ok = np.all(res <= np.maximum(tol * np.abs(theta[want]), floor))
-        full = size >= n
-        if (size >= k and (ok or breakdown or full)) or n_mv >= max_iter:
-            vectors = torch.as_tensor(S[:, want].T.copy(), device=V.device, dtype=V.dtype)
-            return _Eigs(theta[want], res, vectors @ V[:size],
-                         bool(size >= k and (ok or breakdown or full)), n_mv)
+        want, res, ok, breakdown = _stop_test(theta, S, b, k, which, tol, eps)
+        done = size >= k and (ok or breakdown or size >= n)
+        if done or n_mv >= max_iter:
+            vectors = None
+            if return_vectors:
+                coeffs = torch.as_tensor(S[:, want].T.copy(), device=v0.device, dtype=v0.dtype)
+                vectors = basis.combine(coeffs)
+            return _Eigs(theta[want], res, vectors, bool(done), n_mv, basis.allocated)
         if breakdown:  # invariant subspace with fewer than k vectors: continue orthogonally
             T[size, size - 1] = 0
             T[size - 1, size] = 0
-            V[size] = _random_orthogonal(V, size, gen)
+            basis.set(size, _random_orthogonal(basis, size, gen))
         else:
-            V[size] = w / beta
+            basis.set(size, w.div_(beta))
+        del w
         if size < m:
             j = size
             continue
         # thick restart: keep the wanted Ritz vectors and their nearest neighbours
         p = min(m - 1, k + (m - k) // 2)
         keep = _wanted(theta, p, which)
-        Sk = torch.as_tensor(S[:, keep], device=V.device, dtype=V.dtype)
-        V[:p] = Sk.T @ V[:m]
-        V[p] = V[m]
+        basis.transform_in_place(torch.as_tensor(S[:, keep], device=v0.device, dtype=v0.dtype))
+        basis.set(p, basis.row(m))
         T.zero_()
-        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=V.device, dtype=V.dtype))
-        coupling = torch.as_tensor(b * S[-1, keep], device=V.device, dtype=V.dtype)
+        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=v0.device, dtype=v0.dtype))
+        coupling = torch.as_tensor(b * S[-1, keep], device=v0.device, dtype=v0.dtype)
         T[p, :p] = coupling
         T[:p, p] = coupling
         j = p
+
+
+def recurrence_eig(
+    matvec: MatVec, v0: Tensor, which: str, tol: float, max_iter: int,
+) -> _Eigs:
+    """The extreme eigenvalue by the Lanczos three-term recurrence, storing two vectors.
+
+    Without reorthogonalization the Lanczos vectors lose orthogonality once a Ritz value
+    converges, and copies ("ghosts") of converged eigenvalues appear; the extreme Ritz value and
+    its residual estimate beta |s_m1| stay reliable (Paige 1980), so for one eigenvalue nothing is
+    lost but the eigenvector, which would need the basis.
+    """
+    eps = torch.finfo(v0.dtype).eps
+    v = v0 / torch.linalg.vector_norm(v0)
+    v_prev: Tensor | None = None
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta_prev = 0.0
+    n_mv = 0
+    while True:
+        w = matvec(v)
+        n_mv += 1
+        alpha = v @ w
+        w.sub_(v, alpha=float(alpha))
+        if v_prev is not None:
+            w.sub_(v_prev, alpha=beta_prev)
+        correction = v @ w  # one local reorthogonalization against v, for stability
+        w.sub_(v, alpha=float(correction))
+        alphas.append(float(alpha + correction))
+        beta = float(torch.linalg.vector_norm(w))
+        theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(alphas), np.asarray(betas))
+        want, res, ok, breakdown = _stop_test(theta, S, beta, 1, which, tol, eps)
+        if ok or breakdown or n_mv >= max_iter or len(alphas) >= v0.numel():
+            done = ok or breakdown or len(alphas) >= v0.numel()
+            return _Eigs(theta[want], res, None, bool(done), n_mv, 2)
+        betas.append(beta)
+        v_prev, v, beta_prev = v, w.div_(beta), beta
+        del w
 
 
 def power_eigs(
@@ -298,4 +375,4 @@ def power_eigs(
     order = np.argsort(values)[::-1]
     vectors = torch.stack(found)[torch.as_tensor(order.copy(), device=v0.device)]
     return _Eigs(np.asarray(values)[order], np.asarray(residuals)[order], vectors, converged,
-                 n_mv)
+                 n_mv, k + 1)

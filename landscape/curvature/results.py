@@ -27,6 +27,8 @@ class EigenResult:
         converged: every residual <= tol * |lambda_i| (or the roundoff floor, see the estimator).
         seconds: wall-clock time.
         which, method, curvature, tol, seed: the settings.
+        stored_vectors: parameter-sized vectors the estimator stored beyond the model, one
+            gradient and one product (its memory; 2 for the three-term recurrence).
     """
 
     eigenvalues: np.ndarray
@@ -40,6 +42,7 @@ class EigenResult:
     curvature: str = "hessian"
     tol: float = 1e-4
     seed: int = 0
+    stored_vectors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; eigenvectors are left out (too large), their shape is kept."""
@@ -61,6 +64,9 @@ class TraceResult:
         method: "hutchinson", "hutch++", "xtrace" or "exact" (num_params <= n_hvp: the sum of
             e_i^T H e_i, computed exactly).
         stopped_early: the rtol criterion stopped the estimate before n_hvp products.
+        sketch_size: Hutch++'s sketch size s (0 for the other methods).
+        stored_vectors: parameter-sized vectors stored beyond the model, one gradient and one
+            product (the memory).
         seconds, curvature, seed, rtol: cost and settings.
     """
 
@@ -73,6 +79,8 @@ class TraceResult:
     curvature: str = "hessian"
     seed: int = 0
     rtol: float | None = None
+    sketch_size: int = 0
+    stored_vectors: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -92,6 +100,10 @@ class DensityResult:
         mean: sum_j weights_j nodes_j, an unbiased estimate of tr(H) / num_params.
         mean_stderr: its standard error over the n_vectors runs (NaN with one vector).
         n_vectors, n_steps, seed, curvature: the settings; n_hvp, seconds: the cost.
+        stored_vectors: parameter-sized vectors stored beyond the model, one gradient and one
+            product (the memory); reorthogonalized: whether the Lanczos vectors were fully
+            reorthogonalized (False: the three-term recurrence, chosen when the basis did not
+            fit the budget).
     """
 
     grid: np.ndarray
@@ -108,6 +120,8 @@ class DensityResult:
     seed: int = 0
     curvature: str = "hessian"
     num_params: int = 0
+    stored_vectors: int = 0
+    reorthogonalized: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

@@ -12,6 +12,7 @@ from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, rademacher
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
+from ._basis import Basis, default_budget
 from ._common import MatVec, operator, per_group, select
 from .results import LayerResults, TraceResult
 
@@ -29,6 +30,7 @@ def hessian_trace(
     curvature: str = "hessian",
     params: ParamSelection = None,
     by: str | None = None,
+    max_vectors: int | None = None,
     progress: bool = False,
 ) -> TraceResult | LayerResults[TraceResult]:
     """A stochastic estimate of tr(H), the trace of the Hessian of L at w, from n_hvp products.
@@ -36,7 +38,8 @@ def hessian_trace(
     * "hutchinson" (Hutchinson 1989): (1/m) sum_i z_i^T H z_i with Rademacher z_i, m = n_hvp;
       stderr = sample standard deviation / sqrt(m).
     * "hutch++" (Meyer, Musco, Musco and Persson 2021): s = n_hvp // 3 products sketch
-      Q = orth(H S); tr(Q^T H Q) is computed exactly with s more; the remaining m = n_hvp - 2s
+      Q = orth(H S) (Gram-Schmidt, dropping directions in which H S is rank deficient);
+      tr(Q^T H Q) is computed exactly with rank(Q) more; the remaining m = n_hvp - s - rank(Q)
       go to Hutchinson on (I - QQ^T) H (I - QQ^T). Since tr(Q^T H Q) + tr(P H P) = tr(H) for
       every Q, the estimator is unbiased and its whole variance is the Hutchinson part's:
       stderr = sample std of those m terms / sqrt(m).
@@ -60,6 +63,13 @@ def hessian_trace(
         curvature: "hessian" or "ggn".
         params: restrict to a subset of the probed parameters (the trace of their block).
         by: None, "layer" or "parameter": one estimate per group (n_hvp products each).
+        max_vectors: memory budget of "hutch++", in parameter-sized vectors stored beyond the
+            model, one gradient and one product: its sketch has s = min(n_hvp // 3,
+            max_vectors - 1) vectors (plus one test vector); products the sketch cannot use
+            go to the Hutchinson part, so a small budget costs accuracy on decaying spectra,
+            never more products. None: n_hvp // 3 + 1 when they fit in 1 GiB, else 12.
+            Hutchinson stores 1 vector; XTrace stores about 3 n_hvp / 2 (no budget: use
+            "hutch++" on large models).
         progress: show a progress bar.
 
     Returns:
@@ -83,6 +93,8 @@ def hessian_trace(
     check_probe(probe)
     check_option("method", method, TRACE_METHODS)
     check_int("n_hvp", n_hvp, minimum=3 if method == "hutch++" else 2)
+    if max_vectors is not None:
+        check_int("max_vectors", max_vectors, minimum=2)
     if rtol is not None:
         check_positive("rtol", rtol)
         if method == "xtrace":
@@ -103,21 +115,24 @@ def hessian_trace(
                 bar.update(1)
                 return matvec(v)
 
+            sketch, stored = 0, 1
             if p.num_params <= n_hvp:
                 value, err, used, early = _exact(counted, p), 0.0, "exact", False
             elif method == "hutchinson":
                 value, err, early = _hutchinson(counted, p, gen, n_hvp, rtol)
                 used = method
             elif method == "hutch++":
-                value, err, early = _hutchpp(counted, p, gen, n_hvp, rtol)
-                used = method
+                budget = max_vectors if max_vectors is not None else default_budget(
+                    p.num_params, p.dtype, n_hvp // 3 + 1)
+                value, err, early, sketch = _hutchpp(counted, p, gen, n_hvp, rtol, budget)
+                used, stored = method, sketch + 1
             else:
                 value, err = _xtrace(counted, p, gen, n_hvp)
                 used, early = method, False
         cost = meter.cost()
         return TraceResult(estimate=value, stderr=err, n_hvp=cost.n_hvp, method=used,
                            seconds=cost.seconds, stopped_early=early, curvature=curvature,
-                           seed=seed, rtol=rtol)
+                           seed=seed, rtol=rtol, sketch_size=sketch, stored_vectors=stored)
 
     return per_group(probe, by, estimate)
 
@@ -134,14 +149,16 @@ def _exact(matvec: MatVec, probe: Probe) -> float:
 
 def _sample_terms(
     matvec: MatVec, probe: Probe, gen: torch.Generator, m: int, rtol: float | None,
-    offset: Tensor | float = 0.0, project: Tensor | None = None,
+    offset: Tensor | float = 0.0, project: tuple[Basis, int] | None = None,
 ) -> tuple[Tensor, bool]:
-    """Up to m Hutchinson terms (Pz)^T H (Pz), P = I - QQ^T when `project` is Q; may stop early."""
+    """Up to m Hutchinson terms (Pz)^T H (Pz), P = I - QQ^T when `project` is (Q, its rank);
+    may stop early."""
     terms = torch.zeros(m, device=probe.device, dtype=torch.float64)
     for i in range(m):
         z = rademacher((probe.num_params,), gen, probe.device, probe.dtype)
         if project is not None:
-            z = z - project @ (project.T @ z)
+            basis, rank = project
+            basis.subtract(z, basis.dots(z, rank), rank)
         terms[i] = (z @ matvec(z)).double()
         count = i + 1
         if rtol is not None and count >= _MIN_SAMPLES and count < m:
@@ -161,16 +178,27 @@ def _hutchinson(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
     return float(terms.mean()), _stderr(terms), early
 
 
-def _hutchpp(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
-    s = m // 3
-    sketch = rademacher((probe.num_params, s), gen, probe.device, probe.dtype)
-    Y = torch.stack([matvec(sketch[:, i]) for i in range(s)], dim=1)
-    del sketch
-    Q = torch.linalg.qr(Y).Q
-    del Y
-    low_rank = sum(float((Q[:, i] @ matvec(Q[:, i])).double()) for i in range(Q.shape[1]))
-    terms, early = _sample_terms(matvec, probe, gen, m - 2 * s, rtol, low_rank, Q)
-    return low_rank + float(terms.mean()), _stderr(terms), early
+def _hutchpp(matvec, probe, gen, m, rtol, max_vectors) -> tuple[float, float, bool, int]:
+    """Hutch++ with the sketch orthonormalized as it is built (Gram-Schmidt twice into a
+    `Basis`), so it stores s + 1 vectors: the s sketch directions and one test vector.
+    Returns (estimate, stderr, stopped early, s)."""
+    n = probe.num_params
+    s = min(m // 3, max_vectors - 1)
+    Q = Basis(n, s, probe.device, probe.dtype)
+    rank = 0
+    for _ in range(s):
+        y = matvec(rademacher((n,), gen, probe.device, probe.dtype))
+        norm0 = torch.linalg.vector_norm(y)
+        Q.orthogonalize(y, rank)
+        norm = torch.linalg.vector_norm(y)
+        if norm > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient: skip
+            Q.set(rank, y.div_(norm))
+            rank += 1
+        del y
+    low_rank = sum(float((Q.row(i) @ matvec(Q.row(i))).double()) for i in range(rank))
+    # the products the sketch did not need go to the Hutchinson part
+    terms, early = _sample_terms(matvec, probe, gen, m - s - rank, rtol, low_rank, (Q, rank))
+    return low_rank + float(terms.mean()), _stderr(terms), early, s
 
 
 def _xtrace(matvec, probe, gen, m) -> tuple[float, float]:

@@ -1,0 +1,102 @@
+"""Stored Krylov bases whose memory is counted in parameter-sized vectors.
+
+A `Basis` keeps orthonormal vectors as rows of blocks that are allocated as the basis grows
+(nothing is filled up front), never holds more rows than its capacity, and does the
+Gram-Schmidt and restart arithmetic in place, so the memory of an estimator is its capacity in
+vectors plus small matrices (k x k, or capacity x `_COLUMN_BLOCK` during a restart).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_BLOCK_ROWS = 8  # rows allocated at a time
+_COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
+DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
+LARGE_MODEL_VECTORS = 12  # the default budget, in vectors, when the default above does not fit
+
+
+def vector_bytes(n: int, dtype: torch.dtype) -> int:
+    """Bytes of one parameter-sized vector."""
+    return n * torch.finfo(dtype).bits // 8
+
+
+def default_budget(n: int, dtype: torch.dtype, wanted: int) -> int:
+    """Vectors an estimator may store when the caller sets no budget: `wanted` when they fit in
+    1 GiB (small models: the best-converging choice), else 12."""
+    if wanted * vector_bytes(n, dtype) <= DEFAULT_BYTES:
+        return wanted
+    return min(wanted, LARGE_MODEL_VECTORS)
+
+
+class Basis:
+    """Up to `capacity` vectors of length n, stored as rows; `rows[i]` set by `set(i, x)`."""
+
+    def __init__(self, n: int, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.n, self.capacity, self.device, self.dtype = n, capacity, device, dtype
+        self._blocks: list[Tensor] = []
+
+    @property
+    def allocated(self) -> int:
+        """Rows allocated so far (the memory in use, in vectors)."""
+        return sum(len(b) for b in self._blocks)
+
+    def row(self, i: int) -> Tensor:
+        block, r = divmod(i, _BLOCK_ROWS)
+        return self._blocks[block][r]
+
+    def set(self, i: int, x: Tensor) -> None:
+        """rows[i] = x, allocating a block of rows when i is past the allocated ones."""
+        if i >= self.capacity:
+            raise IndexError(f"basis row {i} beyond its capacity {self.capacity}")
+        while i >= self.allocated:
+            rows = min(_BLOCK_ROWS, self.capacity - self.allocated)
+            self._blocks.append(torch.empty(rows, self.n, device=self.device, dtype=self.dtype))
+        self.row(i).copy_(x)
+
+    def _spans(self, size: int):
+        """(block, first row index, rows used) covering rows[:size]."""
+        start = 0
+        for block in self._blocks:
+            if start >= size:
+                return
+            used = min(len(block), size - start)
+            yield block[:used], start, used
+            start += used
+
+    def dots(self, w: Tensor, size: int) -> Tensor:
+        """rows[:size] @ w, shape (size,)."""
+        parts = [block @ w for block, _, _ in self._spans(size)]
+        return torch.cat(parts) if parts else w.new_zeros(0)
+
+    def subtract(self, w: Tensor, coeffs: Tensor, size: int) -> None:
+        """w -= coeffs @ rows[:size], in place."""
+        for block, start, used in self._spans(size):
+            w.addmv_(block.T, coeffs[start : start + used], alpha=-1)
+
+    def orthogonalize(self, w: Tensor, size: int) -> Tensor:
+        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients."""
+        h = self.dots(w, size)
+        self.subtract(w, h, size)
+        h2 = self.dots(w, size)
+        self.subtract(w, h2, size)
+        return h + h2
+
+    def combine(self, coeffs: Tensor) -> Tensor:
+        """coeffs @ rows[:size] as a new (k, n) tensor, coeffs of shape (k, size)."""
+        out = torch.zeros(coeffs.shape[0], self.n, device=self.device, dtype=self.dtype)
+        for block, start, used in self._spans(coeffs.shape[1]):
+            out.addmm_(coeffs[:, start : start + used], block)
+        return out
+
+    def transform_in_place(self, coeffs: Tensor) -> None:
+        """rows[:p] = coeffs.T @ rows[:size] for coeffs of shape (size, p), p <= size, column
+        block by column block, so the only temporary is size x `_COLUMN_BLOCK`."""
+        size, p = coeffs.shape
+        for c0 in range(0, self.n, _COLUMN_BLOCK):
+            c1 = min(c0 + _COLUMN_BLOCK, self.n)
+            old = torch.cat([block[:, c0:c1] for block, _, _ in self._spans(size)])
+            new = coeffs.T @ old
+            for block, start, used in self._spans(p):
+                block[:, c0:c1].copy_(new[start : start + used])

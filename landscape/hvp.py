@@ -1,0 +1,249 @@
+"""Hessian-vector product engines of the Probe, and how one is chosen.
+
+Three exact ways to compute H v = d/dw <grad L(w), v> over the probe's batches:
+
+* "cached_graph": the gradient graph of every batch is kept after the first product at the
+  checkpoint, and each later product is one backward pass through it (about 1.2-1.5 gradients
+  of time). Memory: the saved tensors of all batches' double-backward graphs.
+* "double_backward": per batch, a gradient with `create_graph=True`, then a backward pass of
+  <g, v> (about 2-3 gradients). Memory: one batch's graph.
+* "forward_over_reverse": per batch, `torch.func.jvp` of `torch.func.grad` (about 3-4
+  gradients on CPU; can win on some GPUs).
+
+"auto" keeps the graph when it fits the probe's `graph_bytes`. The size is measured with
+saved-tensor hooks *while the first product is computed*, so choosing costs nothing: when the
+graph turns out too large it is dropped and the product finishes batch by batch. Otherwise
+double backward is used, unless the data has many batches, where timing both uncached methods
+on one batch costs little next to a full product.
+
+Each batch contributes n_b / n of its mean-loss Hessian; the engines return the sum over this
+rank's batches of n_b H_b v and the number of samples, and the Probe reduces and divides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .probe import Probe
+
+HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
+UNCACHED = ("double_backward", "forward_over_reverse")
+# With at least this many batches "auto" times the two uncached methods on one batch (four
+# one-batch products, a small fraction of one full product); with fewer, double backward.
+MIN_BATCHES_TO_TIME = 8
+
+
+def twice_differentiable() -> contextlib.AbstractContextManager:
+    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
+    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+class _SavedBytes:
+    """Adds up the bytes of the tensors autograd saves for backward inside `counting()`."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def _pack(self, t: Tensor) -> Tensor:
+        self.total += t.numel() * t.element_size()
+        return t
+
+    def counting(self) -> contextlib.AbstractContextManager:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+
+class HvpEngine:
+    """Computes sum_b n_b H_b v over this rank's batches with the chosen method.
+
+    State: the method chosen by "auto" (`chosen`), and the kept gradient graph of
+    "cached_graph" with the parameter versions it was built at (rebuilt when they change).
+    """
+
+    def __init__(self, probe: Probe):
+        self.probe = probe
+        self.chosen: str | None = None
+        # (per-batch gradients with graph, each of n_b * mean loss; n samples; param versions)
+        self._graph: tuple[list[Tensor | None], int, list[int]] | None = None
+
+    def product(self, v: Tensor, at_checkpoint: bool) -> tuple[Tensor, int]:
+        """(sum over this rank's batches of n_b H_b v, number of samples)."""
+        p = self.probe
+        if p.hvp_method != "auto":
+            method = p.hvp_method
+            if method == "cached_graph" and not at_checkpoint:
+                method = "double_backward"
+            if method == "cached_graph":
+                return self._cached(v)
+            return self._batches(v, method)
+        if self.chosen is None:
+            if p._comm.active or p._data.cache is None:
+                self.chosen = self._choose_collectively(v)
+            elif at_checkpoint:
+                return self._first_product(v)
+            else:
+                self.chosen = self._fastest_uncached(v)
+        if self.chosen == "cached_graph":
+            if at_checkpoint:
+                return self._cached(v)
+            return self._batches(v, "double_backward")
+        return self._batches(v, self.chosen)
+
+    def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
+        """d/dw <g(w), v> = H v from gradients computed with create_graph=True: one parameter
+        list's gradients, or several batches' lists one after another (their sum)."""
+        p = self.probe
+        vs = p._split(v)
+        pairs = [(g, vs[i % len(vs)]) for i, g in enumerate(grads)
+                 if g is not None and g.requires_grad]
+        if not pairs:  # the loss is at most linear in the probed parameters: H = 0
+            return torch.zeros_like(v)
+        out = torch.autograd.grad([g for g, _ in pairs], p.params,
+                                  grad_outputs=[vi for _, vi in pairs], retain_graph=True,
+                                  allow_unused=True)
+        return p._flat(out)
+
+    # ------------------------------------------------------------------ choosing
+
+    def _first_product(self, v: Tensor) -> tuple[Tensor, int]:
+        """The first product at the checkpoint under "auto": build and keep the graph while
+        measuring its saved bytes; if the extrapolated size exceeds the budget, drop what was
+        kept and finish this product (and all later ones) without a kept graph."""
+        p = self.probe
+        data = p._data
+        saved = _SavedBytes()
+        kept: list[Tensor | None] = []
+        n = 0
+        versions = [q._version for q in p.params]
+        batches = iter(data.batches())
+        for batch in batches:
+            with saved.counting():
+                grads, n_b = self._scaled_gradient(batch)
+            kept.extend(grads)
+            n += n_b
+            if saved.total * data.n_local / max(n, 1) > p.graph_bytes:
+                # too large to keep: this product from the graphs built so far, the rest of
+                # the batches (and all later products) without a kept graph
+                total = self.vjp_of_grads(kept, v)
+                del kept
+                timed = data.n_batches >= MIN_BATCHES_TO_TIME
+                self.chosen = self._fastest_uncached(v) if timed else "double_backward"
+                rest, n_rest = self._batches(v, self.chosen, batches)
+                return total.add_(rest), n + n_rest
+        self.chosen = "cached_graph"
+        self._graph = (kept, n, versions)
+        return self._cached(v)
+
+    def _choose_collectively(self, v: Tensor) -> str:
+        """Distributed or streamed data: every rank must pick the same method, so the graph size
+        is estimated on one batch up front and the verdicts reduced over the ranks."""
+        p = self.probe
+        fits, error = False, None
+        try:
+            fits = p._data.cache is not None and self._graph_bytes_estimate() <= p.graph_bytes
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        (n_unfit,) = p._comm.reduce([0.0 if fits else 1.0], error=error)
+        if n_unfit == 0:
+            return "cached_graph"
+        if p._data.n_batches < MIN_BATCHES_TO_TIME:
+            return "double_backward"
+        return self._fastest_uncached(v)
+
+    def _graph_bytes_estimate(self) -> int:
+        """Bytes of tensors saved by autograd for all batches' gradient graphs (one batch
+        measured, scaled by samples)."""
+        p = self.probe
+        saved = _SavedBytes()
+        batch = next(iter(p._data.batches()), None)
+        if batch is None:  # a rank without batches keeps no graph
+            return 0
+        with saved.counting():
+            loss, n_b, _ = p._compute_batch(batch)
+            torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+        return int(saved.total * p._data.n_local / max(n_b, 1))
+
+    def _fastest_uncached(self, v: Tensor) -> str:
+        """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
+        p = self.probe
+        batch = next(iter(p._data.batches()), None)
+        timings = dict.fromkeys(UNCACHED, 0.0)  # a rank without batches does not vote
+        for method in UNCACHED if batch is not None else ():
+            try:
+                self._one_batch(batch, v, method)  # warm-up
+                t0 = time.perf_counter()
+                self._one_batch(batch, v, method)
+                if p.device.type == "cuda":
+                    torch.cuda.synchronize(p.device)
+                timings[method] = time.perf_counter() - t0
+            except Exception:  # noqa: BLE001 - a method the model does not support is skipped
+                timings[method] = math.inf
+        summed = dict(zip(UNCACHED, p._comm.reduce(list(timings.values()))))
+        usable = {m: t for m, t in summed.items() if math.isfinite(t)}
+        return min(usable, key=usable.get) if usable else "double_backward"
+
+    # ------------------------------------------------------------------ products
+
+    def _scaled_gradient(self, batch: Any) -> tuple[list[Tensor | None], int]:
+        """The gradient of n_b * (mean loss of the batch), with its graph kept."""
+        p = self.probe
+        loss, n_b, _ = p._compute_batch(batch)
+        grads = torch.autograd.grad(loss * n_b, p.params, create_graph=True, allow_unused=True)
+        return list(grads), n_b
+
+    def _cached(self, v: Tensor) -> tuple[Tensor, int]:
+        """One backward pass through the kept graphs of all batches."""
+        p = self.probe
+        versions = [q._version for q in p.params]
+        if self._graph is None or self._graph[2] != versions:
+            self._graph = None
+            grads: list[Tensor | None] = []
+            n = 0
+            for batch in p._data.batches():
+                g, n_b = self._scaled_gradient(batch)
+                grads.extend(g)
+                n += n_b
+            self._graph = (grads, n, versions)
+        grads, n = self._graph[0], self._graph[1]
+        return self.vjp_of_grads(grads, v), n
+
+    def _batches(self, v: Tensor, method: str, batches: Any = None) -> tuple[Tensor, int]:
+        """(sum over the batches of n_b H_b v, number of samples), one batch at a time."""
+        p = self.probe
+        total = torch.zeros_like(v)
+        n = 0
+        for batch in p._data.batches() if batches is None else batches:
+            hv, n_b = self._one_batch(batch, v, method)
+            total.add_(hv, alpha=n_b)
+            n += n_b
+        return total, n
+
+    def _one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:
+        p = self.probe
+        if method == "forward_over_reverse":
+            from torch.func import functional_call, grad, jvp
+
+            primals = {"model." + n: q.detach() for n, q in zip(p.param_names, p.params)}
+            tangents = {"model." + k: t for k, t in p.unflatten(v).items()}
+
+            def loss_of(params):
+                return functional_call(p._loss_module, params, (batch,))
+
+            _, hv = jvp(grad(loss_of), (primals,), (tangents,))
+            n_b = p._batch_n_samples(batch)
+            return torch.cat([hv["model." + n].reshape(-1) for n in p.param_names]), n_b
+        loss, n_b, _ = p._compute_batch(batch)
+        grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+        return self.vjp_of_grads(grads, v), n_b
