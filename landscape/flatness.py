@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_radii
+from ._model_prep import require_precision
 from .errors import LandscapeError
 from .probe import Probe
 from .sharpness import (
@@ -111,6 +112,7 @@ def first_order_flatness(
     rhos, many = check_radii(rho)
     check_int("steps", steps, 1)
     check_int("restarts", restarts, 1)
+    require_precision(probe, "first-order flatness")
     if perturb not in PERTURB:
         raise LandscapeError(f"perturb must be one of {PERTURB}; got {perturb!r}.")
     c = scaling(probe, False, perturb=perturb)

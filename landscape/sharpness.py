@@ -53,6 +53,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_int, check_radii
+from ._model_prep import require_precision
 from ._random import normal_like
 from ._results import to_jsonable
 from .errors import LandscapeError
@@ -215,6 +216,7 @@ def sharpness(
     rhos, many = check_radii(rho)
     _check_options(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                    restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, by=by)
+    require_precision(probe, "sharpness")
     settings = dict(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                     restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, seed=seed,
                     progress=progress)
