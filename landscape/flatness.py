@@ -101,7 +101,8 @@ def first_order_flatness(
         A `FlatnessResult`, or a list of them when `rho` is a list.
 
     Raises:
-        LandscapeError: bad rho, steps, restarts or perturb.
+        LandscapeError: bad rho, steps, restarts or perturb; a bf16 or fp16 probe (rounding
+            noise: build it with `dtype=torch.float32`).
 
     Example:
         >>> from landscape.data import quadratic_probe

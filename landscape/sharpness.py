@@ -205,7 +205,8 @@ def sharpness(
 
     Raises:
         LandscapeError: a bad rho, norm, kind, adaptive, eta, steps, restarts, n_samples, m,
-            perturb or by, or a combination that does not exist.
+            perturb or by, or a combination that does not exist; a bf16 or fp16 probe
+            (rounding noise: build it with `dtype=torch.float32`).
 
     Example:
         >>> from landscape.data import quadratic_probe
