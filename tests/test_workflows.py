@@ -234,3 +234,14 @@ def test_audit_of_a_bfloat16_model_reports_curvature_refused_and_surfaces_measur
     wide = audit(Probe(model, data, dtype=torch.float32), budget="quick",
                  measures=["hessian_eigenvalues"])
     assert wide.measures["hessian_eigenvalues"].error is None
+
+
+def test_audit_bad_options_raise_before_any_work(trained, data):
+    probe = Probe(trained[0], data)
+    meter = probe.meter()
+    with pytest.raises(LandscapeError, match=r"unknown measures \['vibes'\]"):
+        audit(probe, measures=["hessian_trace", "vibes"])
+    with pytest.raises(LandscapeError, match="budget must be one of"):
+        audit(probe, budget="huge")
+    cost = meter.cost()
+    assert cost.n_batch_forward == 0 and cost.n_hvp == 0
