@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,7 +94,9 @@ class Measure:
     sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
     (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
     the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
-    maximum and carry neither.
+    maximum and carry neither. `error` is None when the measure ran; when it raised, it is
+    `{"type": exception class name, "message": its message}`, `value` is NaN and `cost` what was
+    spent before the failure.
     """
 
     name: str
@@ -104,6 +107,7 @@ class Measure:
     cost: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
     error_bound: float | None = None
+    error: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -138,7 +142,7 @@ class AuditReport:
                  "| measure | value | uncertainty | what it means | cost |",
                  "|---|---|---|---|---|"]
         for m in self.measures.values():
-            lines.append(f"| `{m.name}` | {_fmt(m.value)} | {_uncertainty(m)} | "
+            lines.append(f"| `{m.name}` | {_value_cell(m)} | {_uncertainty(m)} | "
                          f"{m.description} | {_fmt_cost(m.cost)} |")
         lines.append("")
         for fig in figures:
@@ -219,9 +223,18 @@ def audit(
                                    DESCRIPTIONS["gradient_norm"], {}, base_cost)
 
     def run(name: str, compute: Callable[[], Measure]) -> None:
-        if name in chosen:
-            say(f"measuring {name} ...")
+        if name not in chosen:
+            return
+        say(f"measuring {name} ...")
+        started = probe.meter()
+        try:
             out[name] = compute()
+        except Exception as exc:  # noqa: BLE001 - one failed measure must not lose the report
+            failed = _failed(name, exc, started.cost().to_dict())
+            out[name] = failed
+            say(f"{name} failed: {error_line(failed.error)}")
+            warnings.warn(f"audit: {name} failed ({error_line(failed.error)}); the other "
+                          "measures are still reported.", RuntimeWarning, stacklevel=3)
 
     def eigenvalues() -> Measure:
         r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
@@ -355,6 +368,18 @@ def audit(
                        probe.n_samples, results)
 
 
+def _failed(name: str, exc: Exception, cost: dict[str, Any]) -> Measure:
+    """The entry of a measure that raised: NaN value, the error's type and message, its cost."""
+    error = {"type": type(exc).__name__, "message": str(exc)}
+    return Measure(name, float("nan"), None, DESCRIPTIONS[name], {}, cost, error=error)
+
+
+def error_line(error: dict[str, str]) -> str:
+    """`"Type: first line of the message"` of a failed measure's `error`."""
+    first = error["message"].strip().splitlines()
+    return f"{error['type']}: {first[0]}" if first else error["type"]
+
+
 def _measure(name: str, value: float, stderr: float | None, result: Any,
              settings: dict[str, Any], keep: bool = True) -> Measure:
     """A Measure from an estimator's result: its cost fields, and its whole dict if `keep`."""
@@ -401,7 +426,7 @@ def _audit_figures(report: AuditReport, out: Path) -> list[Path]:
 def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path],
                extra_tables: Sequence[str] = ()) -> str:
     rows = "".join(
-        f"<tr><td><code>{html.escape(m.name)}</code></td><td>{_fmt(m.value)}</td>"
+        f"<tr><td><code>{html.escape(m.name)}</code></td><td>{html.escape(_value_cell(m))}</td>"
         f"<td>{html.escape(_uncertainty(m))}</td><td>{html.escape(m.description)}</td>"
         f"<td>{html.escape(_fmt_cost(m.cost))}</td></tr>"
         for m in measures
@@ -422,6 +447,11 @@ def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path]
         f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>{table}"
         f"{''.join(extra_tables)}{imgs}</body></html>"
     )
+
+
+def _value_cell(m: Measure) -> str:
+    """The value as shown in a report table; for a failed measure, `failed (Type: message)`."""
+    return f"failed ({error_line(m.error)})" if m.error is not None else _fmt(m.value)
 
 
 def _uncertainty(m: Measure) -> str:

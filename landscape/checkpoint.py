@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._model_prep import plain_key
 from .errors import LandscapeError
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -18,8 +19,9 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 def read_state_dict(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dict[str, Tensor]:
     """A plain `{name: tensor}` state dict from a path (`.pt`, `.pth`, `.safetensors`) or a dict.
 
-    Unwraps `{"state_dict": ...}`, `{"model": ...}`, `{"model_state_dict": ...}` and strips a
-    `module.` prefix (DataParallel / DistributedDataParallel). Pickled files are read with
+    Unwraps `{"state_dict": ...}`, `{"model": ...}`, `{"model_state_dict": ...}`, drops the
+    `_orig_mod.` components that `torch.compile` adds to the keys and strips a `module.` prefix
+    (DataParallel / DistributedDataParallel). Pickled files are read with
     `weights_only=True`: no code from the file runs.
     """
     if isinstance(path_or_state, (str, os.PathLike)):
@@ -59,6 +61,7 @@ def read_state_dict(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dic
             f"the checkpoint's entries {bad} are not tensors and no known wrapper key "
             f"({', '.join(_WRAPPER_KEYS)}) holds the state dict; pass the state dict itself."
         )
+    state = {plain_key(k): v for k, v in state.items()}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
@@ -68,12 +71,17 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
                     ) -> nn.Module:
     """Load a checkpoint into `model` (in place, on the model's device and dtype) and return it.
 
+    Keys match whether the checkpoint or the model (or neither, or both) went through
+    `torch.compile` (whose wrapper adds `_orig_mod.` to the keys).
+
     Raises:
         LandscapeError: the file is missing or unreadable, or its keys do not match the model:
             the message lists missing keys, unexpected keys and shape conflicts.
     """
     state = read_state_dict(path_or_state)
     own = model.state_dict()
+    own_keys = {plain_key(k): k for k in own}
+    state = {own_keys.get(k, k): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

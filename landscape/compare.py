@@ -22,7 +22,7 @@ from torch import nn
 
 from ._results import to_jsonable
 from .audit import DEFAULT_MEASURES as AUDIT_DEFAULTS
-from .audit import AuditReport, _fmt, audit
+from .audit import AuditReport, _fmt, audit, error_line
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .probe import Probe
@@ -84,12 +84,14 @@ class Comparison:
         return list(self.audits)
 
     def table(self) -> dict[str, dict[str, dict[str, float | None]]]:
-        """`table[measure][name] = {"value": ..., "stderr": ...}` for every measure."""
+        """`table[measure][name] = {"value", "stderr", "error_bound", "error"}` for every measure
+        (`error`: None, or the failed measure's `{"type", "message"}`)."""
         rows: dict[str, dict[str, dict[str, float | None]]] = {}
         for name, report in self.audits.items():
             for key, m in report.measures.items():
                 rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr,
-                                                  "error_bound": m.error_bound}
+                                                  "error_bound": m.error_bound,
+                                                  "error": m.error}
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class Comparison:
                 entry = row.get(n)
                 if entry is None:
                     cells.append("-")
+                elif entry["error"] is not None:
+                    cells.append(f"failed ({error_line(entry['error'])})")
                 elif entry["stderr"] is not None:
                     cells.append(f"{_fmt(entry['value'])} ± {_fmt(entry['stderr'])}")
                 elif entry["error_bound"] is not None:
@@ -253,6 +257,8 @@ def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
         alignment = align_weights(probe_a.model, model_b)
     except LandscapeError as exc:
         return replace(pair, alignment_note=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed alignment must not lose the comparison
+        return replace(pair, alignment_note=f"{type(exc).__name__}: {exc}")
     line = interpolate(probe_a, alignment.state_dict, alphas, buffers=buffers)
     return replace(pair, aligned_barrier=float(line.barrier),
                    aligned_error_barrier=None if line.error_barrier is None

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_radii
+from ._model_prep import require_precision
 from .errors import LandscapeError
 from .probe import Probe
 from .sharpness import (
@@ -100,7 +101,8 @@ def first_order_flatness(
         A `FlatnessResult`, or a list of them when `rho` is a list.
 
     Raises:
-        LandscapeError: bad rho, steps, restarts or perturb.
+        LandscapeError: bad rho, steps, restarts or perturb; a bf16 or fp16 probe (rounding
+            noise: build it with `dtype=torch.float32`).
 
     Example:
         >>> from landscape.data import quadratic_probe
@@ -111,6 +113,7 @@ def first_order_flatness(
     rhos, many = check_radii(rho)
     check_int("steps", steps, 1)
     check_int("restarts", restarts, 1)
+    require_precision(probe, "first-order flatness")
     if perturb not in PERTURB:
         raise LandscapeError(f"perturb must be one of {PERTURB}; got {perturb!r}.")
     c = scaling(probe, False, perturb=perturb)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from . import batchnorm
+from ._model_prep import prepare_model
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
@@ -165,9 +166,21 @@ class Probe:
             returns the single-process value on all the data. False: ignore the process group.
             True: require it. A `ProcessGroup`: use that group instead of the default one.
             Every rank must then call the same methods in the same order.
+        dtype: None (default): measure in the model's own dtype. torch.float32 (or float64):
+            measure a copy of the model converted to it when its dtype differs, never changing
+            the model; costs 4 (8) bytes per parameter and buffer beside the model, and the
+            measurement's vectors are in that dtype. Curvature, sharpness and flatness refuse
+            bf16 and fp16 probes (rounding noise): pass dtype=torch.float32 for those models.
+            Losses, lines and surfaces may stay in low precision.
+
+    A model compiled with `torch.compile(model)` is measured through its original module
+    (`model._orig_mod`, which shares the parameters and buffers, so the values are the same and
+    `probe.model` is that module): a compiled graph cannot be differentiated twice. A model
+    compiled in place (`model.compile()`) or holding compiled submodules is refused.
 
     Raises:
-        LandscapeError: no trainable parameters, an unknown parameter name, a bad option.
+        LandscapeError: no trainable parameters, an unknown parameter name, a bad option, a
+            model compiled in place or with compiled submodules.
             Data problems (empty, not deterministic, non-finite loss, a batch that cannot be
             unpacked) are raised on first use.
 
@@ -197,9 +210,11 @@ class Probe:
         graph_bytes: int | None = None,
         n_samples_fn: Callable[[Any], int] | None = None,
         distributed: bool | str | Any = "auto",
+        dtype: torch.dtype | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        model = prepare_model(model, dtype)  # torch.compile unwrapped; a copy in `dtype` if asked
         if hvp_method not in HVP_METHODS:
             raise LandscapeError(f"hvp_method must be one of {HVP_METHODS}; got {hvp_method!r}.")
         if batch_size < 1:

@@ -53,6 +53,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_int, check_radii
+from ._model_prep import require_precision
 from ._random import normal_like
 from ._results import to_jsonable
 from .errors import LandscapeError
@@ -204,7 +205,8 @@ def sharpness(
 
     Raises:
         LandscapeError: a bad rho, norm, kind, adaptive, eta, steps, restarts, n_samples, m,
-            perturb or by, or a combination that does not exist.
+            perturb or by, or a combination that does not exist; a bf16 or fp16 probe
+            (rounding noise: build it with `dtype=torch.float32`).
 
     Example:
         >>> from landscape.data import quadratic_probe
@@ -215,6 +217,7 @@ def sharpness(
     rhos, many = check_radii(rho)
     _check_options(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                    restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, by=by)
+    require_precision(probe, "sharpness")
     settings = dict(norm=norm, kind=kind, adaptive=adaptive, eta=eta, steps=steps,
                     restarts=restarts, n_samples=n_samples, m=m, perturb=perturb, seed=seed,
                     progress=progress)

@@ -167,3 +167,81 @@ def test_compare_with_batchnorm_statistics_recomputed(snapshot):
         snap.assert_unchanged()
     with pytest.raises(LandscapeError, match="buffers must be one of"):
         compare({"a": Probe(a, (x, y))}, buffers="average")
+
+
+def _broken_trace(*args, **kwargs):
+    raise RuntimeError("trace exploded")
+
+
+def test_audit_survives_a_failing_measure_and_writes_it(trained, data, tmp_path, monkeypatch,
+                                                        snapshot):
+    import landscape.curvature
+
+    monkeypatch.setattr(landscape.curvature, "hessian_trace", _broken_trace)
+    snap = snapshot(trained[0])
+    with pytest.warns(RuntimeWarning, match="hessian_trace failed .RuntimeError: trace exploded"):
+        report = audit(Probe(trained[0], data), budget="quick",
+                       measures=["hessian_eigenvalues", "hessian_trace", "loss_line"])
+    snap.assert_unchanged()
+    failed = report.measures["hessian_trace"]
+    assert failed.error == {"type": "RuntimeError", "message": "trace exploded"}
+    assert math.isnan(failed.value)
+    for name in ("loss", "hessian_eigenvalues", "loss_line"):
+        assert report.measures[name].error is None and math.isfinite(report.measures[name].value)
+    report.write(tmp_path)
+    written = json.loads((tmp_path / "report.json").read_text())["measures"]
+    assert written["hessian_trace"]["error"] == failed.error
+    assert written["hessian_eigenvalues"]["error"] is None
+    assert written["loss_line"]["value"] == report.measures["loss_line"].value
+    for page in ("report.md", "report.html"):
+        assert "failed (RuntimeError: trace exploded)" in (tmp_path / page).read_text()
+    assert (tmp_path / "loss_line.png").is_file()
+
+
+def test_compare_survives_a_failing_measure(trained, data, tmp_path, monkeypatch):
+    import landscape.curvature
+
+    monkeypatch.setattr(landscape.curvature, "hessian_trace", _broken_trace)
+    with pytest.warns(RuntimeWarning, match="hessian_trace failed"):
+        result = compare({"a": Probe(trained[0], data), "b": Probe(trained[1], data)},
+                         measures=["hessian_trace", "loss_line"], align=False)
+    table = result.table()
+    for name in ("a", "b"):
+        assert table["hessian_trace"][name]["error"]["type"] == "RuntimeError"
+        assert math.isfinite(table["loss_line"][name]["value"])
+    assert len(result.pairs) == 1 and math.isfinite(result.pairs[0].barrier)
+    result.write(tmp_path)
+    assert "failed (RuntimeError: trace exploded)" in (tmp_path / "comparison.md").read_text()
+    written = json.loads((tmp_path / "comparison.json").read_text())
+    assert written["audits"]["b"]["measures"]["hessian_trace"]["error"]["message"] == \
+        "trace exploded"
+
+
+def test_audit_of_a_bfloat16_model_reports_curvature_refused_and_surfaces_measured(trained, data):
+    import copy
+
+    model = copy.deepcopy(trained[0]).bfloat16()
+    with pytest.warns(RuntimeWarning) as warned:
+        report = audit(Probe(model, data), budget="quick",
+                       measures=["hessian_eigenvalues", "sharpness_worst_l2", "loss_line"])
+    assert [str(w.message).split(" (")[0] for w in warned] == [
+        "audit: hessian_eigenvalues failed", "audit: sharpness_worst_l2 failed"]
+    for name in ("hessian_eigenvalues", "sharpness_worst_l2"):
+        assert report.measures[name].error["type"] == "LandscapeError"
+        assert "dtype=torch.float32" in report.measures[name].error["message"]
+    assert report.measures["loss_line"].error is None
+    assert math.isfinite(report.measures["loss_line"].value)
+    wide = audit(Probe(model, data, dtype=torch.float32), budget="quick",
+                 measures=["hessian_eigenvalues"])
+    assert wide.measures["hessian_eigenvalues"].error is None
+
+
+def test_audit_bad_options_raise_before_any_work(trained, data):
+    probe = Probe(trained[0], data)
+    meter = probe.meter()
+    with pytest.raises(LandscapeError, match=r"unknown measures \['vibes'\]"):
+        audit(probe, measures=["hessian_trace", "vibes"])
+    with pytest.raises(LandscapeError, match="budget must be one of"):
+        audit(probe, budget="huge")
+    cost = meter.cost()
+    assert cost.n_batch_forward == 0 and cost.n_hvp == 0

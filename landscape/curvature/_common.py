@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from .._checks import check_option
+from .._model_prep import require_precision
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from .results import LayerResults
@@ -21,6 +22,7 @@ MatVec = Callable[[Tensor], Tensor]
 def operator(probe: Probe, curvature: str) -> MatVec:
     """The matrix-vector product of the chosen curvature matrix at w (flat vectors)."""
     check_option("curvature", curvature, CURVATURES)
+    require_precision(probe, "the Hessian")
     if curvature == "ggn":
         if probe.batch_loss is not None:
             raise LandscapeError(
