@@ -62,38 +62,10 @@ def chunk_size(probe: Probe, n_points: int, budget_bytes: int | None = None) -> 
             budget_bytes = free // 4
         else:
             budget_bytes = 256 * 2**20
-    per_point = 3 * probe.num_params * probe.dtype.itemsize + 2 * _activation_bytes(probe)
+    activations = probe._activation_bytes(evaluation=True)
+    per_point = 3 * probe.num_params * probe.dtype.itemsize + 2 * activations
     cap = MAX_CHUNK_CUDA if device.type == "cuda" else MAX_CHUNK_CPU
     return int(max(1, min(cap, n_points, budget_bytes // max(per_point, 1))))
-
-
-def _activation_bytes(probe: Probe) -> int:
-    """Sum of the leaf modules' output bytes for the largest batch of the probe's cache."""
-    data = probe._data
-    if data.cache is None or not data.cache:
-        return 2**62  # data streamed from the loader: do not batch
-    batch = max(data.cache, key=probe._batch_n_samples)
-    total = 0
-
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        nonlocal total
-        if isinstance(out, Tensor):
-            total += out.numel() * out.element_size()
-
-    leaves = [m for m in probe.model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    modes = [(m, m.training) for m in probe.model.modules()]
-    try:
-        probe.model.eval()
-        with torch.no_grad():
-            probe._compute_batch(batch)
-        probe._counts["n_batch_forward"] -= 1  # a measurement, not an evaluation
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes:
-            m.training = mode
-    return total
 
 
 def evaluate_chunk(probe: Probe, directions: Sequence[Tensor], coords: Sequence[Sequence[float]],
@@ -132,7 +104,7 @@ def evaluate_chunk(probe: Probe, directions: Sequence[Tensor], coords: Sequence[
         loss_sum: Tensor | None = None
         correct_sum: Tensor | None = None
         n, has_acc = 0, True
-        for batch in probe._data.batches():
+        for batch in probe._eval_batches():
             loss, correct = batched(theta, bufs, batch)
             n_b = probe._batch_n_samples(batch)
             probe._counts["n_batch_forward"] += k - 1  # _compute_batch counted the call once

@@ -51,6 +51,22 @@ def twice_differentiable() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def cudnn_off_needed(model: torch.nn.Module, device: torch.device) -> bool:
+    """True when `model` has a recurrent layer (LSTM, GRU, RNN) on CUDA: cuDNN's RNN backward
+    runs only in training mode and has no double backward, so measurements (in eval mode, with
+    Hessian-vector products) must use the native kernels."""
+    return device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
+                                         for m in model.modules())
+
+
+def recurrent_safe(model: torch.nn.Module, device: torch.device
+                   ) -> contextlib.AbstractContextManager:
+    """cuDNN switched off inside the block when `cudnn_off_needed`, else nothing."""
+    if cudnn_off_needed(model, device):
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
 class _SavedBytes:
     """Adds up the bytes of the tensors autograd saves for backward inside `counting()`."""
 

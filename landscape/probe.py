@@ -34,13 +34,14 @@ from . import batchnorm
 from ._model_prep import prepare_model
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
-from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
+from .hvp import HVP_METHODS, HvpEngine, recurrent_safe, twice_differentiable
 from .probe_data import (
     ProbeData,
     call_model,
     default_budget,
     first_tensor,
     gather_samples,
+    merge_batches,
     nbytes,
     to_device,
     unpack,
@@ -49,6 +50,11 @@ from .probe_data import (
 LossFn = Callable[[Any, Any], Tensor]
 BatchLossFn = Callable[[nn.Module, Any], Tensor]
 ParamSelection = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+# activations of one no-grad evaluation chunk (merged batches): larger chunks gain nothing on a
+# CPU; on a GPU the caching allocator keeps them
+_EVAL_CHUNK_BYTES = 256 * 2**20
+_EVAL_CHUNK_BYTES_CUDA = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,9 @@ class Probe:
         model: the network. Its device and dtype are used; it is never moved, changed or left
             in another mode.
         data: a `DataLoader`, any re-iterable of batches (a list works), or an
-            `(inputs, targets)` pair of tensors (split into batches of `batch_size`). A batch is
+            `(inputs, targets)` pair of tensors (split into batches of `batch_size`; with
+            `batch_loss`, only a tuple is taken as a pair, so a list of two token tensors is
+            two batches). A batch is
             `(inputs, targets)` or, with `batch_loss`, anything (a dict, say). Floating-point
             tensors are cast to the model's dtype.
         loss_fn: `loss_fn(outputs, targets) -> scalar`, the *mean* over the batch. Defaults to
@@ -166,6 +174,13 @@ class Probe:
             returns the single-process value on all the data. False: ignore the process group.
             True: require it. A `ProcessGroup`: use that group instead of the default one.
             Every rank must then call the same methods in the same order.
+        rebatch: for evaluations without gradients (losses, surfaces, interpolations), merge the
+            cached batches into chunks as large as `eval_bytes_per_chunk` of activations allows
+            (at most `cache_bytes` of extra data), so small loader batches cost no more than
+            one large one. Only with `loss_fn` (a per-sample mean, so the result is the same to
+            float rounding) and without `n_samples_fn`; a `batch_loss` always gets the user's
+            batches, since its value may depend on the batch. Gradients and Hessian-vector
+            products always use the user's batches (their memory grows with the batch).
         dtype: None (default): measure in the model's own dtype. torch.float32 (or float64):
             measure a copy of the model converted to it when its dtype differs, never changing
             the model; costs 4 (8) bytes per parameter and buffer beside the model, and the
@@ -211,6 +226,7 @@ class Probe:
         n_samples_fn: Callable[[Any], int] | None = None,
         distributed: bool | str | Any = "auto",
         dtype: torch.dtype | None = None,
+        rebatch: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -224,6 +240,9 @@ class Probe:
         self.batch_loss = batch_loss
         self.n_samples_fn = n_samples_fn
         self.check_data = check_data
+        if not isinstance(rebatch, bool):
+            raise LandscapeError(f"rebatch must be True or False; got {rebatch!r}.")
+        self.rebatch = rebatch
         self.hvp_method = hvp_method
         self._selection = params
 
@@ -262,7 +281,8 @@ class Probe:
         budget = cache_bytes if cache_bytes is not None else default_budget(self.device)
         self.graph_bytes = graph_bytes if graph_bytes is not None else budget
         self._comm = resolve_comm(distributed, self.device)
-        self._data = ProbeData(data, batch_size, self.device, self.dtype, budget, self._comm)
+        self._data = ProbeData(data, batch_size, self.device, self.dtype, budget, self._comm,
+                               pairs=batch_loss is None)
         self._counts = {"n_forward": 0, "n_gradient": 0, "n_hvp": 0, "n_batch_forward": 0}
         self._hvp = HvpEngine(self)
         self._n_samples: int | None = None
@@ -345,7 +365,7 @@ class Probe:
 
     def evaluate(self, delta: Tensor | None = None) -> Evaluation:
         """Loss and (for classification) accuracy at w + delta, in one pass over the data."""
-        with self._session(delta), torch.no_grad():
+        with self._session(delta), torch.inference_mode():
             return self._evaluate_here()
 
     def evaluate_points(
@@ -373,7 +393,7 @@ class Probe:
         moving = self._buffer_path(buffer_ends)
         inputs = None if batchnorm_inputs is None else [
             to_device(x, self.device, self.dtype) for x in batchnorm_inputs]
-        with self._session(None), torch.no_grad(), \
+        with self._session(None), torch.inference_mode(), \
                 batchnorm.statistics_restored(self.model) as bn_layers:
             backup = [p.detach().clone() for p in self.params]
             buffer_backup = [b.detach().clone() for b, _, _ in moving]
@@ -384,6 +404,7 @@ class Probe:
                 start.add_(base)
             point = torch.empty_like(start)
             views = self._split(point)
+            plan = None
             try:
                 for c in coords:
                     if len(c) != len(dirs):
@@ -401,7 +422,12 @@ class Probe:
                         torch.lerp(lo, hi, float(c[0]), out=buf)
                     if recompute_batchnorm and bn_layers:
                         self._reestimate_batchnorm(bn_layers, inputs)
+                    if plan:
+                        yield self._evaluate_plan(plan)
+                        continue
+                    # the first point with every check; later points may take the short path
                     yield self._evaluate_here()
+                    plan = self._eval_plan()
             finally:
                 _copy_all(self.params, backup)
                 for (buf, _, _), b in zip(moving, buffer_backup):
@@ -654,7 +680,7 @@ class Probe:
             loss_fn=self.loss_fn, batch_loss=self.batch_loss, params=self.param_names,
             check_data=self.check_data, cache_bytes=self._data.cache_bytes,
             hvp_method=self.hvp_method, graph_bytes=self.graph_bytes,
-            n_samples_fn=self.n_samples_fn,
+            n_samples_fn=self.n_samples_fn, rebatch=self.rebatch,
         )
         data = overrides.pop("data", None)
         kwargs.update(overrides)
@@ -700,7 +726,7 @@ class Probe:
         correct_sum: Tensor | int | None = None
         n, has_acc, error = 0, True, None
         try:
-            for batch in self._data.batches():
+            for batch in self._eval_batches():
                 loss, n_b, correct = self._compute_batch(batch)
                 if on_cpu:
                     term: Tensor | float = loss.item() * n_b
@@ -732,6 +758,87 @@ class Probe:
         accuracy = n_correct / n if n_no_acc == 0 else None
         return Evaluation(total / n, accuracy, n)
 
+    def _eval_plan(self) -> list[tuple[Any, Any, int, bool]] | None:
+        """(inputs, targets, n samples, targets are class labels) per evaluation batch, for
+        `_evaluate_plan`; None where the short path does not apply (a batch loss, a device
+        without host sums, a distributed probe, a custom sample count)."""
+        if (self.batch_loss is not None or not self._host_sums or self._comm.active
+                or self.n_samples_fn is not None):
+            return None
+        plan = []
+        for batch in self._eval_batches():
+            inputs, targets = unpack(batch)
+            labels = (isinstance(targets, Tensor) and targets.ndim == 1
+                      and not targets.is_floating_point())
+            plan.append((inputs, targets, self._batch_n_samples(batch), labels))
+        return plan
+
+    def _evaluate_plan(self, plan: list[tuple[Any, Any, int, bool]]) -> Evaluation:
+        """`_evaluate_here` on a CPU, in one process, with `loss_fn`: the same sums with the
+        batch checks done once (by the first point), so a small model's points cost little more
+        than their forward passes."""
+        model, loss_fn = self.model, self.loss_fn
+        loss_sum, correct, n, has_acc = 0.0, 0, 0, True
+        for inputs, targets, n_b, labels in plan:
+            outputs = call_model(model, inputs)
+            loss_sum += loss_fn(outputs, targets).item() * n_b
+            if labels and isinstance(outputs, Tensor) and outputs.ndim == 2:
+                correct += int((outputs.max(1).indices == targets).sum())
+            else:
+                has_acc = False
+            n += n_b
+        self._counts["n_batch_forward"] += len(plan)
+        self._counts["n_forward"] += 1
+        return Evaluation(loss_sum / n, correct / n if has_acc else None, n)
+
+    def _eval_batches(self) -> Iterable[Any]:
+        """The batches of a no-grad evaluation: the cache merged into large chunks (built once)
+        when `rebatch` allows it, else the user's batches."""
+        data = self._data
+        if (not self.rebatch or self.batch_loss is not None or self.n_samples_fn is not None
+                or data.cache is None or len(data.cache) < 2
+                or 2 * data.local_bytes > data.cache_bytes):
+            return data.batches()
+        if data.chunks is None:
+            largest = max(self._batch_n_samples(b) for b in data.cache)
+            per_sample = self._activation_bytes() / max(largest, 1)
+            budget = _EVAL_CHUNK_BYTES_CUDA if self.device.type == "cuda" else _EVAL_CHUNK_BYTES
+            max_samples = max(largest, int(budget // max(per_sample, 1.0)))
+            data.chunks = merge_batches(data.cache, max_samples, self._batch_n_samples) \
+                or data.cache
+        return data.chunks
+
+    def _activation_bytes(self, evaluation: bool = False) -> int:
+        """Sum of the leaf modules' output bytes for the largest cached batch (with
+        `evaluation`, the largest batch of a no-grad evaluation, merged or not), in eval mode
+        without gradients (what one inference of that batch keeps alive, at most)."""
+        data = self._data
+        if data.cache is None or not data.cache:
+            return 2**62  # data streamed from the loader
+        batches = list(self._eval_batches()) if evaluation else data.cache
+        batch = max(batches, key=self._batch_n_samples)
+        total = 0
+
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            nonlocal total
+            if isinstance(out, Tensor):
+                total += out.numel() * out.element_size()
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self._compute_batch(batch)
+            self._counts["n_batch_forward"] -= 1  # a measurement, not an evaluation
+        finally:
+            for h in handles:
+                h.remove()
+            for m, mode in modes:
+                m.training = mode
+        return total
+
     # ------------------------------------------------------------------ internals: safety
 
     @contextlib.contextmanager
@@ -749,7 +856,8 @@ class Probe:
                     backup = [p.detach().clone() for p in self.params]
                     for p, d in zip(self.params, self._split(delta)):
                         p.add_(d)
-            yield
+            with recurrent_safe(self.model, self.device):
+                yield
         finally:
             if backup is not None:
                 with torch.no_grad():

@@ -8,7 +8,7 @@ batches to the device, unpack them and count their samples; nothing here compute
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -24,8 +24,8 @@ class ProbeData:
     """The probe's data: the user's source, a device cache, and the first-use checks."""
 
     def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype,
-                 cache_bytes: int, comm: Comm):
-        self.given: Iterable[Any] | None = as_reiterable(data, batch_size)  # None: a share
+                 cache_bytes: int, comm: Comm, pairs: bool = True):
+        self.given: Iterable[Any] | None = as_reiterable(data, batch_size, pairs)  # None: a share
         self.source = shard_source(self.given, comm)
         self.device = device
         self.dtype = dtype
@@ -34,6 +34,7 @@ class ProbeData:
         self.checked = False
         self.n_local = 0  # samples in this rank's share (all samples when not distributed)
         self.n_batches = 0  # batches in this rank's share
+        self.chunks: list[Any] | None = None  # the cache merged for no-grad evaluation
         self.local_bytes = 0  # bytes of this rank's batches on the device
 
     def raw(self) -> Iterator[Any]:
@@ -64,8 +65,11 @@ class TensorPairBatches:
             yield self.inputs[s : s + self.batch_size], self.targets[s : s + self.batch_size]
 
 
-def as_reiterable(data: Any, batch_size: int) -> Iterable[Any]:
-    if (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor)
+def as_reiterable(data: Any, batch_size: int, pairs: bool = True) -> Iterable[Any]:
+    """The data as a re-iterable of batches. An `(inputs, targets)` pair of equal-length tensors
+    is split into batches; with `pairs=False` (a batch loss) only a tuple is taken as a pair."""
+    pair_types = (tuple, list) if pairs else tuple
+    if (isinstance(data, pair_types) and len(data) == 2 and isinstance(data[0], Tensor)
             and isinstance(data[1], Tensor) and data[0].ndim > 0 and data[1].ndim > 0
             and len(data[0]) == len(data[1])):
         return TensorPairBatches(data[0], data[1], batch_size)
@@ -167,3 +171,59 @@ def gather_samples(batches: list[tuple[Any, int]], starts: list[int],
         if len(local):
             out.append(slice_samples(batch, local, n_b))
     return out
+
+
+class _Unmergeable(Exception):
+    """Batches whose structures cannot be concatenated along the sample dimension."""
+
+
+def merge_batches(batches: list[Any], max_samples: int,
+                  count: Callable[[Any], int]) -> list[Any] | None:
+    """Consecutive batches concatenated along the sample dimension into chunks of at most
+    `max_samples` samples (a larger batch stays alone), in order; None when their structures
+    cannot be concatenated (different keys, trailing shapes or dtypes, 0-d tensors, differing
+    non-tensor entries), in which case the caller keeps the batches as they are."""
+    chunks: list[Any] = []
+    group: list[Any] = []
+    n = 0
+    try:
+        for batch in batches:
+            n_b = count(batch)
+            if group and n + n_b > max_samples:
+                chunks.append(_concat(group))
+                group, n = [], 0
+            group.append(batch)
+            n += n_b
+        if group:
+            chunks.append(_concat(group))
+    except _Unmergeable:
+        return None
+    return chunks
+
+
+def _concat(items: list[Any]) -> Any:
+    first = items[0]
+    if len(items) == 1:
+        return first
+    if isinstance(first, Tensor):
+        same = all(isinstance(t, Tensor) and t.ndim > 0 and t.shape[1:] == first.shape[1:]
+                   and t.dtype == first.dtype for t in items)
+        if first.ndim == 0 or not same:
+            raise _Unmergeable
+        return torch.cat(items)
+    if isinstance(first, dict):
+        if not all(isinstance(d, dict) and d.keys() == first.keys() for d in items):
+            raise _Unmergeable
+        return {k: _concat([d[k] for d in items]) for k in first}
+    if isinstance(first, (list, tuple)):
+        if not all(type(b) is type(first) and len(b) == len(first) for b in items):
+            raise _Unmergeable
+        parts = [_concat(list(column)) for column in zip(*items)]
+        return tuple(parts) if isinstance(first, tuple) else parts
+    try:
+        equal = all(item is first or bool(item == first) for item in items)
+    except Exception:  # noqa: BLE001 - a comparison that does not give a truth value
+        equal = False
+    if not equal:
+        raise _Unmergeable
+    return first

@@ -43,7 +43,8 @@ def _cnn():
 def _measure(model, data, **kw) -> dict:
     """Every Probe measurement, as plain tensors and floats."""
     def make(**extra):
-        return Probe(model, data, batch_size=16, **kw, **extra)
+        # rebatch=False: the forward counts below check the sharding of the user's batches
+        return Probe(model, data, batch_size=16, rebatch=False, **kw, **extra)
 
     probe = make()
     v = torch.randn(probe.num_params, generator=torch.Generator().manual_seed(0),

@@ -158,3 +158,13 @@ def test_auto_first_product_costs_one_pass_over_the_batches():
         meter = probe.meter()
         probe.hvp(torch.ones(probe.num_params, dtype=torch.float64))
         assert meter.cost().n_batch_forward == 3
+
+
+def test_cudnn_is_switched_off_for_recurrent_models_on_cuda_only():
+    """cuDNN's RNN backward refuses eval mode and double backward: off for LSTMs on CUDA."""
+    from landscape.hvp import cudnn_off_needed
+
+    lstm = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.LSTM(4, 3))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert cudnn_off_needed(lstm, cuda) and not cudnn_off_needed(lstm, cpu)
+    assert not cudnn_off_needed(torch.nn.Linear(3, 2), cuda)
