@@ -134,7 +134,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=tuple(DEMO_BUDGETS), default="full",
                    help="full: the four optimizers trained to convergence and compared with "
                         "the quick audit budget (default); smoke: a few epochs and a few "
-                        "measures, seconds long, to check an installation")
+                        "measures, to check an installation")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")

@@ -31,7 +31,7 @@ RECIPES: dict[str, tuple[int, str, float, int]] = {
 
 # What each demo budget runs: the fraction of RECIPES' epochs, the compare budget, the measures
 # (None: compare's defaults) and the points on each interpolation path. "smoke" only checks that
-# an installation works end to end (seconds); its minima are not converged.
+# an installation works end to end (about 30 s of CPU); its minima are not converged.
 DEMO_BUDGETS: dict[str, dict] = {
     "full": dict(epoch_fraction=1.0, budget="quick", measures=None, interpolation_points=21),
     "smoke": dict(epoch_fraction=0.07, budget="quick",

@@ -36,8 +36,11 @@ PY
 echo "== fresh venv outside the repository: $work/venv"
 "$PYTHON" -m venv "$work/venv"
 venv_py="$work/venv/bin/python"
-"$venv_py" -m pip install --quiet "$TORCH_PIN"
-"$venv_py" -m pip install --quiet "$wheel"
+quiet_pip() {  # this machine's pip configuration warns about absent local indexes: not news
+    "$venv_py" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
+quiet_pip "$TORCH_PIN"
+quiet_pip "$wheel"
 
 cd "$work"  # away from the repository, so `import landscape` can only find the installed wheel
 echo "== landscape --help"
