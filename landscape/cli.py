@@ -53,7 +53,7 @@ def _measure_list(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise argparse.ArgumentTypeError(
-            f"--measures names no measure (got {text!r}); leave it out to measure the defaults"
+            f"names no measure (got {text!r}); leave it out to measure the defaults"
         )
     return names
 

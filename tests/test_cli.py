@@ -135,9 +135,9 @@ def test_compare_and_track(workdir):
     (("audit", "--model", "net.py:make", "--checkpoint", "corrupt.pt", "--out", "o"),
      "checkpoint 'corrupt.pt' is not a readable PyTorch file ("),
     (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "o",
-      "--measures", ""), "--measures names no measure"),
+      "--measures", ""), "argument --measures: names no measure"),
     (("compare", "run0_epoch_2.pt", "--model", "net.py:make", "--out", "o", "--measures", " , "),
-     "--measures names no measure"),
+     "argument --measures: names no measure"),
     (("track", "run0_epoch_2.pt", "--model", "net.py:make", "--out", "o", "--lr", "-1"),
      "argument --lr: must be positive; got -1"),
 ])
