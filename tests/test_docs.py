@@ -70,3 +70,14 @@ def test_documentation_site_builds_without_warnings(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (tmp_path / "site" / "api" / "probe" / "index.html").is_file()
+
+
+def test_readme_is_a_landing_page_whose_links_resolve():
+    """At most 250 lines (the details live in docs/), and every relative link points at a file."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local, "the README links to the docs"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
