@@ -5,9 +5,10 @@ Around a critical point the loss is L(w + delta) ~ L(w) + delta^T H delta / 2, w
     worst case (l2 ball of radius rho):   S_max ~ rho^2 lambda_max / 2
     average case (delta ~ N(0, rho^2 I)): S_avg ~ rho^2 tr(H) / 2
 
-(DESIGN.md, ground truths 2 and 5; rho is the per-coordinate standard deviation in the average
-case). For each radius we report both predictions beside the measured `sharpness` values and the
-ratio measured / predicted. Near w the ratios are 1 on any smooth loss at a minimum; the radius
+(docs/measures.md, "Ground truths the tests use"; rho is the per-coordinate standard
+deviation in the average case). For each radius we report both predictions beside the measured
+`sharpness` values and the ratio measured / predicted. Near w the ratios are 1 on any smooth
+loss at a minimum; the radius
 where a ratio leaves the band [0.8, 1.25] (a factor 1.25 either way, symmetric in log) is where
 the landscape stops being quadratic at that scale: beyond it, Hessian-based measures (lambda_max,
 tr(H)) no longer describe what a perturbation of that size does.

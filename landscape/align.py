@@ -142,7 +142,7 @@ class AlignResult:
 
 @dataclass(frozen=True)
 class BarrierCurve:
-    """The linear path f(a) = L((1 - a) w_A + a w_B) and its barriers (DESIGN.md).
+    """The linear path f(a) = L((1 - a) w_A + a w_B) and its barriers (docs/measures.md).
 
     Attributes:
         alphas: the interpolation coefficients a (ascending, always containing 0 and 1).

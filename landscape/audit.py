@@ -24,7 +24,7 @@ from .probe import Probe
 
 BUDGETS = ("quick", "standard", "thorough")
 
-# Effort per budget. "quick" is about a minute for a small model on a laptop CPU.
+# Effort per budget. "quick" audits the digits CNN in 22 s of CPU time (docs/benchmarks/timings.md).
 _EFFORT: dict[str, dict[str, Any]] = {
     "quick": dict(eig_tol=1e-3, eig_max_iter=60, trace_hvp=30, density_vectors=1,
                   density_steps=30, ascent_steps=10, average_draws=10, line_points=21,
@@ -178,7 +178,7 @@ def audit(
 
     Args:
         probe: the model, data and loss to audit.
-        budget: "quick" (about a minute for a small model on a CPU), "standard" or "thorough":
+        budget: "quick" (22 s of CPU time for the digits CNN), "standard" or "thorough":
             scales iterations, Hessian-vector products, Monte Carlo draws and grid sizes.
         seed: seed of every stochastic estimator (each gets this seed).
         measures: subset of `landscape.audit.MEASURES` (default: `DEFAULT_MEASURES`, all but

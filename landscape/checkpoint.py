@@ -26,6 +26,11 @@ def read_state_dict(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dic
     """
     if isinstance(path_or_state, (str, os.PathLike)):
         path = Path(path_or_state)
+        if path.is_dir():
+            raise LandscapeError(
+                f"checkpoint {str(path)!r} is a folder; give a checkpoint file (.pt, .pth or "
+                ".safetensors) inside it."
+            )
         if not path.is_file():
             raise LandscapeError(f"checkpoint file {str(path)!r} does not exist.")
         if path.suffix == ".safetensors":
@@ -36,11 +41,7 @@ def read_state_dict(path_or_state: str | os.PathLike | Mapping[str, Any]) -> dic
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - re-raised with the fix named
-                raise LandscapeError(
-                    f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
-                    f"{str(exc).splitlines()[0]}. Save a state_dict (torch.save(model."
-                    "state_dict(), path)) rather than a pickled model object."
-                ) from None
+                raise LandscapeError(_unreadable(path, exc)) from None
     else:
         state = path_or_state
     if isinstance(state, nn.Module):
@@ -100,6 +101,20 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
         )
     model.load_state_dict(state)
     return model
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, and the fix: a pickled object needs a state dict; anything else
+    means the file is not an intact PyTorch checkpoint."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        return (f"checkpoint {str(path)!r} holds pickled Python objects (a whole model?) that "
+                "torch.load(weights_only=True) refuses to run; save a state dict instead: "
+                "torch.save(model.state_dict(), path).")
+    detail = text.split("WeightsUnpickler error:", 1)[-1].strip() or type(exc).__name__
+    reason = detail.splitlines()[0].split(". ")[0].rstrip(". ")
+    return (f"checkpoint {str(path)!r} is not a readable PyTorch file ({reason}): it may be "
+            "truncated or corrupt, or not a checkpoint at all.")
 
 
 def _is_flat_tensor_dict(state: Mapping[str, Any]) -> bool:

@@ -35,10 +35,13 @@ class _Parser(argparse.ArgumentParser):
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="PATH.py:FUNCTION or package.module:FUNCTION that builds the model, or "
-                        "a built-in model: digits_mlp, digits_cnn, digits_resnet")
+                        "a built-in model: digits_mlp, digits_cnn, digits_resnet, "
+                        "digits_resnet_noskip")
     p.add_argument("--data", default="digits",
-                   help="'digits' (built-in, train split; 'digits:test' for the test split) or "
-                        "PATH.py:FUNCTION returning a DataLoader or (inputs, targets) "
+                   help="'digits' (built-in train split; also 'digits:train', 'digits:test', "
+                        "'digits:all'), a .pt/.pth file holding an (inputs, targets) pair of "
+                        "tensors, or PATH.py:FUNCTION or package.module:FUNCTION returning a "
+                        "DataLoader, a list of batches or an (inputs, targets) pair "
                         "(default: digits)")
     p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of every estimator (default: 0)")
@@ -47,19 +50,41 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
 
 
 def _measure_list(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"names no measure (got {text!r}); leave it out to measure the defaults"
+        )
+    return names
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
+    return value
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
     from .audit import BUDGETS, MEASURES
 
     _add_model_data(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (.pt, .pth, .safetensors)")
-    p.add_argument("--out", required=True, help="output folder for report.* and figures")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file: a state dict in .pt/.pth (read with "
+                        "weights_only=True; {'state_dict': ...}, {'model': ...} and DDP's "
+                        "'module.' prefix are unwrapped) or .safetensors")
+    p.add_argument("--out", required=True,
+                   help="output folder for report.json/.md/.html and figures (created; an "
+                        "existing folder is written into)")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="effort: quick, standard or thorough (default: standard)")
+                   help="effort: quick, standard or thorough (default: standard; `compare` "
+                        "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all)")
+                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
+                        "pac_bayes_flatness, local_entropy and quadratic_agreement)")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -67,13 +92,18 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     from .surface import INTERPOLATION_BUFFERS
 
     _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint files (.pt, .pth or .safetensors state dicts)")
     p.add_argument("--names", nargs="+", default=None,
                    help="names of the checkpoints (default: their file names)")
-    p.add_argument("--out", required=True, help="output folder for comparison.* and figures")
-    p.add_argument("--budget", choices=BUDGETS, default="quick", help="effort (default: quick)")
+    p.add_argument("--out", required=True,
+                   help="output folder for comparison.json/.md/.html and figures")
+    p.add_argument("--budget", choices=BUDGETS, default="quick",
+                   help="effort per checkpoint: quick, standard or thorough (default: quick; "
+                        "`audit` defaults to standard)")
     p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)}")
+                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
+                        "loss_surface and the three costly optional ones)")
     p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
                    help="BatchNorm statistics along the interpolation paths: interpolate "
                         "(default), recompute (re-estimated at each point: the fair barrier "
@@ -85,18 +115,26 @@ def _track_args(p: argparse.ArgumentParser) -> None:
 
     _add_model_data(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
-                   help="a folder of checkpoints (sorted by the step in their names) or files")
+                   help="a folder of checkpoints (.pt, .pth, .safetensors; sorted by the step "
+                        "in their names) or the checkpoint files in order")
     p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
                    help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
                         "(default: top_eigenvalue)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate: draws the edge of stability 2/lr on the eigenvalue plot")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (positive): draws the edge of stability 2/lr on the "
+                        "eigenvalue plot")
     p.add_argument("--out", required=True,
                    help="output folder (track.json, track.csv, track.png); reruns resume")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
+    from .demo import DEMO_BUDGETS
+
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    p.add_argument("--budget", choices=tuple(DEMO_BUDGETS), default="full",
+                   help="full: the four optimizers trained to convergence and compared with "
+                        "the quick audit budget (default); smoke: a few epochs and a few "
+                        "measures, to check an installation")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -107,11 +145,47 @@ def _log(line: str) -> None:
 
 
 def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
-    from .factories import build_data, build_model
+    from .factories import build_data, build_model, check_model_fits
     from .probe import Probe
 
     model = _to_device(build_model(args.model, checkpoint), args.device)
-    return Probe(model, build_data(args.data, model))
+    data = build_data(args.data, model)
+    check_model_fits(model, data, args.model, args.data)
+    return Probe(model, data)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need no model or data, made before any work: output folder, checkpoint
+    paths and measure names."""
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
+    paths = [args.checkpoint] if getattr(args, "checkpoint", None) else []
+    if args.command == "compare":
+        paths = list(args.checkpoints)
+    for path in paths:
+        if Path(path).is_dir():
+            raise LandscapeError(f"checkpoint {path!r} is a folder; give a checkpoint file "
+                                 "(.pt, .pth or .safetensors).")
+        if not Path(path).is_file():
+            raise LandscapeError(f"checkpoint file {path!r} does not exist.")
+    if args.command in ("audit", "compare") and args.measures is not None:
+        from .audit import MEASURES
+
+        unknown = [m for m in args.measures if m not in MEASURES]
+        if unknown:
+            raise LandscapeError(f"unknown measures {unknown}; choose among "
+                                 f"{', '.join(MEASURES)}.")
+    if args.command == "track":
+        from .track import TRACK_MEASURES
+
+        unknown = [m for m in args.measures if m not in TRACK_MEASURES]
+        if unknown:
+            raise LandscapeError(f"unknown measures {unknown}: measures must be among "
+                                 f"{', '.join(TRACK_MEASURES)}.")
+        missing = [c for c in args.checkpoints if not Path(c).exists()]
+        if missing:
+            raise LandscapeError(f"checkpoints {missing} do not exist.")
 
 
 def _to_device(model: Any, device: str) -> Any:
@@ -158,13 +232,14 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _track(args: argparse.Namespace) -> int:
-    from .factories import build_data, build_model
+    from .factories import build_data, build_model, check_model_fits
     from .track import track
 
     source = args.checkpoints[0] if len(args.checkpoints) == 1 else args.checkpoints
     out = Path(args.out)
     probe_model = build_model(args.model)
     data = build_data(args.data, probe_model)
+    check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=not args.no_progress, log=_log)
@@ -195,7 +270,8 @@ def _save_track_plot(result: Any, lr: float | None, out: Path) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, seed=args.seed, progress=not args.no_progress, log=_log)
+    run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=not args.no_progress,
+             log=_log)
     return 0
 
 
@@ -340,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: not available yet in this version.", file=sys.stderr)
         return 2
     try:
+        _check_args(args)
         with _torchrun(args):
             return handler(args)
     except LandscapeError as exc:

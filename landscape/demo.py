@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .compare import Comparison, compare
 from .data import digits_cnn, digits_tensors
 from .data.training import train
+from .errors import LandscapeError
 from .probe import Probe
 
 # name -> (batch size, optimizer, learning rate, epochs). Full-batch SGD takes as many epochs as
@@ -28,16 +29,31 @@ RECIPES: dict[str, tuple[int, str, float, int]] = {
     "sam": (16, "sam", 0.02, 15),
 }
 
+# What each demo budget runs: the fraction of RECIPES' epochs, the compare budget, the measures
+# (None: compare's defaults) and the points on each interpolation path. "smoke" only checks that
+# an installation works end to end (about 30 s of CPU); its minima are not converged.
+DEMO_BUDGETS: dict[str, dict] = {
+    "full": dict(epoch_fraction=1.0, budget="quick", measures=None, interpolation_points=21),
+    "smoke": dict(epoch_fraction=0.07, budget="quick",
+                  measures=("loss", "hessian_eigenvalues", "hessian_trace", "loss_line"),
+                  interpolation_points=5),
+}
+
 
 def train_demo_models(out: str | Path, seed: int = 0,
-                      log: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Train the four demo CNNs and save their state dicts to `out/checkpoints/NAME.pt`."""
+                      log: Callable[[str], None] | None = None,
+                      epoch_fraction: float = 1.0) -> dict[str, Path]:
+    """Train the four demo CNNs and save their state dicts to `out/checkpoints/NAME.pt`.
+
+    `epoch_fraction` scales every recipe's epochs (at least one epoch each).
+    """
     say = log or (lambda _line: None)
     folder = Path(out) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     x, y = digits_tensors("train", image=True)
     paths = {}
     for name, (batch_size, optimizer, lr, epochs) in RECIPES.items():
+        epochs = max(1, round(epochs * epoch_fraction))
         say(f"training {name}: {optimizer}, batch {batch_size}, lr {lr}, {epochs} epochs")
         loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
@@ -49,13 +65,18 @@ def train_demo_models(out: str | Path, seed: int = 0,
 
 
 def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = False,
-             log: Callable[[str], None] | None = None) -> Comparison:
+             log: Callable[[str], None] | None = None, budget: str = "full") -> Comparison:
     """Train the four minima, compare them on the training data, write everything to `out`.
 
     All four start from the same initialization (`seed`), so they differ only by the optimizer.
+    `budget` is "full" (the demo of the README) or "smoke" (a few epochs and measures: a check
+    that an installation works, not a result).
     """
+    if budget not in DEMO_BUDGETS:
+        raise LandscapeError(f"demo budget must be one of {tuple(DEMO_BUDGETS)}; got {budget!r}.")
+    plan = DEMO_BUDGETS[budget]
     say = log or (lambda _line: None)
-    paths = train_demo_models(out, seed=seed, log=log)
+    paths = train_demo_models(out, seed=seed, log=log, epoch_fraction=plan["epoch_fraction"])
     data = digits_tensors("train", image=True)
     test = digits_tensors("test", image=True)
     probes, held_out = {}, {}
@@ -67,7 +88,9 @@ def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = Fa
         say(f"{name}: test loss {held_out[name].loss:.4f}, "
             f"test accuracy {held_out[name].accuracy:.3f}")
     # BatchNorm networks: the statistics re-estimated along the paths give the fair barriers
-    result = compare(probes, budget="quick", seed=seed, buffers="recompute", progress=progress,
+    result = compare(probes, budget=plan["budget"], seed=seed, buffers="recompute",
+                     measures=plan["measures"],
+                     interpolation_points=plan["interpolation_points"], progress=progress,
                      log=log)
     written = result.write(out)
     table = ["", "## Held-out test data (359 samples)", "",

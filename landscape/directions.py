@@ -5,8 +5,8 @@ how it was made. Random directions are drawn from N(0, I) with their own `torch.
 scaled per filter, per layer or over the whole model so that a step of 1 has the size of the
 weights (filter normalization makes curves of scale-equivalent networks comparable).
 
-Normalization (DESIGN.md, "Directions and surfaces"), for each probed parameter w with d its part
-of the direction:
+Normalization (docs/measures.md, "Directions, surfaces and barriers"), for each probed
+parameter w with d its part of the direction:
 
 * "filter": for parameters with more than one dimension and each filter i (dim 0: a conv output
   channel, a Linear row), d_i <- d_i * ||w_i|| / (||d_i|| + 1e-10). The 1e-10 guards a zero row of

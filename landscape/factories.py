@@ -62,8 +62,9 @@ def build_model(spec: str, checkpoint: str | None = None) -> nn.Module:
     if spec in BUILTIN_MODELS:
         from . import data
 
-        model = (data.digits_resnet(skip=False) if spec == "digits_resnet_noskip"
-                 else getattr(data, spec)())
+        # a fixed initialization: `plot` without --checkpoint draws the same untrained model
+        model = (data.digits_resnet(skip=False, seed=0) if spec == "digits_resnet_noskip"
+                 else getattr(data, spec)(seed=0))
     else:
         if ":" not in spec:
             raise LandscapeError(
@@ -109,3 +110,78 @@ def _tensor_pair_file(spec: str) -> tuple[Any, Any]:
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise LandscapeError(f"--data {spec!r} must hold an (inputs, targets) pair of tensors.")
     return data[0], data[1]
+
+
+def check_model_fits(model: nn.Module, data: Any, model_spec: str, data_spec: str) -> None:
+    """Run the model on two samples of the first batch, so that a model/data mismatch is one
+    clear error before any measurement (instead of a matrix-shape error deep inside torch).
+
+    Raises:
+        LandscapeError: the model fails on the data's inputs; the message names the input shape,
+            the shape the model's first layer expects and the likely fix.
+    """
+    import torch
+
+    inputs = _first_inputs(data)
+    if inputs is None:
+        return  # not (inputs, targets) batches of tensors: the Probe's own checks take over
+    param = next(model.parameters(), None)
+    sample = inputs[:2]
+    if param is not None:
+        sample = sample.to(param.device)
+        if sample.is_floating_point():
+            sample = sample.to(param.dtype)
+    try:
+        with torch.no_grad():
+            model(sample)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).splitlines()[0].rstrip(". ") if str(exc) else type(exc).__name__
+        raise LandscapeError(
+            f"--model {model_spec} cannot take the inputs of --data {data_spec}: inputs of "
+            f"shape {tuple(inputs.shape)}, {_expected_input(model)} ({first}). "
+            f"{_likely_fix(model, inputs)}"
+        ) from None
+
+
+def _first_inputs(data: Any) -> Any:
+    from torch import Tensor
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        return data[0]
+    try:
+        batch = next(iter(data))
+    except (TypeError, StopIteration):
+        return None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    return None
+
+
+def _first_layer(model: nn.Module) -> nn.Module | None:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return module
+    return None
+
+
+def _expected_input(model: nn.Module) -> str:
+    layer = _first_layer(model)
+    if isinstance(layer, nn.Linear):
+        return f"but its first layer is Linear({layer.in_features}, ...), which takes (N, " \
+               f"{layer.in_features})"
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        dims = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "D, H, W"}[type(layer)]
+        return f"but its first layer is {type(layer).__name__}({layer.in_channels}, ...), " \
+               f"which takes (N, {layer.in_channels}, {dims})"
+    return "which the model does not accept"
+
+
+def _likely_fix(model: nn.Module, inputs: Any) -> str:
+    layer = _first_layer(model)
+    if isinstance(layer, nn.Linear) and inputs.dim() > 2:
+        return ("Likely fix: flatten the inputs to (N, features), or choose a model for "
+                "image-shaped inputs (digits_cnn, digits_resnet).")
+    if isinstance(layer, nn.Conv2d) and inputs.dim() == 2:
+        return ("Likely fix: reshape the inputs to (N, C, H, W), or choose a model for flat "
+                "inputs (digits_mlp).")
+    return "Likely fix: give --data inputs of the shape the --model's forward expects."

@@ -3,7 +3,7 @@
 Every estimator in `landscape` asks a `Probe` for losses, gradients and Hessian-vector products,
 at the checkpoint w or at a displaced point w + delta, and never iterates data itself.
 
-Conventions (see DESIGN.md, "The probe"):
+Conventions (docs/measures.md, "Notation and conventions"):
 
 * L(w) is the mean loss over *all samples*: each batch's mean loss is weighted by its number of
   samples, the sums are added up and divided once, so a short last batch is not over-weighted.

@@ -1,6 +1,6 @@
 """Zeroth-order sharpness: worst case and average case, plain or adaptive, m-sharpness, per layer.
 
-For a radius rho, a norm p in {2, inf} and a scaling vector c (DESIGN.md, "Sharpness"):
+For a radius rho, a norm p in {2, inf} and a scaling vector c (docs/measures.md, "Sharpness"):
 
 * worst case:   S_max = max over ||delta / c||_p <= rho of L(w + delta) - L(w)
 * average case: S_avg = E over delta ~ N(0, rho^2 diag(c^2)) of L(w + delta) - L(w)

@@ -1,6 +1,6 @@
 """Loss lines, loss surfaces, interpolation between checkpoints and PCA of trajectories.
 
-Conventions (DESIGN.md, "Directions and surfaces"; Li et al. 2018):
+Conventions (docs/measures.md, "Directions, surfaces and barriers"; Li et al. 2018):
 
 * Line: f(a) = L(w + a d), `loss[i] = f(alphas[i])`.
 * Plane: f(a, b) = L(w + a d1 + b d2), `loss[i, j] = f(xs[i], ys[j])` (shape `(len(xs),

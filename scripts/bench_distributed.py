@@ -33,8 +33,8 @@ from landscape.data import digits_cnn, digits_tensors  # noqa: E402
 def _timed(rank: int, world_size: int, calls: int, repeats: int, batch_size: int,
            grid: int) -> dict:
     x, y = digits_tensors("all", image=True)
-    probe = Probe(digits_cnn(), (x, y), batch_size=batch_size)
-    fresh = Probe(digits_cnn(), (x, y), batch_size=batch_size, hvp_method="double_backward")
+    probe = Probe(digits_cnn(seed=0), (x, y), batch_size=batch_size)
+    fresh = Probe(digits_cnn(seed=0), (x, y), batch_size=batch_size, hvp_method="double_backward")
     v = torch.randn(probe.num_params, generator=torch.Generator().manual_seed(0))
     probe.loss()  # first use: checks and the data cache
     probe.hvp(v)  # picks the HVP method (the same on every rank) and builds any kept graph

@@ -53,8 +53,16 @@ def test_bad_files(tmp_path):
         load_checkpoint(digits_mlp(), tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(LandscapeError, match="cannot read checkpoint"):
+    with pytest.raises(LandscapeError, match="not a readable PyTorch file"):
         load_checkpoint(digits_mlp(), bad)
+    with pytest.raises(LandscapeError, match=r"is a folder; give a checkpoint file"):
+        load_checkpoint(digits_mlp(), tmp_path)
+    torch.save(digits_mlp(), tmp_path / "whole.pt")
+    with pytest.raises(LandscapeError, match=r"pickled Python objects .* save a state dict"):
+        load_checkpoint(digits_mlp(), tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
+    with pytest.raises(LandscapeError, match=r"not a readable PyTorch file \(\w[^)]*[^.]\): "):
+        load_checkpoint(digits_mlp(), tmp_path / "cut.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(LandscapeError, match="not tensors"):
         load_checkpoint(digits_mlp(), tmp_path / "odd.pt")

@@ -37,6 +37,10 @@ def workdir(tmp_path_factory) -> Path:
         "from landscape.data import digits_tensors\n\n"
         "def load():\n    x, y = digits_tensors('train')\n    return x[:300], y[:300]\n"
     )
+    x, y = digits_tensors("train", image=True)
+    torch.save((x[:100], y[:100]), root / "images.pt")
+    (root / "corrupt.pt").write_bytes(b"PK\x03\x04 half a zip file")
+    (root / "a_file").write_text("not a folder")
     return root
 
 
@@ -118,6 +122,24 @@ def test_compare_and_track(workdir):
      "--names gives 2 names for 1 checkpoints"),
     (("track", "empty_dir", "--model", "net.py:make", "--out", "o", "--measures", "vibes"),
      "measures must be among"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "o",
+      "--data", "images.pt"),
+     "cannot take the inputs of --data images.pt: inputs of shape (100, 1, 8, 8), but its "
+     "first layer is Linear(64, ...), which takes (N, 64)"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "a_file"),
+     "--out 'a_file' is an existing file; give a folder"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "empty_dir", "--out", "o"),
+     "checkpoint 'empty_dir' is a folder; give a checkpoint file"),
+    (("compare", "run0_epoch_2.pt", "empty_dir", "--model", "net.py:make", "--out", "o"),
+     "checkpoint 'empty_dir' is a folder"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "corrupt.pt", "--out", "o"),
+     "checkpoint 'corrupt.pt' is not a readable PyTorch file ("),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt", "--out", "o",
+      "--measures", ""), "argument --measures: names no measure"),
+    (("compare", "run0_epoch_2.pt", "--model", "net.py:make", "--out", "o", "--measures", " , "),
+     "argument --measures: names no measure"),
+    (("track", "run0_epoch_2.pt", "--model", "net.py:make", "--out", "o", "--lr", "-1"),
+     "argument --lr: must be positive; got -1"),
 ])
 def test_bad_arguments_give_one_clear_line(workdir, args, needle):
     (workdir / "empty_dir").mkdir(exist_ok=True)
@@ -129,3 +151,30 @@ def test_help_lists_the_subcommands(workdir):
     assert proc.returncode == 0
     for sub in ("audit", "compare", "plot", "track", "demo"):
         assert sub in proc.stdout
+
+
+def test_errors_come_before_any_work(workdir):
+    """A bad --lr is refused before any checkpoint is measured or any file written."""
+    out = workdir / "track_refused"
+    proc = run_cli("track", "run0_epoch_2.pt", "run1_epoch_3.pt", "--model", "net.py:make",
+                   "--out", out, "--lr", "0", cwd=workdir)
+    assert_one_line_error(proc, "must be positive")
+    assert not out.exists()
+
+
+def test_model_data_mismatch_names_the_fix(workdir):
+    proc = run_cli("plot", "--model", "digits_cnn", "--data", "small_data.py:load", "--kind",
+                   "1d", "--out", "p", cwd=workdir)
+    assert_one_line_error(proc, "inputs of shape (300, 64), but its first layer is Conv2d(1, ...)")
+    assert "reshape the inputs to (N, C, H, W)" in proc.stderr
+
+
+def test_help_lists_every_accepted_form(workdir):
+    audit_help = run_cli("audit", "--help", cwd=workdir).stdout
+    compare_help = run_cli("compare", "--help", cwd=workdir).stdout
+    flat = " ".join(audit_help.split())
+    for form in ("digits_mlp", "digits_cnn", "digits_resnet,", "digits_resnet_noskip",
+                 "PATH.py:FUNCTION", "package.module:FUNCTION", "digits:test", ".pt/.pth file",
+                 ".safetensors", "(default: standard;"):
+        assert form in flat, form
+    assert "(default: quick;" in " ".join(compare_help.split())

@@ -83,3 +83,22 @@ def test_quadratic_probe_has_the_loss_gradient_and_hessian_it_is_built_with(snap
 def test_quadratic_probe_rejects_bad_input(kwargs, match):
     with pytest.raises(LandscapeError, match=match):
         quadratic_probe(**kwargs)
+
+
+def test_digits_models_follow_the_global_seed_unless_given_one():
+    """A "second network" made after another torch.manual_seed is a different network (as with
+    torch.nn layers); seed= fixes the initialization whatever the global state."""
+    from landscape.data import digits_cnn, digits_mlp, digits_resnet
+
+    for make in (digits_mlp, digits_cnn, digits_resnet):
+        torch.manual_seed(0)
+        first = torch.nn.utils.parameters_to_vector(make().parameters())
+        torch.manual_seed(1)
+        second = torch.nn.utils.parameters_to_vector(make().parameters())
+        assert not torch.equal(first, second), make.__name__
+        torch.manual_seed(0)
+        assert torch.equal(first, torch.nn.utils.parameters_to_vector(make().parameters()))
+        fixed = [torch.nn.utils.parameters_to_vector(make(seed=3).parameters()) for _ in range(2)]
+        torch.manual_seed(5)
+        fixed.append(torch.nn.utils.parameters_to_vector(make(seed=3).parameters()))
+        assert torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], fixed[2])

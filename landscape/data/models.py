@@ -6,8 +6,22 @@ import torch
 from torch import Tensor, nn
 
 
-def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int = 0) -> nn.Sequential:
-    """A ReLU MLP 64 -> hidden (x depth) -> 10 for flattened digits; `seed` fixes the init."""
+def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int | None = None) -> nn.Sequential:
+    """A ReLU MLP 64 -> hidden (x depth) -> 10 for flattened digits.
+
+    Args:
+        hidden: width of each hidden layer.
+        depth: number of hidden layers.
+        seed: fixes the initialization; None (default) draws it from torch's global generator,
+            as `torch.nn` layers do, so `torch.manual_seed` decides it.
+
+    Example:
+        >>> a, b = digits_mlp(seed=0), digits_mlp(seed=1)
+        >>> bool((a[0].weight == digits_mlp(seed=0)[0].weight).all())
+        True
+        >>> bool((a[0].weight == b[0].weight).all())
+        False
+    """
     return _seeded(seed, lambda: _mlp(hidden, depth))
 
 
@@ -21,8 +35,11 @@ def _mlp(hidden: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def digits_cnn(channels: int = 8, *, seed: int = 0) -> nn.Sequential:
-    """A small CNN with BatchNorm for (N, 1, 8, 8) digits: two conv-BN-ReLU blocks, then linear."""
+def digits_cnn(channels: int = 8, *, seed: int | None = None) -> nn.Sequential:
+    """A small CNN with BatchNorm for (N, 1, 8, 8) digits: two conv-BN-ReLU blocks, then linear.
+
+    `seed` fixes the initialization; None (default) draws it from torch's global generator.
+    """
 
     def build() -> nn.Sequential:
         c = channels
@@ -66,13 +83,19 @@ class DigitsResNet(nn.Module):
 
 
 def digits_resnet(channels: int = 8, n_blocks: int = 3, *, skip: bool = True,
-                  seed: int = 0) -> DigitsResNet:
-    """A small ResNet for (N, 1, 8, 8) digits; `skip=False` removes the skip connections."""
+                  seed: int | None = None) -> DigitsResNet:
+    """A small ResNet for (N, 1, 8, 8) digits; `skip=False` removes the skip connections.
+
+    `seed` fixes the initialization; None (default) draws it from torch's global generator.
+    """
     return _seeded(seed, lambda: DigitsResNet(channels, n_blocks, skip))
 
 
-def _seeded(seed: int, build):
-    """Build a model under a fixed seed without touching the caller's global RNG state."""
+def _seeded(seed: int | None, build):
+    """Build a model under a fixed seed without touching the caller's global RNG state; with
+    seed None, from the global generator (as `torch.nn` does)."""
+    if seed is None:
+        return build()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()

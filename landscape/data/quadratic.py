@@ -3,7 +3,8 @@
 L(w) = offset + 0.5 v^T H v + g^T v with v = w - w*, in float64, w starting at `start` (w* by
 default). Its Hessian is H everywhere and its gradient H v + g; with g = 0, at w*, the
 worst-case l2 sharpness is rho^2 lambda_max / 2 and the first-order flatness rho^2 lambda_max
-(DESIGN.md, ground-truth cases). The loss ignores the data: the probe has one dummy sample.
+(docs/measures.md, "Ground truths the tests use"). The loss ignores the data: the probe has
+one dummy sample.
 """
 
 from __future__ import annotations
