@@ -130,7 +130,7 @@ class _Atoms:
             return
         if self.size[ra] != self.size[rb]:
             raise _Unsupported(f"dimensions of {self.size[ra]} and {self.size[rb]} units meet")
-        if rb < ra:  # the earlier-created atom names the group
+        if (rb < ra or not self.name[ra]) and self.name[rb]:  # the earliest named atom names it
             ra, rb = rb, ra
         self.parent[rb] = ra
         self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
@@ -246,6 +246,9 @@ class _Analysis:
             return self.values[arg]
         if isinstance(arg, (list, tuple)):
             return type(arg)(self.value_of(a) for a in arg)
+        if isinstance(arg, slice):
+            return slice(self.value_of(arg.start), self.value_of(arg.stop),
+                         self.value_of(arg.step))
         return arg
 
     def param(self, t: Tensor, key: str, names: Mapping[int, str] | None = None
@@ -729,8 +732,23 @@ class _Analysis:
                 for key in keys_of.get(tid, []):
                     axes.setdefault(key, {})[axis] = list(segs)
         nested = {names[i]: names[o] for i, o in nested.items() if i in names and o in names}
-        order = {g: n for g, n in groups.items()}
-        return PermutationSpec(groups=order, axes=axes, nested=nested)
+        # attention: the outer group is the heads, the inner ones the dimensions within a head
+        rename: dict[str, str] = {}
+        for outer in dict.fromkeys(nested.values()):
+            base = outer.split("/")[0].split(":")[0].rsplit(".", 1)[0] \
+                if "/" in outer or ":" in outer else outer.rsplit(".", 1)[0]
+            rename[outer] = f"{base}:heads"
+            inners = [i for i, o in nested.items() if o == outer]
+            for k, inner in enumerate(inners):
+                rename[inner] = f"{base}:head_dims" + (str(k) if len(inners) > 1 else "")
+        if len(set(rename.values())) < len(rename) or set(rename.values()) & set(groups):
+            rename = {}  # keep the generic names rather than collide
+        r = lambda g: rename.get(g, g)  # noqa: E731
+        return PermutationSpec(
+            groups={r(g): n for g, n in groups.items()},
+            axes={k: {a: [tuple(r(f) if isinstance(f, str) else f for f in seg) for seg in lay]
+                      for a, lay in ax.items()} for k, ax in axes.items()},
+            nested={r(i): r(o) for i, o in nested.items()})
 
     def _nesting(self) -> dict[int, int]:
         """Inner -> outer atoms that may be permuted per unit of the outer: the inner factor
@@ -778,10 +796,14 @@ def _describe(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
 
 
 class _Tracer(torch.fx.Tracer):
-    """Traces through every module except the layers the analysis knows."""
+    """Traces through every module except the layers the analysis knows; buffers are proxied
+    (a causal mask sliced to the sequence length)."""
+
+    proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES)
+        # a subclass with its own forward (a channels-first LayerNorm) is traced through
+        return any(isinstance(m, base) and type(m).forward is base.forward for base in _LEAVES)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:

@@ -305,6 +305,11 @@ def align_weights(model_a: nn.Module, model_b: nn.Module, *, spec: PermutationSp
             "model_a and model_b must have the same architecture (the same state-dict keys and "
             "shapes); build model_b from the same class and arguments as model_a."
         )
+    for which, sd in (("model_a", sd_a), ("model_b", sd_b)):
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise LandscapeError(f"{which} has non-finite values in {bad[:3]}: weight matching "
+                                 "needs finite weights (did its training diverge?).")
     if spec is None:
         spec = permutation_spec(model_a, example_input)
     elif not isinstance(spec, PermutationSpec):

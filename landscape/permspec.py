@@ -48,6 +48,8 @@ def _as_layout(value: Any) -> Layout:
     if isinstance(value, (str, int)):
         return ((value,),)
     if isinstance(value, tuple):
+        if value and all(isinstance(s, tuple) for s in value):  # already normalized
+            return value
         return (tuple(value),)
     if isinstance(value, list):
         return tuple((s,) if isinstance(s, (str, int)) else tuple(s) for s in value)
