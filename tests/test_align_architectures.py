@@ -21,9 +21,10 @@ from landscape import (
     Probe,
     align_weights,
     aligned_barrier,
+    compare,
 )
 from landscape.align import apply_permutation, permutation_spec, random_permutation
-from landscape.data.sequence import modular_sum_tensors, sequence_loss, tiny_gpt
+from landscape.data.sequence import modular_sum_tensors, sequence_loss, tiny_gpt, trained_tiny_gpt
 
 
 @pytest.fixture(autouse=True)
@@ -325,3 +326,36 @@ def test_spec_errors():
     with pytest.raises(LandscapeError, match="grouped convolution"):
         permutation_spec(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 8, 1, groups=2)),
                          torch.zeros(1, 4, 2, 2))
+
+
+def test_independent_transformers_barrier_drops_after_alignment():
+    # scripts/align_transformers.py measures the same on more seed pairs (docs/guides/alignment.md)
+    a, b = trained_tiny_gpt(seed=0), trained_tiny_gpt(seed=1)
+    test = modular_sum_tensors(512, seed=1)
+    probes = {"a": Probe(a, test, sequence_loss), "b": Probe(b, test, sequence_loss)}
+    pair = compare(probes, measures=[], interpolation_points=5).pairs[0]
+    assert pair.loss[0] < 1.0 and pair.loss[-1] < 1.0  # both learned (chance: ln 8 = 2.08)
+    assert pair.alignment_note is None and pair.barrier > 1.0
+    assert pair.aligned_barrier < 0.9 * pair.barrier
+    assert pair.aligned_distance < pair.distance
+
+
+def test_cli_compare_reports_aligned_barrier_of_a_vit(tmp_path, capsys):
+    from landscape.cli import main
+
+    torch.manual_seed(0)
+    model = TinyViT()
+    spec = permutation_spec(model, torch.zeros(2, 1, 8, 8))
+    other, _ = _permuted(model, spec)
+    torch.save(model.state_dict(), tmp_path / "a.pt")
+    torch.save(other.state_dict(), tmp_path / "b.pt")
+    (tmp_path / "vit.py").write_text("from test_align_architectures import TinyViT\n\n"
+                                     "def make():\n    return TinyViT()\n")
+    assert main(["compare", "--model", f"{tmp_path / 'vit.py'}:make", "--data", "digits:test",
+                 str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--measures=",
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "aligned loss barrier" in capsys.readouterr().out
+    pair = json.loads((tmp_path / "out" / "comparison.json").read_text())["pairs"][0]
+    assert pair["alignment_note"] is None
+    assert pair["aligned_distance"] == 0 and pair["distance"] > 1
+    assert abs(pair["aligned_barrier"]) < 1e-6
