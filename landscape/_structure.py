@@ -84,6 +84,56 @@ _POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg
                    F.adaptive_max_pool3d, F.interpolate}
 
 
+
+def _aten_table() -> dict[Any, Any]:
+    """ATen operators (in graphs from `torch.export`) -> the torch-level equivalent handled."""
+    aten = torch.ops.aten
+    same = {
+        "linear": F.linear, "add": torch.add, "sub": torch.sub, "mul": torch.mul,
+        "div": torch.div, "rsub": torch.sub, "gelu": F.gelu, "relu": torch.relu,
+        "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "pow": torch.pow,
+        "rsqrt": torch.rsqrt, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log,
+        "neg": operator.neg, "where": torch.where, "masked_fill": torch.masked_fill,
+        "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "gt": operator.gt,
+        "le": operator.le, "ge": operator.ge, "abs": torch.abs, "clamp": torch.clamp,
+        "erf": torch.erf, "maximum": torch.maximum, "minimum": torch.minimum,
+        "dropout": F.dropout, "softmax": torch.softmax, "_softmax": torch.softmax,
+        "log_softmax": torch.log_softmax, "_log_softmax": torch.log_softmax,
+        "mean": torch.mean, "sum": torch.sum, "amax": torch.amax, "amin": torch.amin,
+        "var": torch.var, "view": torch.reshape, "reshape": torch.reshape,
+        "_unsafe_view": torch.reshape, "flatten": torch.flatten, "unflatten": torch.unflatten,
+        "permute": torch.permute, "transpose": torch.transpose, "t": torch.t,
+        "unsqueeze": torch.unsqueeze, "squeeze": torch.squeeze, "expand": "expand",
+        "split": torch.split, "split_with_sizes": torch.split, "chunk": torch.chunk,
+        "unbind": torch.unbind, "cat": torch.cat, "stack": torch.stack,
+        "matmul": torch.matmul, "bmm": torch.matmul, "mm": torch.matmul,
+        "scaled_dot_product_attention": F.scaled_dot_product_attention,
+        "layer_norm": F.layer_norm, "rms_norm": getattr(F, "rms_norm", None),
+        "conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d,
+        "contiguous": torch.clone, "clone": torch.clone, "detach": torch.detach,
+        "alias": torch.clone, "_to_copy": torch.clone, "to": torch.clone,
+        "lift_fresh_copy": torch.clone, "type_as": torch.clone,
+        "arange": torch.arange, "zeros": torch.zeros, "ones": torch.ones, "full": torch.full,
+        "empty": torch.empty, "scalar_tensor": torch.tensor, "zeros_like": torch.zeros_like,
+        "ones_like": torch.ones_like, "full_like": torch.full_like, "tril": torch.tril,
+        "triu": torch.triu, "new_ones": torch.ones, "new_zeros": torch.zeros,
+        "new_full": torch.full, "new_empty": torch.empty,
+        "max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d,
+        "adaptive_avg_pool2d": F.adaptive_avg_pool2d, "adaptive_avg_pool1d": F.adaptive_avg_pool1d,
+        "embedding": "aten.embedding", "slice": "aten.slice", "select": "aten.select",
+        "addmm": "aten.addmm",
+    }
+    table = {}
+    for name, target in same.items():
+        packet = getattr(aten, name, None)
+        if packet is not None and target is not None:
+            table[packet] = target
+    return table
+
+
+_ATEN: dict[Any, Any] = {}
+
+
 class _Unsupported(Exception):
     """An operation the analysis does not understand (becomes a LandscapeError)."""
 
@@ -223,6 +273,7 @@ class _Analysis:
         self.atoms = _Atoms()
         self.labels: dict[Any, Any] = {}
         self.params: dict[int, tuple[int, ...]] = {}  # id(tensor) -> atom of each axis
+        self.param_names: dict[int, list[str]] = {}  # id(tensor) -> its names in the graph
         self.seen_labels: list[tuple[int, ...]] = []  # every tensor label, for nesting
 
     # --- labels -------------------------------------------------------------------------
@@ -253,6 +304,9 @@ class _Analysis:
 
     def param(self, t: Tensor, key: str, names: Mapping[int, str] | None = None
               ) -> tuple[int, ...]:
+        self.param_names.setdefault(id(t), [])
+        if key not in self.param_names[id(t)]:
+            self.param_names[id(t)].append(key)
         if id(t) not in self.params:
             names = names or {}
             self.params[id(t)] = tuple(self.atoms.new(s, names.get(i, f"{key}:{i}"))
@@ -319,6 +373,8 @@ class _Analysis:
                 return self.param(t, target)
             return SCALAR
         if op == "call_module":
+            if value is None:  # a guard (torch.export) or a module returning nothing
+                return SCALAR
             return self.module(node, self.gm.get_submodule(target), value)
         return self.function(node, target, value)
 
@@ -430,9 +486,28 @@ class _Analysis:
 
     # --- functions and methods ----------------------------------------------------------
     def function(self, node: torch.fx.Node, target: Any, value: Any) -> Any:
+        lab_of = self.label_of
         is_method = node.op == "call_method"
         args = list(node.args)
         kwargs = dict(node.kwargs)
+        if isinstance(target, torch._ops.OpOverload):
+            if not _ATEN:
+                _ATEN.update(_aten_table())
+            if target.overloadpacket not in _ATEN:
+                raise _Unsupported(f"the operator {target}")
+            target = _ATEN[target.overloadpacket]
+            if target == "aten.embedding":  # (weight, indices)
+                target, args = F.embedding, [args[1], args[0], *args[2:]]
+            elif target == "aten.slice":  # (x, dim, start, end, step)
+                return self.slice(lab_of(args[0]), self.value_of(args[0]).shape, *(
+                    self.value_of(a) for a in args[1:]))
+            elif target == "aten.select":  # (x, dim, index): the dimension goes
+                x, dim = lab_of(args[0]), self.value_of(args[1]) % len(lab_of(args[0]))
+                self.atoms.fix(x[dim])
+                return x[:dim] + x[dim + 1:]
+            elif target == "aten.addmm":  # bias + m1 @ m2
+                out = self.matmul(lab_of(args[1]), lab_of(args[2]), value)
+                return self.broadcast([out, lab_of(args[0])], tuple(value.shape))
         what = f".{target}()" if is_method else getattr(target, "__name__", str(target))
 
         def lab(i: int, key: str | None = None) -> Any:
@@ -489,11 +564,31 @@ class _Analysis:
                                     str(target))
         if target in ("split", torch.split, "chunk", torch.chunk, "tensor_split",
                       "unbind", torch.unbind):
-            return self.split(node, lab(0), value, arg(2, "dim", 0))
+            unbind = target in ("unbind", torch.unbind)
+            return self.split(unbind, lab(0), value, arg(1 if unbind else 2, "dim", 0))
         if target in (torch.cat, torch.concat, torch.stack):
             return self.cat(target, list(lab(0, "tensors")), arg(1, "dim", 0), value)
         if target in (torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm"):
             return self.matmul(lab(0), lab(1), value)
+        if target in (F.conv1d, F.conv2d, F.conv3d):
+            x, w = lab(0), lab(1, "weight")
+            groups = arg(6, "groups", 1)
+            for a in w[2:]:
+                self.atoms.fix(a)
+            if groups == 1:
+                self.unify(w[1], x[1])
+            elif groups == self.value_of(args[0]).shape[1] == value.shape[1]:
+                self.unify(w[0], x[1])
+            else:
+                raise _Unsupported(f"a grouped convolution (groups={groups})")
+            b = lab(2, "bias")
+            if isinstance(b, tuple):
+                self.unify(b[0], w[0])
+            return (x[0], w[0], *self.fresh(value.shape[2:]))
+        if target is F.embedding:
+            x, w = lab(0), lab(1, "weight")
+            self.atoms.fix(w[0])
+            return x + (w[1],)
         if target is F.linear:
             x, w = lab(0), lab(1, "weight")
             self.unify(w[1], x[-1])
@@ -547,20 +642,23 @@ class _Analysis:
             if isinstance(item, _Lazy):
                 return item
             return item
-        idx = idx if isinstance(idx, tuple) else (idx,)
+        return self.index(base, source.shape, idx if isinstance(idx, tuple) else (idx,))
+
+    def index(self, base: tuple[int, ...], shape: Any, idx: tuple[Any, ...]) -> tuple[int, ...]:
+        """x[idx] for ints, slices, None and Ellipsis: a partial slice fixes its dimension."""
         if any(isinstance(i, (Tensor, list)) for i in idx):
             raise _Unsupported("indexing with a tensor or list")
         if Ellipsis in idx:
             e = idx.index(Ellipsis)
             n_used = sum(1 for i in idx if i is not None and i is not Ellipsis)
-            idx = idx[:e] + (slice(None),) * (source.ndim - n_used) + idx[e + 1:]
+            idx = idx[:e] + (slice(None),) * (len(shape) - n_used) + idx[e + 1:]
         out, d = [], 0
         for i in idx:
             if i is None:
                 out.append(self.atoms.new(1))
                 continue
             a = base[d]
-            n = source.shape[d]
+            n = shape[d]
             if isinstance(i, slice):
                 if i.indices(n) == (0, n, 1):
                     out.append(a)
@@ -572,6 +670,12 @@ class _Analysis:
             d += 1
         out.extend(base[d:])
         return tuple(out)
+
+    def slice(self, x: tuple[int, ...], shape: Any, dim: int = 0, start: Any = None,
+              end: Any = None, step: Any = 1) -> tuple[int, ...]:
+        dim = dim % len(x)
+        idx = (slice(None),) * dim + (slice(start, end, step),)
+        return self.index(x, shape, idx)
 
     def reduce(self, node: torch.fx.Node, target: Any, x: tuple[int, ...], shape: Any,
                args: list[Any], kwargs: dict[str, Any], value: Any) -> Any:
@@ -645,11 +749,11 @@ class _Analysis:
                 k += 1
         return tuple(res)
 
-    def split(self, node: torch.fx.Node, x: tuple[int, ...], value: Any, dim: Any) -> Any:
-        if node.target in ("unbind", torch.unbind):
-            self.atoms.fix(x[dim or 0])
-            return tuple(x[:dim] + x[dim + 1:] for _ in value)
+    def split(self, unbind: bool, x: tuple[int, ...], value: Any, dim: Any) -> Any:
         dim = dim % len(x)
+        if unbind:
+            self.atoms.fix(x[dim])
+            return tuple(x[:dim] + x[dim + 1:] for _ in value)
         sizes = [v.shape[dim] for v in value]
         a = x[dim]
         if self.atoms.is_fixed(a) or len(sizes) == 1:
@@ -729,8 +833,13 @@ class _Analysis:
                     segs.append(tuple(merged) or (1,))
                 if all(all(isinstance(f, int) for f in s) for s in segs):
                     continue
-                for key in keys_of.get(tid, []):
+                for key in keys_of.get(tid) or self.param_names.get(tid, []):
                     axes.setdefault(key, {})[axis] = list(segs)
+        for keys in keys_of.values():  # tied tensors: every key of one tensor alike
+            known = [axes[k] for k in keys if k in axes]
+            for k in keys:
+                if known:
+                    axes[k] = known[0]
         nested = {names[i]: names[o] for i, o in nested.items() if i in names and o in names}
         # attention: the outer group is the heads, the inner ones the dimensions within a head
         rename: dict[str, str] = {}
@@ -806,23 +915,42 @@ class _Tracer(torch.fx.Tracer):
         return any(isinstance(m, base) and type(m).forward is base.forward for base in _LEAVES)
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """The fx graph of `model`: torch.fx with our leaves, then `transformers`' tracer."""
+def trace(model: nn.Module, example: Any) -> tuple[torch.fx.GraphModule, bool]:
+    """The fx graph of `model` and whether it came from `torch.export`: torch.fx with our
+    leaves, then `transformers`' fx tracer (Hugging Face models, transformers 4), then
+    `torch.export` on the example input."""
     try:
         graph = _Tracer().trace(model)
-        return torch.fx.GraphModule(model, graph)
+        return torch.fx.GraphModule(model, graph), False
     except Exception as first:  # noqa: BLE001 - any tracing failure is about the model's code
         hf = _hf_trace(model)
         if hf is not None:
-            return hf
-        raise LandscapeError(
-            f"permutation alignment cannot read the structure of {type(model).__name__}: "
-            f"torch.fx cannot trace its forward ({type(first).__name__}: "
-            f"{str(first).splitlines()[0] if str(first) else ''}). This comes from the model's "
-            "code (Python control flow on tensor values, or calls fx cannot follow), not from "
-            "your data. Give the permutation structure by hand: align_weights(..., "
-            f"spec=PermutationSpec(...)) or a method model.permutation_spec(); see {GUIDE}."
-        ) from first
+            return hf, False
+        args, kwargs = _split_example(example)
+        try:
+            return torch.export.export(model, args, kwargs, strict=False).module(), True
+        except Exception as second:  # noqa: BLE001 - reported with the first failure
+            raise LandscapeError(
+                f"permutation alignment cannot read the structure of {type(model).__name__}: "
+                f"torch.fx cannot trace its forward ({_first_line(first)}) and torch.export "
+                f"cannot export it ({_first_line(second)}). This comes from the model's code "
+                "(Python control flow on tensor values, or calls the tracers cannot follow), "
+                "not from your data. Give the permutation structure by hand: align_weights(..., "
+                f"spec=PermutationSpec(...)) or a method model.permutation_spec(); see {GUIDE}."
+            ) from first
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _split_example(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example, tuple):
+        return example, {}
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    return (example,), {}
 
 
 def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
@@ -850,9 +978,11 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def _bind(gm: torch.fx.GraphModule, model: nn.Module, example: Any) -> list[Any]:
-    args, kwargs = (example, {}) if isinstance(example, tuple) else \
-        ((), dict(example)) if isinstance(example, Mapping) else ((example,), {})
+def _bind(gm: torch.fx.GraphModule, model: nn.Module, example: Any, exported: bool
+          ) -> list[Any]:
+    args, kwargs = _split_example(example)
+    if exported:  # placeholders are the flattened inputs
+        return list(torch.utils._pytree.tree_leaves((args, kwargs)))
     try:
         bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
     except TypeError as e:
@@ -874,11 +1004,11 @@ def derive_spec(model: nn.Module, example_input: Any) -> PermutationSpec:
     import copy
 
     work = copy.deepcopy(model).eval()
-    gm = trace(work)
+    gm, exported = trace(work, example_input)
     recorder = _Recorder(gm)
     try:
         with torch.no_grad():
-            recorder.run(*_bind(gm, work, example_input))
+            recorder.run(*_bind(gm, work, example_input, exported))
     except LandscapeError:
         raise
     except Exception as e:  # noqa: BLE001 - the model does not run on the example input

@@ -24,7 +24,13 @@ from landscape import (
     compare,
 )
 from landscape.align import apply_permutation, permutation_spec, random_permutation
-from landscape.data.sequence import modular_sum_tensors, sequence_loss, tiny_gpt, trained_tiny_gpt
+from landscape.data.sequence import (
+    TinyGPT,
+    modular_sum_tensors,
+    sequence_loss,
+    tiny_gpt,
+    trained_tiny_gpt,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -135,9 +141,18 @@ class RecurrentClassifier(nn.Module):
         return self.fc(out[:, -1])
 
 
+class CheckedGPT(TinyGPT):
+    """nanoGPT's shape check in Python: torch.fx cannot trace it, torch.export can."""
+
+    def forward(self, idx):
+        if idx.size(1) > self.wpe.num_embeddings:
+            raise ValueError("sequence longer than the context")
+        return super().forward(idx)
+
+
 def _inputs(name: str, n: int = 24):
     g = torch.Generator().manual_seed(7)
-    if name == "gpt":
+    if name.startswith("gpt"):
         return modular_sum_tensors(n, seed=3)
     if name in ("lstm", "gru"):
         return torch.randint(0, 12, (n, 5), generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -147,6 +162,7 @@ def _inputs(name: str, n: int = 24):
 
 MODELS = {
     "gpt": lambda: tiny_gpt(vocab=8, width=16, n_heads=2, n_layers=2),
+    "gpt_export": lambda: CheckedGPT(vocab=8, width=16, n_heads=2, n_layers=2),
     "vit": TinyViT,
     "convnext": TinyConvNeXt,
     "lstm": lambda: RecurrentClassifier(nn.LSTM),
@@ -196,6 +212,16 @@ def test_gpt_spec_structure():
     json.dumps(spec.to_dict())
 
 
+def test_export_fallback_when_fx_fails():
+    model = CheckedGPT(vocab=8, width=16, n_heads=2)
+    with pytest.raises(Exception, match="symbolically traced variables"):
+        torch.fx.symbolic_trace(model)
+    spec = permutation_spec(model, _inputs("gpt", 4)[0])
+    assert spec.nested and spec.axes["lm_head.weight"] == spec.axes["wte.weight"]
+    assert len(spec.groups) == len(permutation_spec(tiny_gpt(width=16, n_heads=2),
+                                                    _inputs("gpt", 4)[0]).groups)
+
+
 def test_vit_convnext_rnn_spec_structure():
     vit = permutation_spec(TinyViT(), _inputs("vit", 2)[0].float())
     stream = vit.axes["cls_token"][2][0][0]
@@ -243,7 +269,7 @@ def test_permuted_copy_same_outputs_and_alignment_recovers_it(name, snapshot):
                                torch.arange(len(p[0])).expand(len(p), -1))
         else:
             assert torch.equal(perms[g][torch.tensor(p)], torch.arange(len(p)))
-    loss = sequence_loss if name == "gpt" else None
+    loss = sequence_loss if name.startswith("gpt") else None
     probe = Probe(model, (x, y), loss)
     bar = aligned_barrier(probe, other, alphas=[0.5])
     assert bar.aligned.distance == 0 and bar.raw.distance > 1
