@@ -309,7 +309,8 @@ class _Analysis:
             self.param_names[id(t)].append(key)
         if id(t) not in self.params:
             names = names or {}
-            self.params[id(t)] = tuple(self.atoms.new(s, names.get(i, f"{key}:{i}"))
+            base = key.removesuffix(".weight")
+            self.params[id(t)] = tuple(self.atoms.new(s, names.get(i, f"{base}:{i}"))
                                        for i, s in enumerate(t.shape))
         return self.params[id(t)]
 
@@ -490,11 +491,13 @@ class _Analysis:
         is_method = node.op == "call_method"
         args = list(node.args)
         kwargs = dict(node.kwargs)
+        if isinstance(value, torch.Size) or not isinstance(value, (Tensor, list, tuple)):
+            return SCALAR
         if isinstance(target, torch._ops.OpOverload):
             if not _ATEN:
                 _ATEN.update(_aten_table())
             if target.overloadpacket not in _ATEN:
-                raise _Unsupported(f"the operator {target}")
+                return self.opaque(node, value, f"the operator {target}")
             target = _ATEN[target.overloadpacket]
             if target == "aten.embedding":  # (weight, indices)
                 target, args = F.embedding, [args[1], args[0], *args[2:]]
@@ -519,8 +522,6 @@ class _Analysis:
             return self.value_of(args[i]) if i < len(args) else \
                 self.value_of(kwargs.get(key, default))
 
-        if isinstance(value, torch.Size) or not isinstance(value, (Tensor, list, tuple)):
-            return SCALAR
         if target is getattr:
             attr = args[1]
             if attr in ("T", "mT"):
@@ -627,7 +628,25 @@ class _Analysis:
                           torch.zeros_like, torch.full_like):
                 self.fix_all(lab(0))
             return self._fixed_like(value)
-        raise _Unsupported(f"the {'method' if is_method else 'function'} {what}")
+        return self.opaque(node, value, f"the {'method' if is_method else 'function'} {what}")
+
+    def opaque(self, node: torch.fx.Node, value: Any, what: str) -> Any:
+        """An operation the analysis does not know: allowed when none of its inputs has a
+        dimension that may be permuted (mask and position arithmetic); its outputs are fixed."""
+        self.atoms.propagate_fixed()
+        labs: list[Any] = []
+        for a in [*node.args, *node.kwargs.values()]:
+            lab = self.label_of(a)
+            stack = [lab]
+            while stack:
+                x = stack.pop()
+                if isinstance(x, tuple) and all(isinstance(i, int) for i in x):
+                    labs.extend(x)
+                elif isinstance(x, (tuple, list)):
+                    stack.extend(x)
+        if all(self.atoms.is_fixed(a) for a in labs):
+            return self._fixed_like(value)
+        raise _Unsupported(what)
 
     def getitem(self, args: list[Any], value: Any) -> Any:
         base = self.labels[args[0]] if isinstance(args[0], torch.fx.Node) else SCALAR
@@ -1004,6 +1023,9 @@ def derive_spec(model: nn.Module, example_input: Any) -> PermutationSpec:
     import copy
 
     work = copy.deepcopy(model).eval()
+    config = getattr(work, "config", None)
+    if getattr(config, "use_cache", None):  # Hugging Face: no key/value cache in the output
+        config.use_cache = False
     gm, exported = trace(work, example_input)
     recorder = _Recorder(gm)
     try:

@@ -255,7 +255,7 @@ def test_permuted_copy_same_outputs_and_alignment_recovers_it(name, snapshot):
     with torch.no_grad():
         torch.testing.assert_close(other(x), model(x), rtol=0, atol=1e-10)
     snaps = snapshot(model), snapshot(other)
-    res = align_weights(model, other, example_input=x[:2])
+    res = align_weights(model, other, spec=spec)
     for s in snaps:
         s.assert_unchanged()
     assert res.converged
@@ -271,7 +271,7 @@ def test_permuted_copy_same_outputs_and_alignment_recovers_it(name, snapshot):
             assert torch.equal(perms[g][torch.tensor(p)], torch.arange(len(p)))
     loss = sequence_loss if name.startswith("gpt") else None
     probe = Probe(model, (x, y), loss)
-    bar = aligned_barrier(probe, other, alphas=[0.5])
+    bar = aligned_barrier(probe, other, alphas=[0.5], spec=spec)
     assert bar.aligned.distance == 0 and bar.raw.distance > 1
     assert abs(bar.aligned.loss_barrier) < 1e-12
     json.dumps(bar.to_dict())
@@ -385,3 +385,30 @@ def test_cli_compare_reports_aligned_barrier_of_a_vit(tmp_path, capsys):
     assert pair["alignment_note"] is None
     assert pair["aligned_distance"] == 0 and pair["distance"] > 1
     assert abs(pair["aligned_barrier"]) < 1e-6
+
+
+def test_hugging_face_gpt2_through_torch_export():
+    """A real GPT-2 (transformers, built from a config: no download). torch.fx cannot trace it;
+    torch.export can. Runs when the optional `transformers` is installed (pip install .[hf])."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2,
+                                     n_head=2, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    x = torch.randint(0, 50, (3, 8), generator=g)
+    spec = permutation_spec(model, x)
+    stream = spec.axes["transformer.wte.weight"][1]
+    assert spec.axes["lm_head.weight"] == {1: stream}  # tied
+    assert spec.axes["transformer.h.1.ln_2.bias"] == {0: stream}
+    # GPT-2's Conv1D stores weights as (in, out): the heads are on axis 1
+    assert len(spec.axes["transformer.h.0.attn.c_attn.weight"][1]) == 3
+    assert len(spec.nested) == 4
+    other, _ = _permuted(model, spec)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x).logits, model(x).logits, rtol=0, atol=1e-10)
+    res = align_weights(model, other, spec=spec)
+    assert all(torch.equal(res.state_dict[k], v) for k, v in model.state_dict().items())
