@@ -171,14 +171,17 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
        keys keep the `_orig_mod.` prefix of the compiled model's state dict;
     2. a model with a method `permutation_spec()` returning a `PermutationSpec` gives its own
        (for models whose code cannot be traced; see docs/guides/alignment.md);
-    3. otherwise the spec is derived from the `torch.fx` graph of a copy of the model, run once
-       on `example_input` for the shapes (`transformers`' fx tracer is tried for Hugging Face
-       models that plain fx cannot trace). Understood: Linear, Conv (plain or depthwise),
-       Embedding, LSTM/GRU/RNN (gates permute together), LayerNorm/RMSNorm/BatchNorm/GroupNorm
-       (1 or per-channel groups), elementwise operations with broadcasting (residual additions,
-       layer scale, gating as in squeeze-excitation), reductions, softmax, reshapes and
-       permutes (channels-last LayerNorm, attention heads), split/cat (fused q|k|v, class
-       tokens), matmul and `scaled_dot_product_attention`, slicing of fixed dimensions.
+    3. otherwise the spec is derived from the graph of a copy of the model, run once on
+       `example_input` for the shapes: `torch.fx`, else `transformers`' fx tracer (Hugging Face
+       models, transformers 4), else `torch.export` (its ATen operators read the same way;
+       Hugging Face models are exported without their key/value cache). Operations not listed
+       below are accepted when none of their inputs has a permutable dimension. Understood:
+       Linear, Conv (plain or depthwise), Embedding, LSTM/GRU/RNN (gates permute together),
+       LayerNorm/RMSNorm/BatchNorm/GroupNorm (1 or per-channel groups), elementwise operations
+       with broadcasting (residual additions, layer scale, gating as in squeeze-excitation),
+       reductions, softmax, reshapes and permutes (channels-last LayerNorm, attention heads),
+       split/cat (fused q|k|v, class tokens), matmul and `scaled_dot_product_attention`,
+       slicing of fixed dimensions.
 
     Args:
         model: the network (not changed).
