@@ -809,9 +809,24 @@ class _Analysis:
         groups: dict[str, int] = {}
         names: dict[int, str] = {}
 
+        first_user: dict[int, str] = {}  # unnamed atoms: named after their first tensor
+        keys_by_id = {id(v): k for k, v in state.items()}
+
+        def walk(a: int) -> list[int]:
+            r = atoms.find(a)
+            ref = atoms.refine.get(r)
+            return [x for c in ref[1] for x in walk(c)] if ref else [r]
+
+        for tid, lab in self.params.items():
+            key = keys_by_id.get(tid) or self.param_names[tid][0]
+            for axis, a in enumerate(lab):
+                for r in walk(a):
+                    first_user.setdefault(r, f"{key.removesuffix('.weight')}:{axis}")
+
         def name_of(r: int) -> str:
             if r not in names:
-                base = atoms.name[r] or f"group{r}"
+                own = atoms.name[r]
+                base = own if own and own[0] not in "./" else first_user.get(r, f"group{r}")
                 n, k = base, 1
                 while n in groups:
                     k += 1

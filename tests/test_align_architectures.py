@@ -150,11 +150,25 @@ class CheckedGPT(TinyGPT):
         return super().forward(idx)
 
 
+class TorchEncoder(nn.Module):
+    """PyTorch's own nn.TransformerEncoder (read through torch.export)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(12, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, idx):
+        return self.head(self.encoder(self.emb(idx)).mean(1))
+
+
 def _inputs(name: str, n: int = 24):
     g = torch.Generator().manual_seed(7)
     if name.startswith("gpt"):
         return modular_sum_tensors(n, seed=3)
-    if name in ("lstm", "gru"):
+    if name in ("lstm", "gru", "torch_encoder"):
         return torch.randint(0, 12, (n, 5), generator=g), torch.randint(0, 3, (n,), generator=g)
     return torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64), \
         torch.randint(0, 10, (n,), generator=g)
@@ -165,6 +179,7 @@ MODELS = {
     "gpt_export": lambda: CheckedGPT(vocab=8, width=16, n_heads=2, n_layers=2),
     "vit": TinyViT,
     "convnext": TinyConvNeXt,
+    "torch_encoder": TorchEncoder,
     "lstm": lambda: RecurrentClassifier(nn.LSTM),
     "gru": lambda: RecurrentClassifier(nn.GRU),
 }
