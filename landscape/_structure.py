@@ -134,6 +134,10 @@ def _aten_table() -> dict[Any, Any]:
 _ATEN: dict[Any, Any] = {}
 
 
+class InputMismatch(LandscapeError):
+    """The model does not run on the example input."""
+
+
 class _Unsupported(Exception):
     """An operation the analysis does not understand (becomes a LandscapeError)."""
 
@@ -1049,7 +1053,7 @@ def derive_spec(model: nn.Module, example_input: Any) -> PermutationSpec:
     except LandscapeError:
         raise
     except Exception as e:  # noqa: BLE001 - the model does not run on the example input
-        raise LandscapeError(
+        raise InputMismatch(
             f"{type(model).__name__} does not run on example_input ({type(e).__name__}: {e}); "
             "pass one batch of the model's inputs as example_input."
         ) from e

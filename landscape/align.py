@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from . import batchnorm
 from ._results import to_jsonable
-from ._structure import derive_spec
+from ._structure import InputMismatch, derive_spec
 from .errors import LandscapeError
 from .permspec import (
     PermutationSpec,
@@ -187,8 +187,9 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
         model: the network (not changed).
         example_input: one batch of the model's inputs (a tensor, a tuple of positional inputs
             or a dict of keyword inputs); a few samples are enough. None: guessed from the first
-            layer when it is a Linear (float features) or an Embedding (token ids), else an
-            error asks for it.
+            layer when it is a Linear (float features), an Embedding (token ids) or a
+            convolution (square inputs of 8, 16, 28, 32, 64 or 224 pixels tried in turn), else
+            an error asks for it.
 
     Returns:
         The `PermutationSpec`.
@@ -210,27 +211,37 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
                                  f"landscape.PermutationSpec; got {type(spec).__name__}.")
         spec.check(model.state_dict())
         return spec
-    if example_input is None:
-        example_input = _guess_input(model)
-    spec = derive_spec(model, example_input)
-    spec.check(model.state_dict())
-    return spec
-
-
-def _guess_input(model: nn.Module) -> Tensor:
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            return torch.zeros(2, mod.in_features, dtype=mod.weight.dtype,
-                               device=mod.weight.device)
-        if isinstance(mod, nn.Embedding):
-            return torch.zeros(2, 4, dtype=torch.long, device=mod.weight.device)
-        if any(True for _ in mod.parameters(recurse=False)):
-            break
+    guesses = [example_input] if example_input is not None else _guess_inputs(model)
+    for guess in guesses:
+        try:
+            spec = derive_spec(model, guess)
+        except InputMismatch:
+            if example_input is not None:
+                raise
+            continue
+        spec.check(model.state_dict())
+        return spec
     raise LandscapeError(
         f"permutation alignment runs {type(model).__name__} once to read its shapes: pass "
         "example_input= (one batch of its inputs, a few samples are enough). aligned_barrier "
         "and compare take it from the probe's data."
     )
+
+
+def _guess_inputs(model: nn.Module) -> list[Tensor]:
+    """Inputs to try when none is given, from the first Linear, Embedding or convolution in
+    `model.modules()`: features, token ids, or channels at a few square sizes (8 to 224)."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, nn.Linear):
+            return [torch.zeros(2, mod.in_features, dtype=w.dtype, device=w.device)]
+        if isinstance(mod, nn.Embedding):
+            return [torch.zeros(2, 4, dtype=torch.long, device=w.device)]
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = w.ndim - 2
+            return [torch.zeros(2, mod.in_channels, *[size] * dims, dtype=w.dtype,
+                                device=w.device) for size in (8, 16, 28, 32, 64, 224)]
+    return []
 
 
 def example_input(probe: Probe) -> Any:

@@ -237,6 +237,14 @@ def test_export_fallback_when_fx_fails():
                                                     _inputs("gpt", 4)[0]).groups)
 
 
+def test_input_guessed_from_the_first_layer():
+    # a convolution first: square inputs of 8, 16, ... pixels are tried (this ViT needs 8 x 8)
+    assert permutation_spec(TinyViT()) == permutation_spec(TinyViT(), torch.zeros(2, 1, 8, 8))
+    # an embedding first: token ids
+    gpt = tiny_gpt(width=16, n_heads=2)
+    assert permutation_spec(gpt) == permutation_spec(gpt, _inputs("gpt", 2)[0])
+
+
 def test_vit_convnext_rnn_spec_structure():
     vit = permutation_spec(TinyViT(), _inputs("vit", 2)[0].float())
     stream = vit.axes["cls_token"][2][0][0]
@@ -363,7 +371,9 @@ def test_spec_errors():
     with pytest.raises(LandscapeError, match="2 permutations of range"):
         apply_permutation(model.state_dict(), nested, {"heads": [1, 0], "dims": [0, 1, 2]})
     with pytest.raises(LandscapeError, match="pass example_input"):
-        permutation_spec(TinyViT())
+        permutation_spec(nn.GRU(4, 3))
+    with pytest.raises(LandscapeError, match="does not run on example_input"):
+        permutation_spec(TinyViT(), torch.zeros(2, 1, 12, 12))
     with pytest.raises(LandscapeError, match="grouped convolution"):
         permutation_spec(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 8, 1, groups=2)),
                          torch.zeros(1, 4, 2, 2))
