@@ -22,13 +22,16 @@ fixed, the best P_g is a linear assignment on
 objective by no more than 1e-12 (relative) or `max_iter` passes. The objective never decreases;
 the result is a local optimum.
 
-Which tensors share a permutation is derived from the model with `torch.fx.symbolic_trace`:
-each Linear or Conv output opens a group of hidden units, which flows through elementwise
-activations, dropout, pooling, BatchNorm (weight, bias, running_mean, running_var permute
-together), LayerNorm over the feature dimension, flatten (a conv channel becomes a block of
-consecutive features) and residual additions (both summands must share one permutation: groups
-are merged, union-find). Groups that reach the model's output, or are added to the input, are
-not permuted. Any other operation raises a `LandscapeError` naming it.
+Which tensor axes share a permutation is a `PermutationSpec` (`landscape.permspec`): derived
+from the model's `torch.fx` graph run once on an example input (`permutation_spec`), or given by
+hand for any model. Besides MLPs, CNNs and ResNets this covers transformers (one residual-stream
+permutation shared by the embeddings, every block's input and output projections and every
+LayerNorm/RMSNorm; one per MLP hidden layer; attention heads permuted as whole heads, with the
+query/key dimensions and the value/output dimensions permuted within each head; tied embeddings
+one tensor; positional embeddings, class tokens and biases following), modern convnets
+(depthwise convolutions, channels-last LayerNorm through `permute`, layer scale,
+squeeze-excitation) and recurrent networks (an `nn.Embedding` first layer, LSTM/GRU hidden units
+with their gates). See docs/guides/alignment.md.
 
 References:
     Ainsworth, Hayase, Srinivasa, Git Re-Basin: Merging Models modulo Permutation Symmetries
@@ -41,7 +44,6 @@ References:
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,62 +51,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from . import batchnorm
 from ._results import to_jsonable
+from ._structure import InputMismatch, derive_spec
 from .errors import LandscapeError
-from .probe import Probe
+from .permspec import (
+    PermutationSpec,
+    apply_permutation,
+    axis_index,
+    identity_permutation,
+    permute_tensor,
+    random_permutation,
+)
+from .probe import Probe, _unpack
 from .surface import barrier, interpolate  # noqa: F401 - barrier: importable from here too
 
 BUFFERS = ("interpolate", "recompute", "keep")
-
-# (axis, group name, block): units of the group are `block` consecutive entries along `axis`
-AxisSpec = tuple[int, str, int]
-
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softsign,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-_F = nn.functional
-_PASS_FUNCTIONS = {
-    torch.relu, torch.tanh, torch.sigmoid, torch.dropout, _F.relu, _F.relu6, _F.leaky_relu,
-    _F.elu, _F.selu, _F.gelu, _F.silu, _F.mish, _F.softplus, _F.hardtanh, _F.hardswish,
-    _F.tanh, _F.sigmoid, _F.dropout, _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, _F.avg_pool1d,
-    _F.avg_pool2d, _F.avg_pool3d, _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d,
-    _F.adaptive_avg_pool3d, _F.adaptive_max_pool2d, operator.neg,
-}
-_PASS_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "clone", "detach", "float", "double",
-                 "to", "neg"}
-_ADD = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub, "add", "sub", "add_"}
-_SCALE = {operator.mul, operator.truediv, torch.mul, "mul", "div"}
-
-
-@dataclass(frozen=True)
-class PermutationSpec:
-    """Which tensor axes share a permutation of hidden units, derived from the model's graph.
-
-    Attributes:
-        groups: group name (the first module that produces its units) -> number of units.
-        axes: state-dict key -> the permuted axes of that tensor, as (axis, group, block):
-            unit i of the group covers entries i * block ... (i + 1) * block - 1 along the axis.
-            Tensors not listed are not permuted.
-    """
-
-    groups: dict[str, int]
-    axes: dict[str, tuple[AxisSpec, ...]]
-
-    def members(self, group: str) -> list[tuple[str, int, int]]:
-        """The (tensor, axis, block) triples permuted by `group`."""
-        return [(k, a, b) for k, spec in self.axes.items() for a, g, b in spec if g == group]
+__all__ = ["AlignResult", "AlignedBarrierResult", "BarrierCurve", "PermutationSpec",
+           "align_weights", "aligned_barrier", "apply_permutation", "barrier", "example_input",
+           "permutation_spec", "random_permutation"]
 
 
 @dataclass(frozen=True)
@@ -194,307 +162,134 @@ class AlignedBarrierResult:
 # ---------------------------------------------------------------------- structure
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:
+    """The permutation structure of `model`: its groups of hidden units and the axes each permutes.
 
-    def add(self, x: str) -> None:
-        self.parent.setdefault(x, x)
+    In order of precedence:
 
-    def find(self, x: str) -> str:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # keep the earlier-created name as the root (its creation order)
-            order = list(self.parent)
-            keep, drop = (ra, rb) if order.index(ra) <= order.index(rb) else (rb, ra)
-            self.parent[drop] = keep
-
-
-_FIXED = "<fixed>"  # the group of axes that must not be permuted (input, output)
-_SCALAR = object()  # a non-tensor value (x.size(0), a shape)
-
-
-def permutation_spec(model: nn.Module) -> PermutationSpec:
-    """Derive the permutation groups of `model` from its `torch.fx` graph.
+    1. a `torch.compile`d model is replaced by the module it wraps (`_orig_mod`); the spec's
+       keys keep the `_orig_mod.` prefix of the compiled model's state dict;
+    2. a model with a method `permutation_spec()` returning a `PermutationSpec` gives its own
+       (for models whose code cannot be traced; see docs/guides/alignment.md);
+    3. otherwise the spec is derived from the graph of a copy of the model, run once on
+       `example_input` for the shapes: `torch.fx`, else `transformers`' fx tracer (Hugging Face
+       models, transformers 4), else `torch.export` (its ATen operators read the same way;
+       Hugging Face models are exported without their key/value cache). Operations not listed
+       below are accepted when none of their inputs has a permutable dimension. Understood:
+       Linear, Conv (plain or depthwise), Embedding, LSTM/GRU/RNN (gates permute together),
+       LayerNorm/RMSNorm/BatchNorm/GroupNorm (1 or per-channel groups), elementwise operations
+       with broadcasting (residual additions, layer scale, gating as in squeeze-excitation),
+       reductions, softmax, reshapes and permutes (channels-last LayerNorm, attention heads),
+       split/cat (fused q|k|v, class tokens), matmul and `scaled_dot_product_attention`,
+       slicing of fixed dimensions.
 
     Args:
-        model: an MLP, CNN or residual network built from Linear / Conv layers, BatchNorm,
-            LayerNorm (over the feature dimension), elementwise activations, pooling, flatten
-            and additions. The model is traced, never changed.
+        model: the network (not changed).
+        example_input: one batch of the model's inputs (a tensor, a tuple of positional inputs
+            or a dict of keyword inputs); a few samples are enough. None: guessed from the first
+            layer when it is a Linear (float features), an Embedding (token ids) or a
+            convolution (square inputs of 8, 16, 28, 32, 64 or 224 pixels tried in turn), else
+            an error asks for it.
 
     Returns:
-        The `PermutationSpec`: groups of hidden units and the tensor axes each permutes.
+        The `PermutationSpec`.
 
     Raises:
         LandscapeError: the model cannot be traced, or uses an operation whose effect on the
-            hidden units is not known (the message names it).
+            hidden units is not known (the message names it and points at the hand-given spec).
     """
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module):  # torch.compile's OptimizedModule
+        spec = permutation_spec(inner, example_input)
+        return PermutationSpec(spec.groups, {f"_orig_mod.{k}": v for k, v in spec.axes.items()},
+                               spec.nested)
+    own = getattr(model, "permutation_spec", None)
+    if callable(own):
+        spec = own()
+        if not isinstance(spec, PermutationSpec):
+            raise LandscapeError(f"{type(model).__name__}.permutation_spec() must return a "
+                                 f"landscape.PermutationSpec; got {type(spec).__name__}.")
+        spec.check(model.state_dict())
+        return spec
+    guesses = [example_input] if example_input is not None else _guess_inputs(model)
+    for guess in guesses:
+        try:
+            spec = derive_spec(model, guess)
+        except InputMismatch:
+            if example_input is not None:
+                raise
+            continue
+        spec.check(model.state_dict())
+        return spec
+    raise LandscapeError(
+        f"permutation alignment runs {type(model).__name__} once to read its shapes: pass "
+        "example_input= (one batch of its inputs, a few samples are enough). aligned_barrier "
+        "and compare take it from the probe's data."
+    )
+
+
+def _guess_inputs(model: nn.Module) -> list[Tensor]:
+    """Inputs to try when none is given, from the first Linear, Embedding or convolution in
+    `model.modules()`: features, token ids, or channels at a few square sizes (8 to 224)."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, nn.Linear):
+            return [torch.zeros(2, mod.in_features, dtype=w.dtype, device=w.device)]
+        if isinstance(mod, nn.Embedding):
+            return [torch.zeros(2, 4, dtype=torch.long, device=w.device)]
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = w.ndim - 2
+            return [torch.zeros(2, mod.in_channels, *[size] * dims, dtype=w.dtype,
+                                device=w.device) for size in (8, 16, 28, 32, 64, 224)]
+    return []
+
+
+def example_input(probe: Probe) -> Any:
+    """The model inputs of the probe's first batch (captured at the model's forward call when
+    the probe computes its own loss with `batch_loss`); the forward itself is not run."""
+    batch = next(iter(probe._data.batches()))
+    if probe.batch_loss is None:
+        return _unpack(batch)[0]
+
+    class _Captured(Exception):
+        pass
+
+    def grab(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise _Captured(args, kwargs)
+
+    handle = probe.model.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception as e:  # noqa: BLE001 - any tracing failure is the user's model
-        raise LandscapeError(
-            f"permutation alignment traces the model with torch.fx and tracing failed "
-            f"({type(e).__name__}: {e}); data-dependent control flow is not supported."
-        ) from e
-    uf = _UnionFind()
-    uf.add(_FIXED)
-    sizes: dict[str, int] = {}
-    # value spec of each node: None (fixed axis), _SCALAR, or (group, flattened)
-    spec: dict[torch.fx.Node, Any] = {}
-    raw_axes: dict[str, list[tuple[int, str, Any]]] = {}  # block "flat" resolved at the end
-
-    def unsupported(node: torch.fx.Node, what: str) -> LandscapeError:
-        return LandscapeError(
-            f"permutation alignment does not support {what} (fx node {node.name!r}); supported: "
-            "Linear/Conv (groups=1), BatchNorm, LayerNorm over features, elementwise "
-            "activations, dropout, pooling, flatten, mean over spatial dims and additions."
-        )
-
-    def tensor_inputs(node: torch.fx.Node) -> list[Any]:
-        found = []
-        for a in [*node.args, *node.kwargs.values()]:
-            for x in (a if isinstance(a, (list, tuple)) else [a]):
-                if isinstance(x, torch.fx.Node) and spec[x] is not _SCALAR:
-                    found.append(spec[x])
-        return found
-
-    def single(node: torch.fx.Node, what: str) -> Any:
-        ins = tensor_inputs(node)
-        if len(ins) != 1:
-            raise unsupported(node, f"{what} with {len(ins)} tensor inputs")
-        return ins[0]
-
-    def new_group(name: str, size: int) -> str:
-        uf.add(name)
-        sizes[name] = size
-        return name
-
-    def fix(s: Any) -> None:
-        if s is not None:
-            uf.union(_FIXED, s[0])
-
-    for node in graph.nodes:
-        op, target = node.op, node.target
-        if op == "placeholder":
-            spec[node] = None
-        elif op == "output":
-            for s in tensor_inputs(node):
-                fix(s)
-        elif op == "get_attr":
-            raise unsupported(node, f"a direct use of the attribute {target!r}")
-        elif op == "call_module":
-            mod = model.get_submodule(target)
-            s_in = single(node, type(mod).__name__)
-            if isinstance(mod, _LINEAR):
-                if getattr(mod, "groups", 1) != 1:
-                    raise unsupported(node, f"a grouped convolution {target!r} (groups > 1)")
-                n_in = mod.weight.shape[1]
-                if s_in is not None:
-                    raw_axes.setdefault(f"{target}.weight", []).append((1, s_in[0], s_in[1]))
-                    if not s_in[1]:
-                        _check_size(node, sizes, s_in[0], n_in)
-                    else:
-                        _check_blocks(node, sizes, s_in[0], n_in)
-                g = new_group(target, mod.weight.shape[0])
-                raw_axes.setdefault(f"{target}.weight", []).append((0, g, False))
-                if mod.bias is not None:
-                    raw_axes.setdefault(f"{target}.bias", []).append((0, g, False))
-                spec[node] = (g, False)
-            elif isinstance(mod, _NORMS):
-                if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) != 1:
-                    raise unsupported(node, f"LayerNorm {target!r} over more than one dimension")
-                if s_in is not None and s_in[1]:
-                    raise unsupported(node, f"{type(mod).__name__} {target!r} after flatten")
-                if s_in is None:
-                    spec[node] = None
-                    continue
-                _check_size(node, sizes, s_in[0], _norm_size(mod))
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    if getattr(mod, name, None) is not None:
-                        raw_axes.setdefault(f"{target}.{name}", []).append((0, s_in[0], False))
-                spec[node] = s_in
-            elif isinstance(mod, nn.Flatten):
-                if mod.start_dim != 1:
-                    raise unsupported(node, f"Flatten {target!r} with start_dim={mod.start_dim}")
-                spec[node] = None if s_in is None else (s_in[0], True)
-            elif isinstance(mod, _PASS_MODULES):
-                if any(True for _ in mod.parameters()):
-                    raise unsupported(node, f"{type(mod).__name__} {target!r} with parameters")
-                spec[node] = s_in
-            else:
-                raise unsupported(node, f"the module {target!r} of type {type(mod).__name__}")
-        elif op in ("call_function", "call_method"):
-            key = target
-            if op == "call_method" and target in ("size", "dim") or (
-                    target is getattr and node.args[1] in ("shape", "ndim")):
-                spec[node] = _SCALAR
-            elif key in _ADD:
-                ins = tensor_inputs(node)
-                if len(ins) == 1:
-                    spec[node] = ins[0]
-                elif len(ins) == 2:
-                    a, b = ins
-                    if a is None or b is None:
-                        fix(a)
-                        fix(b)
-                        spec[node] = None
-                    else:
-                        if a[1] != b[1]:
-                            raise unsupported(node, "an addition of flattened and unflattened "
-                                                    "features")
-                        _check_size(node, sizes, b[0], sizes[a[0]])
-                        uf.union(a[0], b[0])
-                        spec[node] = a
-                else:
-                    raise unsupported(node, f"{key} with {len(ins)} tensor inputs")
-            elif key in _SCALE:
-                ins = tensor_inputs(node)
-                if len(ins) != 1:
-                    raise unsupported(node, f"a product of two tensors ({key})")
-                spec[node] = ins[0]
-            elif key in _PASS_FUNCTIONS or (op == "call_method" and key in _PASS_METHODS):
-                spec[node] = single(node, str(key))
-            elif key in (torch.flatten, "flatten"):
-                s_in = single(node, "flatten")
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                if start != 1:
-                    raise unsupported(node, f"flatten with start_dim={start}")
-                spec[node] = None if s_in is None else (s_in[0], True)
-            elif key in ("view", "reshape") or key is torch.reshape:
-                s_in = single(node, str(key))
-                shape = [a for a in node.args[1:]]
-                if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
-                    shape = list(shape[0])
-                if len(shape) != 2 or shape[1] != -1:
-                    raise unsupported(node, f"{key} to a shape other than (batch, -1)")
-                spec[node] = None if s_in is None else (s_in[0], True)
-            elif key in (torch.mean, "mean", torch.sum, "sum", torch.amax, "amax"):
-                s_in = single(node, str(key))
-                dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-                dims = (dims,) if isinstance(dims, int) else dims
-                if dims is None or 1 in dims:  # reduces over the units: invariant
-                    spec[node] = None
-                elif all(isinstance(d, int) and d >= 2 for d in dims):
-                    spec[node] = s_in
-                else:
-                    raise unsupported(node, f"{key} over dims {dims} (use positive spatial dims)")
-            else:
-                raise unsupported(node, f"the {op.replace('call_', '')} {key!r}")
-        else:  # pragma: no cover - fx has no other node kinds
-            raise unsupported(node, f"the fx op {op!r}")
-
-    groups: dict[str, int] = {}
-    for g, n in sizes.items():
-        root = uf.find(g)
-        if uf.find(_FIXED) != root:
-            groups.setdefault(root, n)
-    axes: dict[str, tuple[AxisSpec, ...]] = {}
-    state = model.state_dict()
-    for key, entries in raw_axes.items():
-        resolved = []
-        for axis, g, flat in entries:
-            root = uf.find(g)
-            if root not in groups:
-                continue
-            block = state[key].shape[axis] // groups[root] if flat else 1
-            resolved.append((axis, root, block))
-        if resolved:
-            axes[key] = tuple(resolved)
-    return PermutationSpec(groups, axes)
-
-
-def _norm_size(mod: nn.Module) -> int:
-    return mod.normalized_shape[0] if isinstance(mod, nn.LayerNorm) else mod.num_features
-
-
-def _check_size(node: torch.fx.Node, sizes: dict[str, int], g: str, n: int) -> None:
-    if sizes[g] != n:
-        raise LandscapeError(
-            f"fx node {node.name!r} expects {n} features but its input has {sizes[g]} units "
-            f"(group {g!r}); the model's graph is not understood by permutation alignment."
-        )
-
-
-def _check_blocks(node: torch.fx.Node, sizes: dict[str, int], g: str, n: int) -> None:
-    if n % sizes[g]:
-        raise LandscapeError(
-            f"fx node {node.name!r} takes {n} flattened features, not a multiple of the "
-            f"{sizes[g]} channels of group {g!r}; flatten must follow a channel dimension."
-        )
-
-
-# ---------------------------------------------------------------------- permuting
-
-
-def _unit_index(perm: Tensor, block: int) -> Tensor:
-    if block == 1:
-        return perm
-    return (perm[:, None] * block + torch.arange(block, device=perm.device)).reshape(-1)
-
-
-def _permute(t: Tensor, entries: Sequence[AxisSpec], perms: dict[str, Tensor],
-             skip_axis: int | None = None) -> Tensor:
-    for axis, g, block in entries:
-        if axis != skip_axis:
-            t = t.index_select(axis, _unit_index(perms[g].to(t.device), block))
-    return t
-
-
-def apply_permutation(state_dict: dict[str, Tensor], spec: PermutationSpec,
-                      perms: dict[str, Tensor | Sequence[int]]) -> dict[str, Tensor]:
-    """A new state dict with the hidden units permuted: unit i becomes old unit perms[g][i].
-
-    The network loaded with the result computes the same function as the original (up to
-    floating-point summation order). Tensors not in `spec.axes` are copied unchanged.
-
-    Raises:
-        LandscapeError: a group is missing from `perms`, or a permutation is not one.
-    """
-    p = _check_perms(spec, perms)
-    return {k: _permute(v.detach(), spec.axes[k], p).clone() if k in spec.axes
-            else v.detach().clone() for k, v in state_dict.items()}
-
-
-def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, Tensor]:
-    """A uniformly random permutation for every group (its own `torch.Generator`)."""
-    gen = torch.Generator().manual_seed(seed)
-    return {g: torch.randperm(n, generator=gen) for g, n in spec.groups.items()}
-
-
-def _check_perms(spec: PermutationSpec, perms: dict[str, Any]) -> dict[str, Tensor]:
-    out = {}
-    for g, n in spec.groups.items():
-        if g not in perms:
-            raise LandscapeError(f"no permutation for group {g!r}; give one for each of "
-                                 f"{list(spec.groups)}.")
-        p = torch.as_tensor(perms[g], dtype=torch.long)
-        if p.shape != (n,) or not torch.equal(p.sort().values, torch.arange(n)):
-            raise LandscapeError(f"perms[{g!r}] must be a permutation of range({n}).")
-        out[g] = p
-    return out
+        with torch.no_grad():
+            probe.batch_loss(probe.model, batch)
+    except _Captured as c:
+        args, kwargs = c.args
+        return kwargs if kwargs and not args else args if len(args) != 1 or kwargs else args[0]
+    finally:
+        handle.remove()
+    raise LandscapeError("the probe's batch_loss never calls the model: pass example_input=.")
 
 
 # ---------------------------------------------------------------------- weight matching
 
 
-def align_weights(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100,
-                  seed: int = 0) -> AlignResult:
+def align_weights(model_a: nn.Module, model_b: nn.Module, *, spec: PermutationSpec | None = None,
+                  example_input: Any = None, max_iter: int = 100, seed: int = 0) -> AlignResult:
     """Permute the hidden units of `model_b` to match `model_a` by weight matching.
 
-    Maximizes sum over tensors t of <W_a[t], P(W_b[t])> over one permutation per group by
+    Maximizes sum over parameters t of <W_a[t], P(W_b[t])> over one permutation per group by
     coordinate descent, each step a linear assignment (Ainsworth et al. 2023, algorithm 2; see
-    the module docstring). The groups come from `permutation_spec(model_a)`. Only parameters
-    enter the objective; buffers (BatchNorm running statistics) are permuted with them.
+    the module docstring). For a group with nested groups (attention heads and the dimensions
+    within each head) the step is exact over both levels: C[i, j] is the best match of head j
+    of B onto head i of A over the within-head permutations (one assignment per pair), then the
+    heads are assigned. Only parameters enter the objective (tied ones once); buffers
+    (BatchNorm running statistics) are permuted with them.
 
     Args:
         model_a: the reference network (not changed).
         model_b: the network to permute, of the same architecture (not changed: the result holds
             a permuted copy of its state dict).
+        spec: the permutation structure; None: `permutation_spec(model_a, example_input)`.
+        example_input: one batch of inputs, to read the shapes when deriving the spec.
         max_iter: the most coordinate-descent passes over all groups.
         seed: seed of the random group order in each pass.
 
@@ -524,17 +319,27 @@ def align_weights(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100
             "model_a and model_b must have the same architecture (the same state-dict keys and "
             "shapes); build model_b from the same class and arguments as model_a."
         )
-    spec = permutation_spec(model_a)
-    params = {n for n, _ in model_a.named_parameters()}
-    members = {g: [(k, a, b) for k, a, b in spec.members(g) if k in params] for g in spec.groups}
-    perms = {g: torch.arange(n) for g, n in spec.groups.items()}
-    names = list(spec.groups)
+    for which, sd in (("model_a", sd_a), ("model_b", sd_b)):
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise LandscapeError(f"{which} has non-finite values in {bad[:3]}: weight matching "
+                                 "needs finite weights (did its training diverge?).")
+    if spec is None:
+        spec = permutation_spec(model_a, example_input)
+    elif not isinstance(spec, PermutationSpec):
+        raise LandscapeError(f"spec must be a landscape.PermutationSpec; got "
+                             f"{type(spec).__name__}.")
+    spec.check(sd_a)
+    params = [k for k, _ in model_a.named_parameters() if k in spec.axes]
+    perms = identity_permutation(spec)
+    names = [g for g in spec.groups if g not in spec.nested]
+    inner_of = {g: [u for u, o in spec.nested.items() if o == g] for g in names}
+    members = {g: [(k, a) for k, a in spec.members(g) if k in params] for g in names}
     gen = torch.Generator().manual_seed(seed)
 
     def objective() -> float:
-        return float(sum(
-            (sd_a[k].double() * _permute(sd_b[k], spec.axes[k], perms).double()).sum()
-            for k in spec.axes if k in params))
+        return float(sum((sd_a[k].double() * permute_tensor(spec, k, sd_b[k], perms).double())
+                         .sum() for k in params))
 
     trace = [objective()]
     converged = False
@@ -543,25 +348,13 @@ def align_weights(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100
         n_iter += 1
         for i in torch.randperm(len(names), generator=gen).tolist():
             g = names[i]
-            n = spec.groups[g]
-            cost = torch.zeros(n, n, dtype=torch.float64)
-            for k, axis, _ in members[g]:
-                wa = sd_a[k].double().movedim(axis, 0).reshape(n, -1)
-                wb = _permute(sd_b[k], spec.axes[k], perms, skip_axis=axis)
-                wb = wb.double().movedim(axis, 0).reshape(n, -1)
-                cost += wa.cpu() @ wb.cpu().T
-            c = cost.numpy()
-            _, cols = linear_sum_assignment(c, maximize=True)
-            # keep the current permutation unless the new one is strictly better
-            if c[np.arange(n), cols].sum() > c[np.arange(n), perms[g].numpy()].sum():
-                perms[g] = torch.as_tensor(cols, dtype=torch.long)
+            _match_group(spec, g, inner_of[g], members[g], sd_a, sd_b, perms)
         trace.append(objective())
         if trace[-1] - trace[-2] <= 1e-12 * max(1.0, abs(trace[-2])):
             converged = True
             break
-    aligned = {k: _permute(v, spec.axes[k], perms).clone() if k in spec.axes else v.clone()
-               for k, v in sd_b.items()}
-    tensors = {g: [f"{k}:{a}" for k, a, _ in spec.members(g)] for g in spec.groups}
+    aligned = {k: permute_tensor(spec, k, v, perms).clone() for k, v in sd_b.items()}
+    tensors = {g: [f"{k}:{a}" for k, a in spec.members(g)] for g in spec.groups}
     return AlignResult(
         state_dict=aligned, perms={g: p.tolist() for g, p in perms.items()},
         group_sizes=dict(spec.groups), tensors=tensors, objective=trace, n_iter=n_iter,
@@ -569,12 +362,77 @@ def align_weights(model_a: nn.Module, model_b: nn.Module, *, max_iter: int = 100
     )
 
 
+def _match_group(spec: PermutationSpec, g: str, inner: list[str],
+                 members: list[tuple[str, int]], sd_a: dict[str, Tensor],
+                 sd_b: dict[str, Tensor], perms: dict[str, Tensor]) -> None:
+    """One coordinate step: the best permutation of group `g` (and of the groups nested in it)
+    with every other group fixed; kept only when strictly better than the current one."""
+    n = spec.groups[g]
+    cost = torch.zeros(n, n, dtype=torch.float64)
+    pair = {u: torch.zeros(n, n, spec.groups[u], spec.groups[u], dtype=torch.float64)
+            for u in inner}
+    skip = frozenset({g})
+    for key, axis in members:
+        wa = sd_a[key].double()
+        wb = sd_b[key]
+        for ax, layout in spec.axes[key].items():
+            wb = wb.index_select(ax, axis_index(spec, layout, perms, skip if ax == axis
+                                                else frozenset()).to(wb.device))
+        wb = wb.double()
+        offset = 0
+        for seg in spec.axes[key][axis]:
+            sizes = [spec.factor_size(f) for f in seg]
+            length = int(np.prod(sizes))
+            views = []
+            for w in (wa, wb):
+                w = w.narrow(axis, offset, length).movedim(axis, 0).cpu()
+                views.append(w.reshape(*sizes, -1))
+            offset += length
+            for d, f in enumerate(seg):
+                if f != g:
+                    continue
+                u = seg[d + 1] if d + 1 < len(seg) and seg[d + 1] in inner else None
+                front = [d, d + 1] if u else [d]
+                va, vb = (v.movedim(front, list(range(len(front)))) for v in views)
+                if u is None:
+                    cost += va.reshape(n, -1) @ vb.reshape(n, -1).T
+                else:
+                    m = spec.groups[u]
+                    pair[u] += torch.einsum("idr,jer->ijde", va.reshape(n, m, -1),
+                                            vb.reshape(n, m, -1))
+    rows = np.arange(n)
+    current = perms[g].numpy()
+    now = float(cost.numpy()[rows, current].sum())  # with the current within-head perms
+    best_inner = {}
+    for u, blocks in pair.items():
+        m = spec.groups[u]
+        value = torch.zeros(n, n, dtype=torch.float64)
+        cols = torch.zeros(n, n, m, dtype=torch.long)
+        for i in range(n):
+            for j in range(n):
+                c = blocks[i, j].numpy()
+                _, col = linear_sum_assignment(c, maximize=True)
+                value[i, j] = float(c[np.arange(m), col].sum())
+                cols[i, j] = torch.as_tensor(col)
+        now += float(blocks[rows, current].gather(
+            2, perms[u][:, :, None]).sum())  # blocks[i, P(i), d, sigma_i(d)]
+        cost += value
+        best_inner[u] = cols
+    c = cost.numpy()
+    _, new = linear_sum_assignment(c, maximize=True)
+    if c[rows, new].sum() > now:
+        perms[g] = torch.as_tensor(new, dtype=torch.long)
+        for u, cols in best_inner.items():
+            perms[u] = cols[torch.arange(n), perms[g]]
+
+
 # ---------------------------------------------------------------------- barriers
 
 
 def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | None = None,
                     *, max_iter: int = 100, seed: int = 0, buffers: str = "interpolate",
-                    bn_data: Any = None, batch_size: int = 256) -> AlignedBarrierResult:
+                    bn_data: Any = None, batch_size: int = 256,
+                    spec: PermutationSpec | None = None) -> AlignedBarrierResult:
     """Loss and error barriers between the probe's model (A) and `model_b`, raw and aligned.
 
     Along f(a) = L((1 - a) w_A + a w_B) for each a in `alphas` (0 and 1 added), the barrier is
@@ -602,6 +460,8 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
             `(inputs, targets)` tensor pair, an inputs tensor (both split into batches of
             `batch_size`), or an iterable of batches whose first element is the inputs.
         batch_size: batch size when `bn_data` is a tensor.
+        spec: the permutation structure (`PermutationSpec`); None: derived from model A, run on
+            the inputs of the probe's first batch (`permutation_spec`).
 
     Returns:
         `AlignedBarrierResult` with the raw and the aligned `BarrierCurve`.
@@ -621,7 +481,9 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     alphas = np.unique(np.concatenate([alphas, [0.0, 1.0]]))
     start = time.perf_counter()
     meter = probe.meter()
-    alignment = align_weights(probe.model, model_b, max_iter=max_iter, seed=seed)
+    alignment = align_weights(
+        probe.model, model_b, spec=spec, max_iter=max_iter, seed=seed,
+        example_input=None if spec is not None else example_input(probe))
     raw_sd = {k: v.detach() for k, v in model_b.state_dict().items()}
     bn_batches = None if bn_data is None else batchnorm.input_batches(bn_data, batch_size)
     curves = [_curve(probe, sd, alphas, buffers, bn_batches)

@@ -250,11 +250,11 @@ def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
                     alphas: np.ndarray, buffers: str) -> PairResult:
     """The pair with its barriers after permuting `model_b` onto model A (the raw path is
     already in `pair`: only the aligned one is evaluated here)."""
-    from .align import align_weights
+    from .align import align_weights, example_input
     from .surface import interpolate
 
     try:
-        alignment = align_weights(probe_a.model, model_b)
+        alignment = align_weights(probe_a.model, model_b, example_input=example_input(probe_a))
     except LandscapeError as exc:
         return replace(pair, alignment_note=str(exc))
     except Exception as exc:  # noqa: BLE001 - a failed alignment must not lose the comparison
