@@ -66,7 +66,8 @@ from .permspec import (
     permute_tensor,
     random_permutation,
 )
-from .probe import Probe, _unpack
+from .probe import Probe
+from .probe_data import unpack
 from .surface import barrier, interpolate  # noqa: F401 - barrier: importable from here too
 
 BUFFERS = ("interpolate", "recompute", "keep")
@@ -249,7 +250,7 @@ def example_input(probe: Probe) -> Any:
     the probe computes its own loss with `batch_loss`); the forward itself is not run."""
     batch = next(iter(probe._data.batches()))
     if probe.batch_loss is None:
-        return _unpack(batch)[0]
+        return unpack(batch)[0]
 
     class _Captured(Exception):
         pass
