@@ -49,10 +49,12 @@ def train_demo_models(out: str | Path, seed: int = 0,
 
 
 def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = False,
-             log: Callable[[str], None] | None = None) -> Comparison:
+             log: Callable[[str], None] | None = None,
+             column: str | float = "single") -> Comparison:
     """Train the four minima, compare them on the training data, write everything to `out`.
 
     All four start from the same initialization (`seed`), so they differ only by the optimizer.
+    `column` sizes the figures ("single", "double" or inches; `landscape.plot.figure_size`).
     """
     say = log or (lambda _line: None)
     paths = train_demo_models(out, seed=seed, log=log)
@@ -69,7 +71,7 @@ def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = Fa
     # BatchNorm networks: the statistics re-estimated along the paths give the fair barriers
     result = compare(probes, budget="quick", seed=seed, buffers="recompute", progress=progress,
                      log=log)
-    written = result.write(out)
+    written = result.write(out, column=column)
     table = ["", "## Held-out test data (359 samples)", "",
              "| minimum | test loss | test accuracy |", "|---|---|---|"]
     table += [f"| {n} | {e.loss:.4f} | {e.accuracy:.3f} |" for n, e in held_out.items()]
