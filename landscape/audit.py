@@ -226,6 +226,7 @@ def audit(
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {list(MEASURES)}.")
     effort = _EFFORT[budget]
+    report_name = name  # `name` is reused below for each measure's name
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     out: dict[str, Measure] = {}
@@ -380,7 +381,7 @@ def audit(
     ]:
         run(name, fn)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
-                       probe.n_samples, results, name=name, data_name=data_name)
+                       probe.n_samples, results, name=report_name, data_name=data_name)
 
 
 def _measure(name: str, value: float, stderr: float | None, result: Any,

@@ -113,7 +113,8 @@ def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[f
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
-             aspect: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
+             aspect: float | None = None, layout: str = "constrained",
+             **kwargs: Any) -> tuple[Any, Any]:
     """`plt.subplots` in the paper style: column width, constrained layout, `STYLE` fonts.
 
     Args:
@@ -121,6 +122,8 @@ def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
         column: "single", "double" or a width in inches (see `figure_size`).
         aspect: height / width of the whole figure (default 0.75 for one row of single-column
             panels, less for wide rows).
+        layout: "constrained", or "compressed" for panels of fixed aspect (contours, heatmaps:
+            the colorbars then match the panels' height).
         **kwargs: passed to `plt.subplots` (sharex, subplot_kw, gridspec_kw, ...).
 
     Returns:
@@ -129,8 +132,8 @@ def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
     if aspect is None:
         aspect = 0.75 * nrows / ncols if column == "single" else 0.36 * nrows * max(1, 2 / ncols)
     with plt.rc_context(STYLE):
-        return plt.subplots(nrows, ncols, figsize=figure_size(column, aspect),
-                            layout="constrained", **kwargs)
+        return plt.subplots(nrows, ncols, figsize=figure_size(column, aspect), layout=layout,
+                            **kwargs)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE_FORMATS,
@@ -235,6 +238,7 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
             ax.set_xlabel(xlabel)
         if labels is not None:
             _legend_outside(ax, acc_ax if not twin else None)
+    _fonts(ax, acc_ax)
     return ax
 
 
@@ -277,7 +281,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
     """
     z = _z(surface, log)
     with plt.rc_context(STYLE):
-        ax = _axes(ax, column)
+        ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
         extend = _extend(z, levels)
         if filled:
@@ -292,6 +296,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
+    _fonts(ax)
     return ax
 
 
@@ -307,12 +312,13 @@ def plot_heatmap(surface: Surface, ax: Any = None, *, log: bool = False,
     else:
         z, label = _z(surface, log), _zlabel(log)
     with plt.rc_context(STYLE):
-        ax = _axes(ax, column)
+        ax = _axes(ax, column, "compressed")
         mesh = ax.pcolormesh(surface.xs, surface.ys, np.ma.masked_invalid(z).T, cmap=CMAP,
                              shading="nearest", rasterized=True)
         ax.figure.colorbar(mesh, ax=ax, label=label)
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
+    _fonts(ax)
     return ax
 
 
@@ -360,9 +366,10 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
             axis.set_major_locator(MaxNLocator(4))
         ax.tick_params(pad=-1, labelsize=6)
         ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
-        ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=6)
+        ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
         ax.set_box_aspect(None, zoom=0.8)
+    _fonts(ax)
     return ax
 
 
@@ -421,6 +428,7 @@ def plot_density(result: Any, ax: Any = None, log: bool = False, *,
             ax.set_ylim(0.0, peak * 1.05)
         ax.set_xlabel(r"eigenvalue $\lambda$")
         ax.set_ylabel("density")
+    _fonts(ax)
     return ax
 
 
@@ -462,6 +470,7 @@ def plot_track(track: Any, ax: Any = None, *, measure: str | None = None,
             _edge_of_stability(ax, values, 2.0 / lr, log)
         ax.set_xlabel("step")
         ax.set_ylabel(measure.replace("_", " "))
+    _fonts(ax)
     return ax
 
 
@@ -532,9 +541,9 @@ def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
 # ---------------------------------------------------------------------- helpers
 
 
-def _axes(ax: Any, column: str | float = "single") -> Any:
+def _axes(ax: Any, column: str | float = "single", layout: str = "constrained") -> Any:
     if ax is None:
-        _, ax = subplots(column=column)
+        _, ax = subplots(column=column, layout=layout)
     return ax
 
 
@@ -559,6 +568,22 @@ def _extend(z: np.ndarray, levels: int | Sequence[float]) -> str:
     low, high = finite.min() < lv.min(), finite.max() > lv.max()
     return {(False, False): "neither", (True, False): "min", (False, True): "max",
             (True, True): "both"}[(bool(low), bool(high))]
+
+
+def _fonts(*axes: Any) -> None:
+    """Give the axes' labels, title and tick labels the style's family and sizes: Axes made
+    outside `STYLE` (a user's own figure) keep matplotlib's sizes otherwise."""
+    family = STYLE["font.sans-serif"][0]
+    for a in axes:
+        if a is None:
+            continue
+        for axis in [a.xaxis, a.yaxis] + ([a.zaxis] if hasattr(a, "zaxis") else []):
+            axis.label.set_fontsize(STYLE["axes.labelsize"])
+            axis.label.set_family(family)
+        if not hasattr(a, "zaxis"):
+            a.tick_params(labelsize=STYLE["xtick.labelsize"])
+        a.title.set_fontsize(STYLE["axes.titlesize"])
+        a.title.set_family(family)
 
 
 def _xy_labels(ax: Any, surface: Surface) -> None:
