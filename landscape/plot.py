@@ -344,7 +344,7 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
     if zmax is not None:
         above = np.isfinite(z) & (z > zmax)
         if above.any():
-            zlabel += f"\nclipped at {zmax:g} ({above.mean():.0%} above)"
+            zlabel += f"\nclipped at {zmax:.3g} ({above.mean():.0%} above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
         if ax is None:

@@ -44,7 +44,7 @@ def draw_figures(lines: Sequence, surfaces: Sequence, out: Path, names: Sequence
 
     logs = np.concatenate([np.log10(s.loss[np.isfinite(s.loss) & (s.loss > 0)])
                            for s in surfaces])
-    levels = np.linspace(np.floor(4 * logs.min()) / 4, np.ceil(4 * logs.max()) / 4, 21)
+    levels = np.arange(np.floor(5 * logs.min()) / 5, np.ceil(5 * logs.max()) / 5 + 1e-9, 0.2)
     fig, axes = lp.subplots(1, len(surfaces), column="double", aspect=0.42, layout="compressed")
     for ax, s, name in zip(np.atleast_1d(axes), surfaces, names):
         lp.plot_contour(s, ax, levels=levels, log=True)
@@ -54,7 +54,7 @@ def draw_figures(lines: Sequence, surfaces: Sequence, out: Path, names: Sequence
 
     top = levels[-1] if zmax is None else zmax
     with plt.rc_context(lp.STYLE):
-        fig = plt.figure(figsize=lp.figure_size("double", 0.45), layout="constrained")
+        fig = plt.figure(figsize=lp.figure_size("double", 0.4), layout="constrained")
     for k, (s, name) in enumerate(zip(surfaces, names)):
         ax = fig.add_subplot(1, len(surfaces), k + 1, projection="3d")
         lp.plot_surface_3d(s, ax, log=True, zmax=zmax)
