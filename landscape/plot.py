@@ -468,6 +468,7 @@ def plot_track(track: Any, ax: Any = None, *, measure: str | None = None,
             ax.set_yscale("log")
         if lr is not None:
             _edge_of_stability(ax, values, 2.0 / lr, log)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlabel("step")
         ax.set_ylabel(measure.replace("_", " "))
     _fonts(ax)

@@ -1,10 +1,11 @@
 """Regenerate figures/: filter-normalized 1D and 2D loss plots of the digits ResNet, with and
 without skip connections (Li et al. 2018, figure 5, in miniature), in the paper style of
 `landscape.plot` (single-column line plot, double-column contour and 3D panels). About two
-minutes on a busy 2-core CPU (the surfaces are evaluated on the first 256 training samples).
+minutes on a 2-core CPU, seven when it is busy (the surfaces are evaluated on the first 256
+training samples).
 
 Run: `python scripts/make_figures.py [--out figures] [--epochs 6] [--points 21] [--zmax Z]`.
-Each figure is written as PNG (300 dpi) and vector PDF; figures/ keeps the PNGs.
+Each figure is written as a 300 dpi PNG (`draw_figures(..., formats=("png", "pdf"))` adds PDFs).
 """
 
 from __future__ import annotations
