@@ -124,9 +124,25 @@ class AuditReport:
     n_params: int
     n_samples: int
     results: dict[str, Any] = field(default_factory=dict, repr=False)
+    name: str | None = None
+    data_name: str | None = None
+
+    @property
+    def title(self) -> str:
+        """"Audit of NAME" (the checkpoint's name), or "Checkpoint audit" when unnamed."""
+        return f"Audit of {self.name}" if self.name else "Checkpoint audit"
+
+    def summary(self) -> str:
+        """One plain-text line: what was audited, on which data, with which effort."""
+        what = self.name or "an unnamed checkpoint (pass name= to audit)"
+        data = f"{self.data_name} ({self.n_samples} samples)" if self.data_name \
+            else f"{self.n_samples} samples"
+        return (f"Checkpoint: {what}. Data: {data}. {self.n_params} parameters, budget "
+                f"{self.budget}, seed {self.seed}, {self.seconds:.1f} s.")
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "name": self.name, "data": self.data_name,
             "budget": self.budget, "seed": self.seed, "seconds": self.seconds,
             "n_params": self.n_params, "n_samples": self.n_samples,
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
@@ -135,29 +151,32 @@ class AuditReport:
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-    def to_markdown(self, title: str = "Checkpoint audit", figures: Sequence[str] = ()) -> str:
-        lines = [f"# {title}", "",
-                 f"{self.n_params} parameters, {self.n_samples} samples, budget "
-                 f"`{self.budget}`, seed {self.seed}, {self.seconds:.1f} s.", "",
+    def to_markdown(self, title: str | None = None, figures: Sequence[str] = ()) -> str:
+        """The report as Markdown: a title (default `self.title`), the summary line, one table
+        row per measure (cells escaped so no text breaks the table) and the figures."""
+        lines = [f"# {_md_text(title or self.title)}", "", _md_text(self.summary()), "",
                  "| measure | value | uncertainty | what it means | cost |",
                  "|---|---|---|---|---|"]
         for m in self.measures.values():
-            lines.append(f"| `{m.name}` | {_value_cell(m)} | {_uncertainty(m)} | "
-                         f"{m.description} | {_fmt_cost(m.cost)} |")
+            cells = (f"`{m.name}`", _value_cell(m), _uncertainty(m), m.description,
+                     _fmt_cost(m.cost))
+            lines.append(_md_row(cells))
         lines.append("")
         for fig in figures:
             lines += [f"![{Path(fig).stem}]({fig})", ""]
         return "\n".join(lines)
 
-    def to_html(self, title: str = "Checkpoint audit", figures: Sequence[Path] = ()) -> str:
-        return _html_page(title, self.to_markdown(title).split("\n")[2], self.measures.values(),
-                          figures)
+    def to_html(self, title: str | None = None, figures: Sequence[Path] = ()) -> str:
+        return _html_page(title or self.title, self.summary(), self.measures.values(), figures)
 
-    def write(self, out: str | Path, title: str = "Checkpoint audit") -> list[Path]:
-        """Write report.json, report.md, report.html and the figures (PNG and PDF) to `out`."""
+    def write(self, out: str | Path, title: str | None = None,
+              column: str | float = "single") -> list[Path]:
+        """Write report.json, report.md, report.html and the figures (PDF and 300 dpi PNG) to
+        `out`; `column` sizes the figures ("single", "double" or inches, see
+        `landscape.plot.figure_size`)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = _audit_figures(self, out)
+        figures = _audit_figures(self, out, column)
         (out / "report.json").write_text(self.to_json())
         pngs = [f for f in figures if f.suffix == ".png"]
         (out / "report.md").write_text(self.to_markdown(title, [f.name for f in pngs]))
@@ -173,6 +192,8 @@ def audit(
     measures: Sequence[str] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    name: str | None = None,
+    data_name: str | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -186,6 +207,9 @@ def audit(
             agreement). The loss, accuracy and gradient norm are always reported.
         progress: show progress bars.
         log: called with a line before each measure (the CLI prints them).
+        name: what is audited (a checkpoint's file name): the report's title and summary name
+            it. The CLI passes the checkpoint's file name.
+        data_name: which data (e.g. "digits, train split"), named in the report's summary.
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -206,6 +230,7 @@ def audit(
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {list(MEASURES)}.")
     effort = _EFFORT[budget]
+    report_name = name  # `name` is reused below for each measure's name
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     out: dict[str, Measure] = {}
@@ -214,13 +239,17 @@ def audit(
     meter = probe.meter()
     ev = probe.evaluate()
     loss0, grad = probe.loss_and_gradient()
-    base_cost = meter.cost().to_dict()
+    # One evaluation and one gradient give the loss, accuracy and gradient norm: the cost is
+    # stated once, on the loss, so summing the cost column counts it once.
+    shared = ["loss", "accuracy", "gradient_norm"] if ev.accuracy is not None \
+        else ["loss", "gradient_norm"]
+    base_cost = {**meter.cost().to_dict(), "shared_by": shared}
     out["loss"] = Measure("loss", ev.loss, None, DESCRIPTIONS["loss"], {}, base_cost)
     if ev.accuracy is not None:
         out["accuracy"] = Measure("accuracy", ev.accuracy, None, DESCRIPTIONS["accuracy"], {},
-                                  base_cost)
+                                  {"shared_with": "loss"})
     out["gradient_norm"] = Measure("gradient_norm", float(grad.norm()), None,
-                                   DESCRIPTIONS["gradient_norm"], {}, base_cost)
+                                   DESCRIPTIONS["gradient_norm"], {}, {"shared_with": "loss"})
 
     def run(name: str, compute: Callable[[], Measure]) -> None:
         if name not in chosen:
@@ -365,7 +394,7 @@ def audit(
     ]:
         run(name, fn)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
-                       probe.n_samples, results)
+                       probe.n_samples, results, name=report_name, data_name=data_name)
 
 
 def _failed(name: str, exc: Exception, cost: dict[str, Any]) -> Measure:
@@ -393,7 +422,7 @@ def _measure(name: str, value: float, stderr: float | None, result: Any,
     return Measure(name, value, stderr, DESCRIPTIONS[name], settings, cost, details)
 
 
-def _audit_figures(report: AuditReport, out: Path) -> list[Path]:
+def _audit_figures(report: AuditReport, out: Path, column: str | float = "single") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -403,28 +432,24 @@ def _audit_figures(report: AuditReport, out: Path) -> list[Path]:
 
     made: list[Path] = []
     drawers = {
-        "loss_line": lambda r, ax: plot.plot_line(r, ax=ax),
-        "loss_surface": lambda r, ax: plot.plot_contour(r, ax=ax),
-        "hessian_density": lambda r, ax: plot.plot_density(r, ax=ax, log=True),
+        "loss_line": lambda r: plot.plot_line(r, column=column),
+        "loss_surface": lambda r: plot.plot_contour(r, column=column),
+        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column),
     }
     for name, draw in drawers.items():
         r = report.results.get(name)
         if r is None:
             continue
-        with plt.rc_context(plot.STYLE):
-            fig, ax = plt.subplots(figsize=(5, 4))
-            draw(r, ax)
-            fig.tight_layout()
-            for ext in ("png", "pdf"):
-                path = out / f"{name}.{ext}"
-                fig.savefig(path, dpi=150)
-                made.append(path)
+        fig = draw(r).figure
+        made += plot.save_figure(fig, out / name)
         plt.close(fig)
     return made
 
 
 def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path],
                extra_tables: Sequence[str] = ()) -> str:
+    """A self-contained HTML page: plain-text `subtitle` (escaped, never Markdown), the
+    measures' table and the figures inlined as PNG."""
     rows = "".join(
         f"<tr><td><code>{html.escape(m.name)}</code></td><td>{html.escape(_value_cell(m))}</td>"
         f"<td>{html.escape(_uncertainty(m))}</td><td>{html.escape(m.description)}</td>"
@@ -468,7 +493,31 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _md_text(text: str) -> str:
+    """Plain text made safe for Markdown: characters that would start emphasis, code, links,
+    HTML or a table cell are backslash-escaped, and line breaks become spaces."""
+    out = " ".join(str(text).split("\n"))
+    for ch in ("\\", "`", "*", "_", "[", "]", "<", ">", "|", "#"):
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    """One Markdown table row. Cells in backticks stay code (with `|` escaped, as GFM tables
+    require); any other cell is escaped with `_md_text`."""
+    out = []
+    for cell in cells:
+        if len(cell) > 1 and cell.startswith("`") and cell.endswith("`"):
+            out.append(cell.replace("|", "\\|"))
+        else:
+            out.append(_md_text(cell))
+    return "| " + " | ".join(out) + " |"
+
+
 def _fmt_cost(cost: dict[str, Any]) -> str:
+    """The cost in words: products, passes and seconds; a shared cost names who shares it."""
+    if cost.get("shared_with"):
+        return f"with {cost['shared_with']} (one evaluation)"
     parts = []
     for key, label in (("n_hvp", "HVP"), ("n_forward", "fwd"), ("n_gradient", "grad"),
                        ("n_backward", "bwd")):
@@ -476,6 +525,11 @@ def _fmt_cost(cost: dict[str, Any]) -> str:
             parts.append(f"{cost[key]} {label}")
     if cost.get("seconds") is not None:
         parts.append(f"{cost['seconds']:.2f} s")
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    shared = cost.get("shared_by")
+    if shared and len(shared) > 1:
+        names = [n.replace("_", " ") for n in shared]
+        text = f"{', '.join(names[:-1])} and {names[-1]}: {text}"
+    return text
 
 

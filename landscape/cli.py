@@ -49,6 +49,13 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
+def _add_column(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--column", choices=("single", "double"), default="single",
+                   help="figure width for a journal: single column (3.25 in) or double column "
+                        "(6.75 in); figures are written as PDF and 300 dpi PNG "
+                        "(default: single)")
+
+
 def _measure_list(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
@@ -85,6 +92,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measures", type=_measure_list, default=None,
                    help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
                         "pac_bayes_flatness, local_entropy and quadratic_agreement)")
+    _add_column(p)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -108,6 +116,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="BatchNorm statistics along the interpolation paths: interpolate "
                         "(default), recompute (re-estimated at each point: the fair barrier "
                         "for BatchNorm networks) or keep")
+    _add_column(p)
 
 
 def _track_args(p: argparse.ArgumentParser) -> None:
@@ -125,6 +134,7 @@ def _track_args(p: argparse.ArgumentParser) -> None:
                         "eigenvalue plot")
     p.add_argument("--out", required=True,
                    help="output folder (track.json, track.csv, track.png); reruns resume")
+    _add_column(p)
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -136,6 +146,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                         "the quick audit budget (default); smoke: a few epochs and a few "
                         "measures, to check an installation")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_column(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
@@ -203,9 +214,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     probe = _probe_for(args, args.checkpoint)
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
-                   progress=not args.no_progress, log=_log)
-    written = report.write(args.out, title=f"Audit of {Path(args.checkpoint).name}")
-    print(report.to_markdown(f"Audit of {Path(args.checkpoint).name}"))
+                   progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
+                   data_name=args.data)
+    written = report.write(args.out, column=args.column)
+    print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -225,7 +237,7 @@ def _compare(args: argparse.Namespace) -> int:
         probes[name] = _probe_for(args, ckpt)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
                      buffers=args.buffers, progress=not args.no_progress, log=_log)
-    written = result.write(args.out)
+    written = result.write(args.out, column=args.column)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -244,26 +256,22 @@ def _track(args: argparse.Namespace) -> int:
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=not args.no_progress, log=_log)
     (out / "track.csv").write_text(result.to_csv())
-    _save_track_plot(result, args.lr, out)
+    _save_track_plot(result, args.lr, out, args.column)
     print(result.to_csv(), end="")
     _log(f"wrote track.json, track.csv, track.png and track.pdf to {out}")
     return 0
 
 
-def _save_track_plot(result: Any, lr: float | None, out: Path) -> None:
+def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plot import STYLE, plot_track
+    from .plot import plot_track, save_figure
 
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        plot_track(result, lr=lr, ax=ax)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(out / f"track.{ext}", dpi=150)
+    fig = plot_track(result, lr=lr, column=column).figure
+    save_figure(fig, out / "track")
     plt.close(fig)
 
 
@@ -271,7 +279,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=not args.no_progress,
-             log=_log)
+             log=_log, column=args.column)
     return 0
 
 
@@ -310,6 +318,10 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate each point on a subset of this many samples (with stderr)")
     p.add_argument("--log", action="store_true", help="draw log10 of the loss")
+    p.add_argument("--zmax", type=float, default=None,
+                   help="clip the 3D surface at this height (in the drawn units, log10 with "
+                        "--log); the clip is stated on the figure (default: no clip)")
+    _add_column(p)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -319,6 +331,7 @@ def _plot(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     import numpy as np
 
     from . import plot as lplot
@@ -338,21 +351,20 @@ def _plot(args: argparse.Namespace) -> int:
     if args.kind == "1d":
         result = loss_line(probe, d1, grid, max_samples=args.max_samples, seed=args.seed,
                            out=out / "line.npz", progress=progress)
-        ax = lplot.plot_line(result, log=args.log)
-        names = ["line.png", "line.pdf"]
-        for name in names:
-            ax.figure.savefig(out / name)
+        ax = lplot.plot_line(result, log=args.log, column=args.column)
+        names = [p.name for p in lplot.save_figure(ax.figure, out / "line")]
+        plt.close(ax.figure)
     else:
         d2 = random_direction(probe, normalization=norm, seed=args.seed + 1)
         result = loss_surface(probe, d1, d2, grid, grid, max_samples=args.max_samples,
                               seed=args.seed, out=out / "surface.h5", progress=progress)
         names = []
-        for stem, draw in (("contour", lplot.plot_contour), ("surface3d", lplot.plot_surface_3d),
-                           ("heatmap", lplot.plot_heatmap)):
-            ax = draw(result, log=args.log)
-            for suffix in (".png", ".pdf"):
-                ax.figure.savefig(out / (stem + suffix))
-                names.append(stem + suffix)
+        draws = (("contour", lplot.plot_contour, {}), ("heatmap", lplot.plot_heatmap, {}),
+                 ("surface3d", lplot.plot_surface_3d, {"zmax": args.zmax}))
+        for stem, draw, extra in draws:
+            ax = draw(result, log=args.log, column=args.column, **extra)
+            names += [p.name for p in lplot.save_figure(ax.figure, out / stem)]
+            plt.close(ax.figure)
         lplot.export_vtp(result, out / "surface.vtp", log=args.log)
         names += ["surface.h5", "surface.vtp"]
     (out / f"{args.kind}.json").write_text(json.dumps(result.to_dict(), indent=1))

@@ -22,7 +22,7 @@ from torch import nn
 
 from ._results import to_jsonable
 from .audit import DEFAULT_MEASURES as AUDIT_DEFAULTS
-from .audit import AuditReport, _fmt, audit, error_line
+from .audit import AuditReport, _fmt, _md_row, _md_text, audit, error_line
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .probe import Probe
@@ -114,7 +114,7 @@ class Comparison:
                  "`x (± b)` a Lanczos eigenvalue with its residual bound; worst-case sharpness "
                  "and flatness are lower bounds of a maximum; other values are exact for the "
                  "data.", "",
-                 "| measure | " + " | ".join(names) + " |",
+                 _md_row(["measure", *names]),
                  "|---|" + "---|" * len(names)]
         for key, row in self.table().items():
             cells = []
@@ -130,7 +130,7 @@ class Comparison:
                     cells.append(f"{_fmt(entry['value'])} (± {_fmt(entry['error_bound'])})")
                 else:
                     cells.append(_fmt(entry["value"]))
-            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+            lines.append(_md_row([f"`{key}`", *cells]))
         if self.pairs:
             lines += ["", "## Linear interpolation between minima", "",
                       f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]}.", "",
@@ -138,24 +138,26 @@ class Comparison:
                       "aligned loss barrier | aligned error barrier | aligned distance |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for p in self.pairs:
-                lines.append(f"| {p.a} -> {p.b} | {_fmt(p.barrier)} | {p.barrier_alpha:.2f} | "
-                             f"{_fmt(p.error_barrier)} | {_fmt(p.distance)} | {p.cosine:.3f} | "
-                             f"{_fmt(p.aligned_barrier)} | {_fmt(p.aligned_error_barrier)} | "
-                             f"{_fmt(p.aligned_distance)} |")
+                lines.append(_md_row([
+                    f"{p.a} -> {p.b}", _fmt(p.barrier), f"{p.barrier_alpha:.2f}",
+                    _fmt(p.error_barrier), _fmt(p.distance), f"{p.cosine:.3f}",
+                    _fmt(p.aligned_barrier), _fmt(p.aligned_error_barrier),
+                    _fmt(p.aligned_distance)]))
             notes = {p.alignment_note for p in self.pairs if p.alignment_note}
-            lines += ["", *[f"Alignment not possible: {n}" for n in sorted(notes)]]
+            lines += ["", *[_md_text(f"Alignment not possible: {n}") for n in sorted(notes)]]
         lines.append("")
         for fig in figures:
             lines += [f"![{Path(fig).stem}]({fig})", ""]
         return "\n".join(lines)
 
-    def write(self, out: str | Path) -> list[Path]:
-        """Write comparison.json, comparison.md, comparison.html and the figures to `out`."""
+    def write(self, out: str | Path, column: str | float = "single") -> list[Path]:
+        """Write comparison.json, comparison.md, comparison.html and the figures (PDF and
+        300 dpi PNG, sized by `column`: "single", "double" or inches) to `out`."""
         from .audit import _html_page
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = _comparison_figures(self, out)
+        figures = _comparison_figures(self, out, column)
         pngs = [f for f in figures if f.suffix == ".png"]
         (out / "comparison.json").write_text(self.to_json())
         (out / "comparison.md").write_text(self.to_markdown([f.name for f in pngs]))
@@ -218,7 +220,7 @@ def compare(
     for name, probe in probes.items():
         say(f"auditing {name} ...")
         audits[name] = audit(probe, budget=budget, seed=seed, measures=chosen,
-                             progress=progress, log=log)
+                             progress=progress, log=log, name=name)
     pairs, interpolations = [], {}
     alphas = np.linspace(0.0, 1.0, interpolation_points)
     for a, b in itertools.combinations(probes, 2):
@@ -287,7 +289,8 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
     return Probe(model, data, loss_fn, **probe_kwargs)
 
 
-def _comparison_figures(comparison: Comparison, out: Path) -> list[Path]:
+def _comparison_figures(comparison: Comparison, out: Path,
+                        column: str | float = "single") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,27 +299,20 @@ def _comparison_figures(comparison: Comparison, out: Path) -> list[Path]:
     from . import plot
 
     made: list[Path] = []
-
-    def save(fig: Any, stem: str) -> None:
+    figures = (
+        ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
+         "1D loss of each minimum"),
+        ("interpolation", comparison.interpolations,
+         r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
+         "linear interpolation between minima"),
+    )
+    for stem, lines, xlabel, title in figures:
+        if not lines:
+            continue
+        ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
+                            column=column)
         with plt.rc_context(plot.STYLE):
-            fig.tight_layout()
-            for ext in ("png", "pdf"):
-                fig.savefig(out / f"{stem}.{ext}", dpi=150)
-                made.append(out / f"{stem}.{ext}")
-        plt.close(fig)
-
-    if comparison.lines:
-        with plt.rc_context(plot.STYLE):
-            fig, ax = plt.subplots(figsize=(5.5, 4))
-        plot.plot_line(list(comparison.lines.values()), labels=list(comparison.lines), ax=ax)
-        ax.set_title("filter-normalized random direction")
-        save(fig, "lines")
-    if comparison.interpolations:
-        with plt.rc_context(plot.STYLE):
-            fig, ax = plt.subplots(figsize=(5.5, 4))
-        plot.plot_line(list(comparison.interpolations.values()),
-                       labels=list(comparison.interpolations), ax=ax)
-        ax.set_xlabel(r"$\alpha$: (1 - $\alpha$) $w_A$ + $\alpha$ $w_B$")
-        ax.set_title("linear interpolation between minima")
-        save(fig, "interpolation")
+            ax.figure.suptitle(title)
+        made += plot.save_figure(ax.figure, out / stem)
+        plt.close(ax.figure)
     return made

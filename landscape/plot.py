@@ -1,10 +1,23 @@
 """Figures from loss lines, surfaces, trajectories and Hessian densities (matplotlib).
 
 Compute once, draw separately: every function takes a result and an optional `ax`, draws on it
-(a new figure when `ax` is None), returns the Axes and never calls `show()` or saves; save with
-`ax.figure.savefig("fig.pdf")` (vector) or `.png`. The library never picks a backend (scripts and
-the CLI select Agg). All functions share one paper style (`STYLE`, applied with `plt.rc_context`):
-serif text at 9 pt, thin lines, no top and right spines, a perceptually uniform colormap.
+(a new figure when `ax` is None), returns the Axes and never calls `show()`. Save with
+`save_figure(fig, "name")` (vector PDF and a 300 dpi PNG) or `fig.savefig(...)`. The library never
+picks a backend (scripts and the CLI select Agg).
+
+Paper style: every figure made here is sized for a journal column, `column="single"` (3.25 in
+wide: ICML, IEEE, ACM and Nature single columns take it at 100%) or `column="double"` (6.75 in:
+the full text width of two-column layouts), or a width in inches. It uses constrained layout (no
+label cut off at the canvas edge), one font family (DejaVu Sans, shipped with matplotlib, text and
+math alike; 8 pt, about the caption size of most venues, fonts embedded as TrueType in PDFs),
+the colorblind-safe Okabe-Ito colours for lines and the perceptually uniform viridis colormap.
+Every contour and heatmap has a colorbar naming its quantity and scale ("loss" or
+"log10 loss"). `STYLE` holds these settings; use it as `plt.rc_context(STYLE)` for figures of your
+own.
+
+Honest pictures: nothing is clipped unless asked for (`plot_surface_3d(..., zmax=)`), and a
+clip is stated on the figure; density and track axes fit the data, and a 2 / lr line far above
+the data is written as a note rather than squashing the curves.
 
 Conventions: `surface.loss[i, j]` is at `(xs[i], ys[j])`, so x runs along the first index.
 NaN points (diverged losses) are left blank. `log=True` draws log10 of the loss (levels
@@ -16,109 +29,280 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from cycler import cycler
+from matplotlib.ticker import MaxNLocator
 
 from .errors import LandscapeError
 from .surface import Line, Surface, TrajectoryPCA
 
+# Okabe and Ito (2008), "Color Universal Design": distinguishable under the common colour vision
+# deficiencies and in greyscale by lightness; yellow last (faint on white).
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
+             "#F0E442")
+CMAP = "viridis"
+# Widths in inches. Single: ICML/NeurIPS-style 3.25 in columns (IEEE 3.5, ACM 3.33, Nature 3.5
+# take it unscaled). Double: 6.75 in, the text width of two-column layouts.
+COLUMN_WIDTHS: dict[str, float] = {"single": 3.25, "double": 6.75}
+FIGURE_DPI = 300
+SAVE_FORMATS = ("pdf", "png")
+
 STYLE: dict[str, Any] = {
-    "font.family": "serif",
-    "font.size": 9,
-    "axes.labelsize": 9,
-    "axes.titlesize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+    "mathtext.fontset": "dejavusans",
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "axes.titlesize": 8,
+    "figure.titlesize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
     "lines.linewidth": 1.2,
     "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "savefig.dpi": 200,
-    "savefig.bbox": "tight",
-    "figure.figsize": (3.4, 2.6),
-    "image.cmap": "viridis",
+    "axes.prop_cycle": cycler(color=OKABE_ITO),
+    "legend.frameon": False,
+    "image.cmap": CMAP,
+    "figure.constrained_layout.use": True,
+    # a little more than the default 3 pt margin: text extents shift by a pixel or two between
+    # the screen dpi and the 300 dpi of the saved file
+    "figure.constrained_layout.w_pad": 0.06,
+    "figure.constrained_layout.h_pad": 0.06,
+    "figure.figsize": (COLUMN_WIDTHS["single"], 0.75 * COLUMN_WIDTHS["single"]),
+    "figure.dpi": 100,
+    "savefig.dpi": FIGURE_DPI,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
 }
-CMAP = "viridis"
 
 
-def plot_line(lines: Line | Sequence[Line], ax: Any = None, *, labels: Sequence[str] | None = None,
-              accuracy: bool = True, log: bool = False, stderr: bool = True) -> Any:
-    """Loss along one or several lines, overlaid; accuracy on a second y axis (dashed).
+def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[float, float]:
+    """(width, height) in inches of a figure that fits a journal column.
+
+    Args:
+        column: "single" (3.25 in), "double" (6.75 in) or a width in inches.
+        aspect: height / width.
+
+    Raises:
+        LandscapeError: an unknown column name or a non-positive width or aspect.
+
+    Example:
+        >>> figure_size("double", aspect=0.4)
+        (6.75, 2.7)
+    """
+    if isinstance(column, str):
+        if column not in COLUMN_WIDTHS:
+            raise LandscapeError(f"column must be one of {tuple(COLUMN_WIDTHS)} or a width in "
+                                 f"inches; got {column!r}.")
+        width = COLUMN_WIDTHS[column]
+    else:
+        width = float(column)
+        if not width > 0:
+            raise LandscapeError(f"column width must be positive inches; got {column!r}.")
+    if not aspect > 0:
+        raise LandscapeError(f"aspect must be positive; got {aspect!r}.")
+    return width, round(width * aspect, 4)
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
+             aspect: float | None = None, layout: str = "constrained",
+             **kwargs: Any) -> tuple[Any, Any]:
+    """`plt.subplots` in the paper style: column width, constrained layout, `STYLE` fonts.
+
+    Args:
+        nrows, ncols: the grid of panels.
+        column: "single", "double" or a width in inches (see `figure_size`).
+        aspect: height / width of the whole figure (default 0.75 for one row of single-column
+            panels, less for wide rows).
+        layout: "constrained", or "compressed" for panels of fixed aspect (contours, heatmaps:
+            the colorbars then match the panels' height).
+        **kwargs: passed to `plt.subplots` (sharex, subplot_kw, gridspec_kw, ...).
+
+    Returns:
+        (figure, axes) as `plt.subplots` returns them.
+    """
+    if aspect is None:
+        aspect = 0.75 * nrows / ncols if column == "single" else 0.36 * nrows * max(1, 2 / ncols)
+    with plt.rc_context(STYLE):
+        return plt.subplots(nrows, ncols, figsize=figure_size(column, aspect), layout=layout,
+                            **kwargs)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE_FORMATS,
+                dpi: int = FIGURE_DPI) -> list[Path]:
+    """Save `fig` as vector PDF and a `dpi` PNG (or `formats`): `path` without its suffix.
+
+    `save_figure(fig, "out/contour")` writes out/contour.pdf and out/contour.png. The figure keeps
+    its size (no tight bounding box), so a single-column figure stays exactly column wide.
+
+    Returns:
+        The paths written, in the order of `formats`.
+    """
+    stem = Path(path)
+    if stem.suffix.lstrip(".") in formats:
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.parent / f"{stem.name}.{fmt}"
+        with plt.rc_context(STYLE):
+            fig.savefig(target, dpi=dpi)
+        written.append(target)
+    return written
+
+
+def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
+              labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
+              stderr: bool = True, xlabel: str = r"$\alpha$",
+              column: str | float = "single") -> Any:
+    """Loss along one or several lines; accuracy in its own panel.
+
+    With `ax=None` and accuracy to draw, the new figure has two panels sharing the alpha axis:
+    loss above, accuracy below, each y range fitted to its curves (so several accuracies near
+    1.0 stay apart), and the legend below the panels, outside the data.
 
     Args:
         lines: a `Line` or a sequence of them (compared on one axes).
-        ax: Axes to draw on (a new figure when None).
+        ax: None (a new figure), an Axes (accuracy then goes on a dashed twin right axis) or a
+            pair `(loss_ax, accuracy_ax)`.
         labels: one legend label per line.
-        accuracy: also draw accuracy (right axis) when the lines have it.
+        accuracy: also draw accuracy when the lines have it.
         log: logarithmic loss axis.
         stderr: shade +- 1 standard error for lines evaluated with `max_samples=`.
+        xlabel: label of the alpha axis.
+        column: width of a new figure: "single", "double" or inches.
+
+    Returns:
+        The loss Axes (`ax.figure` holds the accuracy panel too).
     """
     lines = [lines] if isinstance(lines, Line) else list(lines)
     if not lines:
         raise LandscapeError("plot_line needs at least one Line.")
     if labels is not None and len(labels) != len(lines):
         raise LandscapeError(f"labels has {len(labels)} entries for {len(lines)} lines.")
+    draw_acc = accuracy and any(line.accuracy is not None for line in lines)
     with plt.rc_context(STYLE):
-        ax = _axes(ax)
-        acc_ax = None
+        twin = False
+        if ax is None:
+            width = figure_size(column)[0]
+            legend_in = 0.0
+            if labels is not None:  # room for the legend rows under the panels
+                legend_in = 0.15 * -(-len(labels) // _legend_columns(labels, width)) + 0.05
+            panels_in = width * (0.9 if column == "single" else 0.45) if draw_acc \
+                else width * (0.7 if column == "single" else 0.35)
+            aspect = (panels_in + legend_in) / width
+            if draw_acc:
+                fig, (ax, acc_ax) = subplots(2, 1, column=column, sharex=True, aspect=aspect,
+                                             gridspec_kw={"height_ratios": (3, 2)})
+            else:
+                fig, ax = subplots(column=column, aspect=aspect)
+                acc_ax = None
+        elif isinstance(ax, (tuple, list, np.ndarray)):
+            if len(ax) != 2:
+                raise LandscapeError("ax must be one Axes or a pair (loss_ax, accuracy_ax).")
+            ax, acc_ax = ax
+        else:
+            acc_ax, twin = (ax.twinx(), True) if draw_acc else (None, False)
         for k, line in enumerate(lines):
-            color = f"C{k}"
+            color = OKABE_ITO[k % len(OKABE_ITO)]
             label = labels[k] if labels is not None else None
             ax.plot(line.alphas, line.loss, color=color, label=label)
             if stderr and line.loss_stderr is not None:
                 ax.fill_between(line.alphas, line.loss - line.loss_stderr,
                                 line.loss + line.loss_stderr, color=color, alpha=0.25, lw=0)
-            if accuracy and line.accuracy is not None:
-                if acc_ax is None:
-                    acc_ax = ax.twinx()
-                    acc_ax.spines["right"].set_visible(True)
-                    acc_ax.set_ylabel("accuracy (dashed)")
-                    acc_ax.set_ylim(0, 1.02)
-                acc_ax.plot(line.alphas, line.accuracy, color=color, ls="--", lw=0.9)
+            if acc_ax is not None and line.accuracy is not None:
+                acc_ax.plot(line.alphas, line.accuracy, color=color, ls="--" if twin else "-",
+                            lw=0.9 if twin else None)
         if log:
             ax.set_yscale("log")
-        ax.set_xlabel(r"$\alpha$")
         ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        if acc_ax is not None:
+            if twin:
+                acc_ax.spines["right"].set_visible(True)
+                acc_ax.set_ylabel("accuracy (dashed)")
+                ax.set_xlabel(xlabel)
+            else:
+                acc_ax.set_ylabel("accuracy")
+                acc_ax.set_xlabel(xlabel)
+                ax.tick_params(labelbottom=False)
+        else:
+            ax.set_xlabel(xlabel)
         if labels is not None:
-            ax.legend(frameon=False)
+            _legend_outside(ax, acc_ax if not twin else None)
+    _fonts(ax, acc_ax)
     return ax
 
 
+def _legend_columns(names: Sequence[str], width_in: float) -> int:
+    """How many legend columns fit in `width_in` inches (about 0.055 in a character at 7 pt,
+    plus the line sample and padding)."""
+    longest = max(len(str(n)) for n in names)
+    return int(max(1, min(len(names), width_in // (0.055 * longest + 0.55))))
+
+
+def _legend_outside(ax: Any, below: Any = None) -> None:
+    """A legend outside the data: under the figure's panels when we made the figure (constrained
+    layout), else above `ax`."""
+    handles, names = ax.get_legend_handles_labels()
+    fig = ax.figure
+    ncols = _legend_columns(names, fig.get_figwidth())
+    if fig.get_layout_engine() is not None and below is not None:
+        fig.legend(handles, names, loc="outside lower center", ncols=ncols)
+    else:
+        ax.legend(handles, names, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncols=ncols,
+                  borderaxespad=0.0)
+
+
 def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[float] = 20,
-                 log: bool = False, filled: bool = False, label_levels: bool = True) -> Any:
-    """Contour lines of the loss with labelled levels (filled contours with `filled=True`).
+                 log: bool = False, filled: bool = False, label_levels: bool = False,
+                 column: str | float = "single") -> Any:
+    """Contour lines of the loss (filled contours with `filled=True`), with a colorbar.
+
+    The colorbar names the quantity and scale ("loss" or "log10 loss"); when explicit `levels`
+    do not cover the data, its ends are pointed (values beyond the last level exist).
 
     Args:
         surface: the `Surface`; x along d1, y along d2.
         ax: Axes to draw on (a new figure when None).
         levels: number of levels or their values (in log10 units when `log=True`).
         log: contour log10(loss), so the levels are log-spaced in the loss.
-        filled: filled contours with a colorbar instead of labelled lines.
-        label_levels: write the level values on the lines (ignored when filled).
+        filled: filled contours instead of lines.
+        label_levels: also write the level values on the lines (ignored when filled).
+        column: width of a new figure: "single", "double" or inches.
     """
     z = _z(surface, log)
     with plt.rc_context(STYLE):
-        ax = _axes(ax)
+        ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
+        extend = _extend(z, levels)
         if filled:
-            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP)
-            ax.figure.colorbar(cs, ax=ax, label=_zlabel(log))
+            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP, extend=extend)
         else:
-            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8)
+            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8, extend=extend)
             if label_levels:
-                ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
+                ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
+        cbar = ax.figure.colorbar(cs, ax=ax, label=_zlabel(log), extend=extend)
+        if not filled:
+            cbar.ax.tick_params(length=0)
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
+    _fonts(ax)
     return ax
 
 
 def plot_heatmap(surface: Surface, ax: Any = None, *, log: bool = False,
-                 field: str = "loss") -> Any:
-    """The loss (or `field="accuracy"`) as a colour map, with a colorbar; NaN cells blank."""
+                 field: str = "loss", column: str | float = "single") -> Any:
+    """The loss (or `field="accuracy"`) as a colour map, with a labelled colorbar; NaN blank."""
     if field not in ("loss", "accuracy"):
         raise LandscapeError(f"field must be 'loss' or 'accuracy'; got {field!r}.")
     if field == "accuracy":
@@ -128,60 +312,83 @@ def plot_heatmap(surface: Surface, ax: Any = None, *, log: bool = False,
     else:
         z, label = _z(surface, log), _zlabel(log)
     with plt.rc_context(STYLE):
-        ax = _axes(ax)
+        ax = _axes(ax, column, "compressed")
         mesh = ax.pcolormesh(surface.xs, surface.ys, np.ma.masked_invalid(z).T, cmap=CMAP,
-                             shading="nearest")
+                             shading="nearest", rasterized=True)
         ax.figure.colorbar(mesh, ax=ax, label=label)
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
+    _fonts(ax)
     return ax
 
 
 def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
-                    zmax: float | None = None) -> Any:
+                    zmax: float | None = None, column: str | float = "single") -> Any:
     """A 3D surface of the loss (on `fig.add_subplot(projection="3d")`).
+
+    Nothing is clipped by default. With `zmax`, points above it are not drawn (left as holes,
+    never flattened into a plateau the landscape does not have), the z axis stops at `zmax`, and
+    the z label states the clip and the share of points above it, e.g.
+    "log10 loss / clipped at 1.5 (12% above)".
 
     Args:
         surface: the `Surface`.
         ax: a 3D Axes (a new figure with one when None).
         log: draw log10(loss).
         zmax: clip the height at this value (in the drawn units) so a diverging rim does not
-            flatten the basin; NaN points stay blank.
+            flatten the basin; None (default) draws every point.
+        column: width of a new figure: "single", "double" or inches.
     """
     z = _z(surface, log)
+    zlabel = _zlabel(log)
     if zmax is not None:
-        z = np.where(z > zmax, zmax, z)
+        above = np.isfinite(z) & (z > zmax)
+        if above.any():
+            zlabel += f"\nclipped at {zmax:.3g} ({above.mean():.0%} above)"
+        z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
         if ax is None:
-            fig = plt.figure(figsize=(3.6, 3.0))
+            fig = plt.figure(figsize=figure_size(column, 0.9), layout="constrained")
             ax = fig.add_subplot(projection="3d")
         elif getattr(ax, "name", "") != "3d":
             raise LandscapeError(
                 "plot_surface_3d needs a 3D Axes: fig.add_subplot(projection='3d')."
             )
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
+        finite = z[np.isfinite(z)]
         ax.plot_surface(x, y, np.ma.masked_invalid(z), cmap=CMAP, linewidth=0,
-                        antialiased=True, rstride=1, cstride=1)
-        _xy_labels(ax, surface)
-        ax.set_zlabel(_zlabel(log))
+                        antialiased=True, rstride=1, cstride=1,
+                        vmin=finite.min() if finite.size else None,
+                        vmax=finite.max() if finite.size else None)
+        if zmax is not None and finite.size:
+            ax.set_zlim(top=zmax)
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(4))
+        ax.tick_params(pad=-1, labelsize=6)
+        ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
+        ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
+        ax.set_zlabel(zlabel, labelpad=3)
+        ax.set_box_aspect(None, zoom=0.8)
+    _fonts(ax)
     return ax
 
 
 def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any = None, *,
-                    levels: int | Sequence[float] = 20, log: bool = False) -> Any:
+                    levels: int | Sequence[float] = 20, log: bool = False,
+                    column: str | float = "single") -> Any:
     """An optimization path over the contour of the PCA plane (Li et al. 2018, figure 9).
 
     Args:
         surface: the loss on the plane of the path's two directions, around the last checkpoint.
         path: a `TrajectoryPCA` (axes labelled with the explained variance) or (T, 2) coordinates.
-        ax, levels, log: as in `plot_contour`.
+        ax, levels, log, column: as in `plot_contour`.
     """
     coords = path.coords if isinstance(path, TrajectoryPCA) else np.asarray(path, dtype=float)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise LandscapeError(f"path coordinates must have shape (T, 2); got {coords.shape}.")
     with plt.rc_context(STYLE):
-        ax = plot_contour(surface, ax, levels=levels, log=log)
-        ax.plot(coords[:, 0], coords[:, 1], "-o", color="C3", ms=2.5, lw=1.0)
+        ax = plot_contour(surface, ax, levels=levels, log=log, column=column)
+        ax.plot(coords[:, 0], coords[:, 1], "-o", color=OKABE_ITO[3], ms=2.5, lw=1.0)
         if isinstance(path, TrajectoryPCA):
             ev = path.explained_variance
             ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}%)")
@@ -189,14 +396,19 @@ def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any 
     return ax
 
 
-def plot_density(result: Any, ax: Any = None, log: bool = False) -> Any:
+def plot_density(result: Any, ax: Any = None, log: bool = False, *,
+                 column: str | float = "single") -> Any:
     """A Hessian eigenvalue density (stochastic Lanczos quadrature): `result.grid` vs
     `result.density`.
+
+    The axes fit the data: x spans the grid, y runs from 0 (or, with `log=True`, six decades
+    below the peak) to just above the peak.
 
     Args:
         result: any object with numpy fields `grid` (eigenvalue axis) and `density` (same length).
         ax: Axes to draw on (a new figure when None).
         log: logarithmic density axis (densities span many decades).
+        column: width of a new figure: "single", "double" or inches.
     """
     grid = np.asarray(getattr(result, "grid", None), dtype=float)
     density = np.asarray(getattr(result, "density", None), dtype=float)
@@ -204,52 +416,83 @@ def plot_density(result: Any, ax: Any = None, log: bool = False) -> Any:
         raise LandscapeError(
             "plot_density needs a result with 1D arrays `grid` and `density` of equal length."
         )
+    peak = float(np.nanmax(density)) if np.isfinite(density).any() else 1.0
     with plt.rc_context(STYLE):
-        ax = _axes(ax)
-        ax.plot(grid, density, color="C0")
-        if log:
+        ax = _axes(ax, column)
+        ax.plot(grid, density, color=OKABE_ITO[0])
+        ax.set_xlim(grid.min(), grid.max())
+        if log and peak > 0:
             ax.set_yscale("log")
-            ax.set_ylim(bottom=max(np.nanmax(density) * 1e-8, np.finfo(float).tiny))
+            ax.set_ylim(peak * 1e-6, peak * 2.0)
+        elif peak > 0:
+            ax.set_ylim(0.0, peak * 1.05)
         ax.set_xlabel(r"eigenvalue $\lambda$")
         ax.set_ylabel("density")
+    _fonts(ax)
     return ax
 
 
 def plot_track(track: Any, ax: Any = None, *, measure: str | None = None,
-               lr: float | None = None, log: bool = False) -> Any:
+               lr: float | None = None, log: bool = False,
+               column: str | float = "single") -> Any:
     """A measure of `landscape.track` against the training step.
 
     Args:
         track: a `Track` (rows with "step" and measure values; `<measure>_stderr` drawn as bars).
+        ax: Axes to draw on (a new figure when None).
         measure: which column (default: the track's first measure).
-        lr: learning rate; draws the edge of stability 2 / lr of gradient descent (Cohen et al.
-            2021) as a dashed line, meaningful for the top eigenvalue.
+        lr: learning rate; marks the edge of stability 2 / lr of gradient descent (Cohen et al.
+            2021), meaningful for the top eigenvalue. The y axis fits the data: a 2 / lr within
+            reach (below 1.5 times the largest value) is a dashed line, one far above is an arrow
+            at the top edge with its value, so it never squashes the curve.
         log: logarithmic y axis.
+        column: width of a new figure: "single", "double" or inches.
     """
     measure = measure or track.measures[0]
     if measure not in track.measures:
         raise LandscapeError(f"measure {measure!r} was not tracked; choose among "
                              f"{list(track.measures)}.")
+    if lr is not None and not lr > 0:
+        raise LandscapeError(f"lr must be positive; got {lr}.")
     steps = np.array(track.steps, dtype=float)
     values = np.array([np.nan if v is None else v for v in track.column(measure)], dtype=float)
     with plt.rc_context(STYLE):
-        ax = _axes(ax)
+        ax = _axes(ax, column)
         err = track.column(f"{measure}_stderr")
         if any(e is not None for e in err):
             ax.errorbar(steps, values, yerr=[0 if e is None else e for e in err], marker="o",
-                        ms=3, capsize=2)
+                        ms=3, capsize=2, color=OKABE_ITO[0])
         else:
-            ax.plot(steps, values, marker="o", ms=3)
-        if lr is not None:
-            if lr <= 0:
-                raise LandscapeError(f"lr must be positive; got {lr}.")
-            ax.axhline(2.0 / lr, color="0.4", ls="--", lw=0.9, label=f"2 / lr = {2 / lr:.3g}")
-            ax.legend(frameon=False)
+            ax.plot(steps, values, marker="o", ms=3, color=OKABE_ITO[0])
         if log:
             ax.set_yscale("log")
+        if lr is not None:
+            _edge_of_stability(ax, values, 2.0 / lr, log)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlabel("step")
         ax.set_ylabel(measure.replace("_", " "))
+    _fonts(ax)
     return ax
+
+
+def _edge_of_stability(ax: Any, values: np.ndarray, edge: float, log: bool) -> None:
+    """Mark 2 / lr: a dashed line when within reach of the data, else a note in a band of
+    headroom above the data (the y axis keeps fitting the data)."""
+    finite = values[np.isfinite(values)]
+    hi = float(finite.max()) if finite.size else edge
+    if edge <= 1.5 * hi:
+        ax.axhline(edge, color="0.35", ls="--", lw=0.9)
+        ax.annotate(f"2 / lr = {edge:.3g}", (0.02, edge), xycoords=("axes fraction", "data"),
+                    xytext=(0, 2), textcoords="offset points", ha="left", va="bottom",
+                    color="0.25", fontsize=7)
+        return
+    lo, top = ax.get_ylim()
+    if log:
+        ax.set_ylim(lo, top * (top / lo) ** 0.3)
+    else:
+        ax.set_ylim(lo, top + 0.3 * (top - lo))
+    ax.text(0.02, 0.97, f"2 / lr = {edge:.3g} (edge of stability) is above this range",
+            transform=ax.transAxes, ha="left", va="top", color="0.25", fontsize=7)
 
 
 def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
@@ -299,9 +542,9 @@ def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
 # ---------------------------------------------------------------------- helpers
 
 
-def _axes(ax: Any) -> Any:
+def _axes(ax: Any, column: str | float = "single", layout: str = "constrained") -> Any:
     if ax is None:
-        _, ax = plt.subplots()
+        _, ax = subplots(column=column, layout=layout)
     return ax
 
 
@@ -317,6 +560,33 @@ def _zlabel(log: bool) -> str:
     return r"$\log_{10}$ loss" if log else "loss"
 
 
+def _extend(z: np.ndarray, levels: int | Sequence[float]) -> str:
+    """Which ends of explicit contour levels the data pass ("neither", "min", "max", "both")."""
+    finite = z[np.isfinite(z)]
+    if isinstance(levels, int) or finite.size == 0:
+        return "neither"
+    lv = np.asarray(levels, dtype=float)
+    low, high = finite.min() < lv.min(), finite.max() > lv.max()
+    return {(False, False): "neither", (True, False): "min", (False, True): "max",
+            (True, True): "both"}[(bool(low), bool(high))]
+
+
+def _fonts(*axes: Any) -> None:
+    """Give the axes' labels, title and tick labels the style's family and sizes: Axes made
+    outside `STYLE` (a user's own figure) keep matplotlib's sizes otherwise."""
+    family = STYLE["font.sans-serif"][0]
+    for a in axes:
+        if a is None:
+            continue
+        for axis in [a.xaxis, a.yaxis] + ([a.zaxis] if hasattr(a, "zaxis") else []):
+            axis.label.set_fontsize(STYLE["axes.labelsize"])
+            axis.label.set_family(family)
+        if not hasattr(a, "zaxis"):
+            a.tick_params(labelsize=STYLE["xtick.labelsize"])
+        a.title.set_fontsize(STYLE["axes.titlesize"])
+        a.title.set_family(family)
+
+
 def _xy_labels(ax: Any, surface: Surface) -> None:
-    ax.set_xlabel(r"$\alpha$ ($d_1$)")
-    ax.set_ylabel(r"$\beta$ ($d_2$)")
+    ax.set_xlabel(r"$\alpha$ (direction $d_1$)")
+    ax.set_ylabel(r"$\beta$ (direction $d_2$)")

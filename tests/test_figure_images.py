@@ -1,0 +1,63 @@
+"""The main plot functions draw what they drew when the baselines were approved.
+
+Each figure is drawn from the deterministic data of tests/figure_data.py (no model, no seed),
+with matplotlib's test font settings (DejaVu Sans, shipped with matplotlib; no hinting) and
+saved at 72 dpi, then compared pixel by pixel with tests/baseline/NAME.png by
+`matplotlib.testing.compare.compare_images` (root-mean-square difference of the 0-255 grey levels
+at most TOLERANCE, which absorbs anti-aliasing differences between FreeType builds but not a
+moved label, a lost colorbar or a changed colour).
+
+After an intended change of the figures, regenerate the baselines and look at them:
+`LANDSCAPE_UPDATE_BASELINES=1 .venv/bin/python -m pytest tests/test_figure_images.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from figure_data import Density, bowl_surface, eigenvalue_track, parabola_lines  # noqa: E402
+from matplotlib.testing import set_font_settings_for_testing  # noqa: E402
+from matplotlib.testing.compare import compare_images  # noqa: E402
+
+from landscape import plot as lp  # noqa: E402
+
+BASELINES = Path(__file__).parent / "baseline"
+TOLERANCE = 3.0
+DPI = 72
+
+FIGURES: dict[str, Callable[[], Any]] = {
+    "line_panels": lambda: lp.plot_line(parabola_lines(3), labels=["sgd", "adam", "sam"]),
+    "contour_log": lambda: lp.plot_contour(bowl_surface(), log=True),
+    "contour_filled": lambda: lp.plot_contour(bowl_surface(), filled=True,
+                                              levels=[0.0, 0.5, 1.0, 2.0, 4.0]),
+    "heatmap": lambda: lp.plot_heatmap(bowl_surface()),
+    "surface3d_clipped": lambda: lp.plot_surface_3d(bowl_surface(), zmax=2.0),
+    "density_log": lambda: lp.plot_density(Density(), log=True),
+    "track_far_edge": lambda: lp.plot_track(eigenvalue_track(), lr=0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_matches_its_baseline(name, tmp_path):
+    with matplotlib.rc_context():
+        set_font_settings_for_testing()
+        ax = FIGURES[name]()
+        actual = tmp_path / f"{name}.png"
+        ax.figure.savefig(actual, dpi=DPI, metadata={"Software": None})
+        plt.close(ax.figure)
+    expected = BASELINES / f"{name}.png"
+    if os.environ.get("LANDSCAPE_UPDATE_BASELINES"):
+        BASELINES.mkdir(exist_ok=True)
+        expected.write_bytes(actual.read_bytes())
+    assert expected.is_file(), f"no baseline {expected.name}: run with LANDSCAPE_UPDATE_BASELINES=1"
+    failure = compare_images(str(expected), str(actual), tol=TOLERANCE)
+    assert failure is None, failure

@@ -1,0 +1,153 @@
+"""Reports render: Markdown tables parsed by a real parser keep their columns, the HTML shows
+formatted text (no Markdown source), each cost appears once, the audited checkpoint is named."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+from markdown_it import MarkdownIt
+
+from landscape import Probe, audit, compare
+from landscape.audit import _md_row, _md_text
+from landscape.data import digits_mlp, digits_tensors
+
+MEASURES = ["loss_line", "hessian_trace"]
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every table in `markdown` as rows of cell texts, as a CommonMark + GFM-tables parser
+    reads it."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    out, row, cell = [], None, None
+    for tok in tokens:
+        if tok.type == "table_open":
+            out.append([])
+        elif tok.type == "tr_open":
+            row = []
+        elif tok.type in ("th_open", "td_open"):
+            cell = []
+        elif tok.type == "inline" and cell is not None:
+            cell.append(tok.content)
+        elif tok.type in ("th_close", "td_close"):
+            row.append("".join(cell))
+            cell = None
+        elif tok.type == "tr_close":
+            out[-1].append(row)
+    return out
+
+
+def rendered_cells(markdown: str) -> list[list[str]]:
+    """The text of each rendered table row (HTML of the cells), to read what a reader sees."""
+    html = MarkdownIt("commonmark").enable("table").render(markdown)
+    parser = _Cells()
+    parser.feed(html)
+    return parser.rows
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.in_cell = False
+        self.texts: list[str] = []
+        self.all_text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.in_cell, self.texts = True, []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append("".join(self.texts))
+            self.in_cell = False
+
+    def handle_data(self, data):
+        self.all_text.append(data)
+        if self.in_cell:
+            self.texts.append(data)
+
+
+@pytest.fixture(scope="module")
+def report():
+    x, y = digits_tensors("train")
+    probe = Probe(digits_mlp(hidden=16, seed=0), (x[:200], y[:200]))
+    return audit(probe, budget="quick", measures=MEASURES, name="run|1_*final*.pt",
+                 data_name="digits, first 200 training samples")
+
+
+def test_markdown_table_has_as_many_cells_in_every_row_as_in_its_header(report):
+    md = report.to_markdown()
+    (table,) = tables(md)
+    assert len(table[0]) == 5
+    assert all(len(row) == 5 for row in table), [len(r) for r in table]
+    rows = rendered_cells(md)
+    line = next(r for r in rows if "loss_line" in r[0])
+    assert "|alpha| <= 1" in line[3]  # the pipes of the description survive as text
+
+
+def test_markdown_names_the_checkpoint_and_data_without_breaking(report):
+    md = report.to_markdown()
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    assert "<h1>Audit of run|1_*final*.pt</h1>" in html  # no emphasis, no table, the name
+    assert "digits, first 200 training samples (200 samples)" in html
+    assert "<em>" not in html
+
+
+def test_unnamed_report_says_how_to_name_it():
+    x, y = digits_tensors("train")
+    r = audit(Probe(digits_mlp(hidden=16), (x[:50], y[:50])), budget="quick", measures=[])
+    assert r.title == "Checkpoint audit"
+    assert "pass name= to audit" in r.summary()
+
+
+def test_each_cost_appears_once(report):
+    rows = {r[0]: r for r in tables(report.to_markdown())[0][1:]}
+    loss_cost = rows["`loss`"][4]
+    assert loss_cost.startswith("loss, accuracy and gradient norm: ")
+    for shared in ("`accuracy`", "`gradient_norm`"):
+        assert rows[shared][4].startswith("with loss")
+        assert "fwd" not in rows[shared][4] and " s" not in rows[shared][4]
+    costs = [m.cost for m in report.measures.values()]
+    forward = sum(c.get("n_forward", 0) for c in costs)
+    assert forward == report.measures["loss"].cost.get("n_forward", 0) + sum(
+        report.measures[m].cost.get("n_forward", 0) for m in MEASURES)
+
+
+def test_html_shows_formatted_text_not_markdown_source(report, tmp_path):
+    report.write(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    parser = _Cells()
+    parser.feed(page)
+    text = "".join(parser.all_text)
+    assert "`" not in text and "**" not in text and "](" not in text
+    assert "budget quick" in text and "Audit of run|1_*final*.pt" in text
+    assert {"table", "code", "img", "h1"} <= set(parser.tags)
+    assert all(len(r) == 5 for r in parser.rows)
+
+
+def test_comparison_markdown_tables_keep_their_columns(tmp_path):
+    x, y = digits_tensors("train")
+    probes = {name: Probe(digits_mlp(hidden=16, seed=k), (x[:100], y[:100]))
+              for k, name in enumerate(("a|b", "c_d_"))}
+    result = compare(probes, measures=["loss_line"], interpolation_points=3, align=False)
+    for table in tables(result.to_markdown()):
+        assert len({len(row) for row in table}) == 1, table
+    cells = rendered_cells(result.to_markdown())
+    assert cells[0][1:] == ["a|b", "c_d_"]
+    assert any(row[0] == "a|b -> c_d_" for row in cells)
+
+
+@pytest.mark.parametrize("text", ["|x|", "a_b_c", "*bold*", "`code`", "<b>", "[link](x)", "#"])
+def test_escaped_text_renders_as_itself(text):
+    html = MarkdownIt("commonmark").enable("table").render(_md_text(text))
+    parser = _Cells()
+    parser.feed(html)
+    assert "".join(parser.all_text).strip() == text
+    row = _md_row(["`name|x`", text])
+    (table,) = tables(f"| h1 | h2 |\n|---|---|\n{row}\n")
+    assert len(table[1]) == 2
