@@ -25,8 +25,19 @@ def normal_like(like: Tensor, gen: torch.Generator) -> Tensor:
     return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
 
 
+_CHUNK = 2**20  # draws made at a time, so a draw never holds more than its result in memory
+
+
 def rademacher(shape: tuple[int, ...], gen: torch.Generator, device: torch.device,
                dtype: torch.dtype) -> Tensor:
-    """Random signs +-1 of the given shape, dtype and device."""
-    z = torch.randint(0, 2, shape, generator=gen).to(device)
-    return z.to(dtype).mul_(2).sub_(1)
+    """Random signs +-1 of the given shape, dtype and device.
+
+    Drawn in chunks of 2^20 (the same values as one draw), so the int64 draws take 8 MB, not
+    twice the result."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    flat = out.view(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        count = min(_CHUNK, flat.numel() - start)
+        bits = torch.randint(0, 2, (count,), generator=gen)
+        flat[start : start + count].copy_(bits)
+    return out.mul_(2).sub_(1)

@@ -403,7 +403,7 @@ def test_cli_compare_reports_aligned_barrier_of_a_vit(tmp_path, capsys):
     (tmp_path / "vit.py").write_text("from test_align_architectures import TinyViT\n\n"
                                      "def make():\n    return TinyViT()\n")
     assert main(["compare", "--model", f"{tmp_path / 'vit.py'}:make", "--data", "digits:test",
-                 str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--measures=",
+                 str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--measures=loss",
                  "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "aligned loss barrier" in capsys.readouterr().out
     pair = json.loads((tmp_path / "out" / "comparison.json").read_text())["pairs"][0]

@@ -201,14 +201,16 @@ def test_surfaces_equal_the_single_process_values(ranks, single, name):
 
 
 def test_each_rank_runs_about_half_the_surface_forwards(ranks, single):
-    total = single["surfaces"]["points"][2]  # 12 points x 8 batches
+    """No-grad evaluations merge each probe's cached batches into one chunk (rebatch), so a
+    point costs one forward per process that evaluates it."""
+    total = single["surfaces"]["points"][2]  # 12 points x 1 merged chunk of the 8 batches
     n_batches = 8
-    assert total == 12 * n_batches
+    assert total == 12
     for res in ranks:
-        # points: 6 points on all 8 batches, plus one pass to cache all the data on the rank
-        assert res["surfaces"]["points"][2] == 6 * n_batches + n_batches
-        # data: 12 points on the rank's 4 batches
-        assert res["surfaces"]["data"][2] == 12 * n_batches // WORLD
+        # points: 6 points on all the data, plus one pass over the 8 batches to cache it
+        assert res["surfaces"]["points"][2] == 6 + n_batches
+        # data: 12 points on the rank's 4 batches, merged into one chunk
+        assert res["surfaces"]["data"][2] == 12
 
 
 def test_auto_falls_back_to_data_sharding_when_the_data_does_not_fit(ranks, single):
