@@ -82,11 +82,11 @@ def hessian_eigenvalues(
             gradient and one product (a 64M-parameter float32 model: 256 MB each). The basis
             holds max_vectors - 1 vectors before a thick restart; fewer vectors mean more
             products (about 22 products for the top eigenvalue of a trained network with a
-            basis of 40, a few more with 11). For k=1 without `return_vectors`, max_vectors=2
+            basis of 40, a few more with 9). For k=1 without `return_vectors`, max_vectors=2
             or 3 uses the three-term recurrence instead: 2 vectors and no restarts (its
             vectors lose orthogonality, which leaves the extreme eigenvalue and its residual
             reliable but may cost more products; see `recurrence_eig`). None: the full basis
-            (max_basis + 1 vectors) when it fits in 1 GiB, else 12 vectors. The vectors are
+            (max_basis + 1 vectors) when it fits in 1 GiB, else 10 vectors. The vectors are
             allocated as the basis grows. `EigenResult.stored_vectors` reports what was stored.
         progress: show a progress bar over products.
 
