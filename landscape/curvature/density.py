@@ -16,7 +16,7 @@ from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import operator, select
-from .lanczos import lanczos_step
+from .lanczos import lanczos_step, three_term_steps
 from .results import DensityResult
 
 
@@ -104,9 +104,10 @@ def hessian_density(
             return matvec(v)
 
         for _ in range(n_vectors):
-            start = rademacher((n,), gen, probe.device, probe.dtype)
             quadrature = _lanczos_quadrature if reorthogonalize else _recurrence_quadrature
-            theta, tau2 = quadrature(counted, start, steps)
+            # the start vector is not named here: the quadrature's copy is the only one
+            theta, tau2 = quadrature(counted, rademacher((n,), gen, probe.device, probe.dtype),
+                                     steps)
             nodes.append(theta)
             weights.append(tau2 / n_vectors)
             means.append(float(tau2 @ theta))
@@ -176,22 +177,12 @@ def _lanczos_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.
 def _recurrence_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The same from the three-term recurrence (2 stored vectors, no reorthogonalization)."""
     eps = torch.finfo(v0.dtype).eps
-    v = v0 / torch.linalg.vector_norm(v0)
-    v_prev: Tensor | None = None
     alphas: list[float] = []
     betas: list[float] = []
-    for _ in range(steps):
-        w = matvec(v)
-        alpha = float(v @ w)
-        w.sub_(v, alpha=alpha)
-        if v_prev is not None:
-            w.sub_(v_prev, alpha=betas[-1])
+    for alpha, beta in three_term_steps(matvec, v0):
         alphas.append(alpha)
-        beta = float(torch.linalg.vector_norm(w))
         if beta <= 10 * eps * max(abs(a) for a in alphas) or len(alphas) == steps:
             break
         betas.append(beta)
-        v_prev, v = v, w.div_(beta)
-        del w
     theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(alphas), np.asarray(betas))
     return theta, S[0] ** 2

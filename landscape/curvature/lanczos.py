@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -305,6 +306,32 @@ def lanczos_eigs(
         j = p
 
 
+def three_term_steps(matvec: MatVec, v0: Tensor) -> Iterator[tuple[float, float]]:
+    """(alpha_j, beta_j) of the Lanczos three-term recurrence from v0, one product a step,
+    storing two vectors (v0 is normalized in place: the caller should hold no other copy).
+
+    beta_j is the norm of the remainder after step j (its next off-diagonal). Each step is
+    orthogonalized once more against the current vector, for stability; nothing else is
+    reorthogonalized. The caller stops iterating (at the latest when beta_j is ~0).
+    """
+    v = v0.div_(torch.linalg.vector_norm(v0))
+    del v0
+    v_prev: Tensor | None = None
+    beta_prev = 0.0
+    while True:
+        w = matvec(v)
+        alpha = float(v @ w)
+        w.sub_(v, alpha=alpha)
+        if v_prev is not None:
+            w.sub_(v_prev, alpha=beta_prev)
+        correction = float(v @ w)
+        w.sub_(v, alpha=correction)
+        beta = float(torch.linalg.vector_norm(w))
+        yield alpha + correction, beta
+        v_prev, v, beta_prev = v, w.div_(beta), beta
+        del w
+
+
 def recurrence_eig(
     matvec: MatVec, v0: Tensor, which: str, tol: float, max_iter: int,
 ) -> _Eigs:
@@ -319,24 +346,10 @@ def recurrence_eig(
     """
     eps = torch.finfo(v0.dtype).eps
     n = v0.numel()
-    v = v0.div_(torch.linalg.vector_norm(v0))  # in place: the caller holds no other copy
-    del v0
-    v_prev: Tensor | None = None
     alphas: list[float] = []
     betas: list[float] = []
-    beta_prev = 0.0
-    n_mv = 0
-    while True:
-        w = matvec(v)
-        n_mv += 1
-        alpha = v @ w
-        w.sub_(v, alpha=float(alpha))
-        if v_prev is not None:
-            w.sub_(v_prev, alpha=beta_prev)
-        correction = v @ w  # one local reorthogonalization against v, for stability
-        w.sub_(v, alpha=float(correction))
-        alphas.append(float(alpha + correction))
-        beta = float(torch.linalg.vector_norm(w))
+    for alpha, beta in three_term_steps(matvec, v0):
+        alphas.append(alpha)
         theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(alphas), np.asarray(betas))
         want, res, ok, breakdown = _stop_test(theta, S, beta, 1, which, tol, eps)
         if not ok and not breakdown:
@@ -349,12 +362,11 @@ def recurrence_eig(
             good = np.flatnonzero(close & (all_res <= bound))
             if len(good):
                 want, res, ok = good[:1], all_res[good[:1]], True
-        if ok or breakdown or n_mv >= max_iter or len(alphas) >= n:
+        if ok or breakdown or len(alphas) >= max_iter or len(alphas) >= n:
             done = ok or breakdown or len(alphas) >= n
-            return _Eigs(theta[want], res, None, bool(done), n_mv, 2)
+            return _Eigs(theta[want], res, None, bool(done), len(alphas), 2)
         betas.append(beta)
-        v_prev, v, beta_prev = v, w.div_(beta), beta
-        del w
+    raise AssertionError("unreachable: the recurrence never ends by itself")
 
 
 def power_eigs(
