@@ -175,11 +175,12 @@ class Probe:
             True: require it. A `ProcessGroup`: use that group instead of the default one.
             Every rank must then call the same methods in the same order.
         rebatch: for evaluations without gradients (losses, surfaces, interpolations), merge the
-            cached batches into chunks as large as `eval_bytes_per_chunk` of activations allows
-            (at most `cache_bytes` of extra data), so small loader batches cost no more than
-            one large one. Only with `loss_fn` (a per-sample mean, so the result is the same to
-            float rounding) and without `n_samples_fn`; a `batch_loss` always gets the user's
-            batches, since its value may depend on the batch. Gradients and Hessian-vector
+            cached batches into chunks whose activations take at most 256 MiB (2 GiB on CUDA),
+            when a copy of the data fits beside the cache within `cache_bytes`, so small
+            loader batches cost no more than one large one. Only with `loss_fn` (a per-sample
+            mean, so the result is the same to float rounding) and without `n_samples_fn`; a
+            `batch_loss` always gets the user's batches, since its value may depend on the
+            batch. Gradients and Hessian-vector
             products always use the user's batches (their memory grows with the batch).
         dtype: None (default): measure in the model's own dtype. torch.float32 (or float64):
             measure a copy of the model converted to it when its dtype differs, never changing
