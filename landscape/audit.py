@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._results import to_jsonable
+from .audit_resume import AuditProgress, audit_key
 from .errors import LandscapeError
 from .probe import Probe
 
@@ -194,6 +195,7 @@ def audit(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     data_name: str | None = None,
+    resume: str | Path | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -210,6 +212,10 @@ def audit(
         name: what is audited (a checkpoint's file name): the report's title and summary name
             it. The CLI passes the checkpoint's file name.
         data_name: which data (e.g. "digits, train split"), named in the report's summary.
+        resume: a JSON file where each measure is saved as soon as it finishes (replaced
+            atomically), so an interrupted or failed audit keeps what it measured. A rerun with
+            the same file, weights, data, budget and seed takes the saved measures instead of
+            measuring them again (see `landscape.audit_resume`). None: nothing saved.
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -244,6 +250,7 @@ def audit(
     shared = ["loss", "accuracy", "gradient_norm"] if ev.accuracy is not None \
         else ["loss", "gradient_norm"]
     base_cost = {**meter.cost().to_dict(), "shared_by": shared}
+    saved = AuditProgress(resume, audit_key(probe, budget, seed, loss0))
     out["loss"] = Measure("loss", ev.loss, None, DESCRIPTIONS["loss"], {}, base_cost)
     if ev.accuracy is not None:
         out["accuracy"] = Measure("accuracy", ev.accuracy, None, DESCRIPTIONS["accuracy"], {},
@@ -253,6 +260,13 @@ def audit(
 
     def run(name: str, compute: Callable[[], Measure]) -> None:
         if name not in chosen:
+            return
+        if name in saved:
+            say(f"{name}: taken from {resume} (measured before with the same settings)")
+            out[name] = saved.measure(name, Measure)
+            figure = saved.figure_result(name, seed)
+            if figure is not None:
+                results[name] = figure
             return
         say(f"measuring {name} ...")
         started = probe.meter()
@@ -264,6 +278,8 @@ def audit(
             say(f"{name} failed: {error_line(failed.error)}")
             warnings.warn(f"audit: {name} failed ({error_line(failed.error)}); the other "
                           "measures are still reported.", RuntimeWarning, stacklevel=3)
+        else:  # kept on disk at once: an interruption later loses nothing of it
+            saved.save(name, out[name], results.get(name))
 
     def eigenvalues() -> Measure:
         r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
@@ -371,12 +387,11 @@ def audit(
         from .agreement import quadratic_agreement
 
         known = {}
-        eig = results.get("hessian_eigenvalues")
-        if eig is not None:
-            known["top_eigenvalue"] = float(eig.eigenvalues[0])
-        tr = results.get("hessian_trace")
-        if tr is not None:
-            known["trace"], known["trace_stderr"] = float(tr.estimate), float(tr.stderr)
+        eig, tr = out.get("hessian_eigenvalues"), out.get("hessian_trace")
+        if eig is not None and eig.error is None:
+            known["top_eigenvalue"] = eig.value
+        if tr is not None and tr.error is None:
+            known["trace"], known["trace_stderr"] = tr.value, tr.stderr
         rhos = (0.01, 0.03, 0.1, 0.3)
         r = quadratic_agreement(probe, rhos, steps=effort["ascent_steps"],
                                 n_samples=effort["average_draws"], seed=seed, **known)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +17,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import LandscapeError
+
+# The option values the parser offers, kept here so that `landscape --help` imports neither torch
+# nor matplotlib (tests/test_cli.py checks they equal the library's own tuples).
+BUDGETS = ("quick", "standard", "thorough")
+AUDIT_MEASURES = (
+    "loss", "hessian_eigenvalues", "hessian_smallest_eigenvalue", "hessian_trace",
+    "hessian_density", "sharpness_worst_l2", "sharpness_adaptive_worst_l2",
+    "sharpness_average_l2", "first_order_flatness", "loss_line", "loss_surface",
+    "pac_bayes_flatness", "local_entropy", "quadratic_agreement",
+)
+TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
+INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
+DEMO_BUDGETS = ("full", "smoke")
 
 SUBCOMMANDS: dict[str, str] = {
     "audit": "measure one checkpoint by every standard measure and write a report",
@@ -44,9 +59,24 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
                         "DataLoader, a list of batches or an (inputs, targets) pair "
                         "(default: digits)")
     p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every estimator (default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of every estimator, 0 or more (default: 0)")
+    _add_progress_debug(p)
+
+
+def _add_progress_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress (bars on a terminal, plain lines when redirected)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--log", dest="log", action="store_true", default=True,
+                       help="log scale (default): contour levels log-spaced above the minimum "
+                            "and labelled; heatmaps and 3D views in log10 of the loss")
+    scale.add_argument("--linear", dest="log", action="store_false",
+                       help="linear scale: evenly spaced contour levels, the loss as it is")
 
 
 def _add_column(p: argparse.ArgumentParser) -> None:
@@ -70,14 +100,30 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
+    if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive; got {text}")
     return value
 
 
-def _audit_args(p: argparse.ArgumentParser) -> None:
-    from .audit import BUDGETS, MEASURES
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`, refused in one line otherwise."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}; got {text}")
+        return value
+
+    return parse
+
+
+_seed = _int_at_least(0)
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint file: a state dict in .pt/.pth (read with "
@@ -90,15 +136,13 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                    help="effort: quick, standard or thorough (default: standard; `compare` "
                         "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "pac_bayes_flatness, local_entropy and quadratic_agreement)")
+                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
+                        "but pac_bayes_flatness, local_entropy and quadratic_agreement)")
+    _add_scale(p)
     _add_column(p)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    from .audit import BUDGETS, MEASURES
-    from .surface import INTERPOLATION_BUFFERS
-
     _add_model_data(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoint files (.pt, .pth or .safetensors state dicts)")
@@ -110,18 +154,18 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="effort per checkpoint: quick, standard or thorough (default: quick; "
                         "`audit` defaults to standard)")
     p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "loss_surface and the three costly optional ones)")
-    p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
-                   help="BatchNorm statistics along the interpolation paths: interpolate "
-                        "(default), recompute (re-estimated at each point: the fair barrier "
-                        "for BatchNorm networks) or keep")
+                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
+                        "but loss_surface and the three costly optional ones)")
+    p.add_argument("--buffers", choices=("auto", *INTERPOLATION_BUFFERS), default="auto",
+                   help="BatchNorm statistics along the interpolation paths: auto (default: "
+                        "recompute when the model has BatchNorm, else interpolate), recompute "
+                        "(re-estimated at each point, the 'repair' of Git Re-Basin: the fair "
+                        "barrier for BatchNorm networks), interpolate or keep")
+    _add_scale(p)
     _add_column(p)
 
 
 def _track_args(p: argparse.ArgumentParser) -> None:
-    from .track import TRACK_MEASURES
-
     _add_model_data(p)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
                    help="a folder of checkpoints (.pt, .pth, .safetensors; sorted by the step "
@@ -138,21 +182,38 @@ def _track_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_BUDGETS
-
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--budget", choices=tuple(DEMO_BUDGETS), default="full",
+    p.add_argument("--budget", choices=DEMO_BUDGETS, default="full",
                    help="full: the four optimizers trained to convergence and compared with "
                         "the quick audit budget (default); smoke: a few epochs and a few "
                         "measures, to check an installation")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0 or more (default: 0)")
+    _add_scale(p)
     _add_column(p)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    _add_progress_debug(p)
 
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: redirected to a file or a pipe, the command prints its
+    plain lines ("measuring hessian_trace ...") and no control characters."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+# Library messages name Python keywords; on the command line the same fix is an option.
+_CLI_TERMS = (("max_samples=", "--max-samples"), ("measures=", "--measures"),
+              ("budget=", "--budget"), ("buffers=", "--buffers"), ("another out= path",
+              "another --out folder"), ("out=", "--out"), ("seed=", "--seed"),
+              ("pass name= to audit", "the CLI names it after --checkpoint"))
+
+
+def _in_cli_terms(message: str) -> str:
+    for python, cli in _CLI_TERMS:
+        message = message.replace(python, cli)
+    return message
 
 
 def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
@@ -165,12 +226,41 @@ def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     return Probe(model, data)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """The checks that need no model or data, made before any work: output folder, checkpoint
-    paths and measure names."""
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
+def _check_out(out: str) -> None:
+    """Refuse an output folder that cannot be written, before any work: an existing file, or a
+    folder (or its nearest existing parent) without write permission."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
         raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LandscapeError(f"--out {out!r} lies under the file {str(parent)!r}; give a folder "
+                             "path to write into.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
+        raise LandscapeError(f"--out {out!r} is not writable{where}; give a folder you can "
+                             "write to.")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need no model or data, made before any work: output folder, numeric
+    ranges, checkpoint paths and measure names."""
+    out = getattr(args, "out", None)
+    if out is not None:
+        _check_out(out)
+    span = getattr(args, "range", None)
+    if span is not None and not all(math.isfinite(v) for v in span):
+        raise LandscapeError("--range needs two finite numbers, e.g. --range -1 1.")
+    if span is not None and not span[0] < span[1]:
+        raise LandscapeError(f"--range {span[0]:g} {span[1]:g}: LO must be below HI, e.g. "
+                             "--range -1 1.")
+    names = getattr(args, "names", None)
+    if names is not None and len(names) != len(args.checkpoints):
+        raise LandscapeError(
+            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints; give "
+            "one name per checkpoint.")
     paths = [args.checkpoint] if getattr(args, "checkpoint", None) else []
     if args.command == "compare":
         paths = list(args.checkpoints)
@@ -181,15 +271,11 @@ def _check_args(args: argparse.Namespace) -> None:
         if not Path(path).is_file():
             raise LandscapeError(f"checkpoint file {path!r} does not exist.")
     if args.command in ("audit", "compare") and args.measures is not None:
-        from .audit import MEASURES
-
-        unknown = [m for m in args.measures if m not in MEASURES]
+        unknown = [m for m in args.measures if m not in AUDIT_MEASURES]
         if unknown:
             raise LandscapeError(f"unknown measures {unknown}; choose among "
-                                 f"{', '.join(MEASURES)}.")
+                                 f"{', '.join(AUDIT_MEASURES)}.")
     if args.command == "track":
-        from .track import TRACK_MEASURES
-
         unknown = [m for m in args.measures if m not in TRACK_MEASURES]
         if unknown:
             raise LandscapeError(f"unknown measures {unknown}: measures must be among "
@@ -213,10 +299,12 @@ def _audit(args: argparse.Namespace) -> int:
     from .audit import audit
 
     probe = _probe_for(args, args.checkpoint)
+    partial = Path(args.out) / "audit.partial.json"
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
-                   progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
-                   data_name=args.data)
+                   progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
+                   data_name=args.data, resume=partial)
     written = report.write(args.out, column=args.column)
+    partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -226,17 +314,13 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
     names = args.names or [Path(c).stem for c in args.checkpoints]
-    if len(names) != len(args.checkpoints):
-        raise LandscapeError(
-            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints."
-        )
     if len(set(names)) != len(names):
         raise LandscapeError(f"checkpoint names must differ; got {names}. Pass --names.")
     probes = {}
     for name, ckpt in zip(names, args.checkpoints):
         probes[name] = _probe_for(args, ckpt)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
-                     buffers=args.buffers, progress=not args.no_progress, log=_log)
+                     buffers=args.buffers, progress=_bars(args), log=_log)
     written = result.write(args.out, column=args.column)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -254,7 +338,7 @@ def _track(args: argparse.Namespace) -> int:
     check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
-                   progress=not args.no_progress, log=_log)
+                   progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())
     _save_track_plot(result, args.lr, out, args.column)
     print(result.to_csv(), end="")
@@ -278,7 +362,7 @@ def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> N
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=not args.no_progress,
+    run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=_bars(args),
              log=_log, column=args.column)
     return 0
 
@@ -308,18 +392,19 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
     p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
     p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
-    p.add_argument("--points", type=int, default=None,
-                   help="points per axis (default: 51 in 1d, 25 in 2d)")
+    p.add_argument("--points", type=_int_at_least(2), default=None,
+                   help="points per axis, 2 or more (default: 51 in 1d, 25 in 2d)")
     p.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
-                   help="coordinate range of each axis (default: -1 1)")
+                   help="coordinate range of each axis, LO below HI (default: -1 1)")
     p.add_argument("--normalization", default="filter",
                    choices=("filter", "layer", "model", "none"),
                    help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate each point on a subset of this many samples (with stderr)")
-    p.add_argument("--log", action="store_true", help="draw log10 of the loss")
-    p.add_argument("--zmax", type=float, default=None,
-                   help="clip the 3D surface at this height (in the drawn units, log10 with "
+    p.add_argument("--max-samples", type=_int_at_least(1), default=None,
+                   help="evaluate each point on a subset of this many samples, 1 or more "
+                        "(with stderr)")
+    _add_scale(p)
+    p.add_argument("--zmax", type=_positive_float, default=None,
+                   help="clip the 3D surface at this loss (positive, in loss units also with "
                         "--log); the clip is stated on the figure (default: no clip)")
     _add_column(p)
 
@@ -339,13 +424,13 @@ def _plot(args: argparse.Namespace) -> int:
     from .surface import loss_line, loss_surface
 
     probe = _probe_for(args, args.checkpoint)
-    progress = not args.no_progress
+    progress = _bars(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     norm = None if args.normalization == "none" else args.normalization
     n = args.points or (51 if args.kind == "1d" else 25)
-    if n < 2:
-        raise LandscapeError(f"--points must be at least 2; got {n}.")
+    if not progress and not args.no_progress:
+        _log(f"evaluating the loss at {n if args.kind == '1d' else n * n} points ...")
     grid = np.linspace(args.range[0], args.range[1], n)
     d1 = random_direction(probe, normalization=norm, seed=args.seed)
     if args.kind == "1d":
@@ -360,7 +445,7 @@ def _plot(args: argparse.Namespace) -> int:
                               seed=args.seed, out=out / "surface.h5", progress=progress)
         names = []
         draws = (("contour", lplot.plot_contour, {}), ("heatmap", lplot.plot_heatmap, {}),
-                 ("surface3d", lplot.plot_surface_3d, {"zmax": args.zmax}))
+                 ("surface3d", lplot.plot_surface_3d, {"zmax": _drawn_zmax(args)}))
         for stem, draw, extra in draws:
             ax = draw(result, log=args.log, column=args.column, **extra)
             names += [p.name for p in lplot.save_figure(ax.figure, out / stem)]
@@ -372,6 +457,13 @@ def _plot(args: argparse.Namespace) -> int:
           f"[{np.nanmin(result.loss):.4g}, {np.nanmax(result.loss):.4g}]")
     print(f"wrote {', '.join(names + [f'{args.kind}.json'])} to {out}/")
     return 0
+
+
+def _drawn_zmax(args: argparse.Namespace) -> float | None:
+    """--zmax (a loss) in the drawn units: log10 of it with --log."""
+    if args.zmax is None:
+        return None
+    return math.log10(args.zmax) if args.log else args.zmax
 
 
 _ADD_ARGS["plot"] = _plot_args
@@ -417,22 +509,46 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _tidy_out(args: argparse.Namespace) -> Iterator[None]:
+    """Remove the --out folder (and the parents) this command created when it fails leaving
+    them empty: a failed run leaves no empty folders behind."""
+    out = getattr(args, "out", None)
+    created = []
+    if out is not None:
+        path = Path(out).absolute()
+        while not path.exists():
+            created.append(path)
+            path = path.parent
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not ok:
+            for path in created:  # deepest first
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     handler = _HANDLERS.get(args.command)
     if handler is None:
         print(f"landscape {args.command}: not available yet in this version.", file=sys.stderr)
         return 2
     try:
         _check_args(args)
-        with _torchrun(args):
-            return handler(args)
+        with _tidy_out(args), _torchrun(args), _words_for_warnings():
+            status = handler(args)
+        return status
     except LandscapeError as exc:
-        print(f"landscape {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(_in_cli_terms(str(exc)).split())
+        print(f"landscape {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"landscape {args.command}: interrupted.", file=sys.stderr)
@@ -444,6 +560,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _words_for_warnings() -> Iterator[None]:
+    """Warnings caught and reported once each, in words, after the command: no raw
+    `RuntimeWarning: ...` lines with file names in the output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = []
+            for w in caught:
+                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+                    continue
+                text = " ".join(str(w.message).split())
+                if text not in seen:
+                    seen.append(text)
+            for text in seen:
+                _log(f"note: {text}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from ._model_prep import prepare_model
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
 from .hvp import HVP_METHODS, HvpEngine, recurrent_safe, twice_differentiable
+from .loss_reduction import check_mean_over_batch, check_reduction
 from .probe_data import (
     ProbeData,
     call_model,
@@ -238,6 +239,8 @@ class Probe:
             raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
         self.model = model
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        if batch_loss is None:
+            check_reduction(self.loss_fn)
         self.batch_loss = batch_loss
         self.n_samples_fn = n_samples_fn
         self.check_data = check_data
@@ -886,6 +889,8 @@ class Probe:
                 loss_sum, n, n_batches, error = 0.0, 0, 0, None
                 try:
                     for batch in data.raw():
+                        if n_batches == 0 and self.batch_loss is None:
+                            check_mean_over_batch(self.model, self.loss_fn, batch)
                         loss, n_b, _ = self._compute_batch(batch)
                         loss_sum += float(loss.double()) * n_b
                         n += n_b
