@@ -8,8 +8,12 @@ vectors plus small matrices (k x k, or capacity x `_COLUMN_BLOCK` during a resta
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from .._random import rademacher
 
 _BLOCK_ROWS = 8  # rows allocated at a time
 _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
@@ -101,3 +105,22 @@ class Basis:
             new = coeffs.T @ old
             for block, start, used in self._spans(p):
                 block[:, c0:c1].copy_(new[start : start + used])
+
+
+def range_basis(matvec: Callable[[Tensor], Tensor], n: int, s: int, gen: torch.Generator,
+                device: torch.device, dtype: torch.dtype) -> tuple[Basis, int]:
+    """An orthonormal basis Q of the range of H S, S = s Rademacher vectors (Hutch++'s sketch),
+    built by Gram-Schmidt twice as the products arrive (s products, s stored vectors; H S
+    directions that are numerically dependent are skipped). Returns (Q, its rank)."""
+    Q = Basis(n, s, device, dtype)
+    rank = 0
+    for _ in range(s):
+        y = matvec(rademacher((n,), gen, device, dtype))
+        norm0 = torch.linalg.vector_norm(y)
+        Q.orthogonalize(y, rank)
+        norm = torch.linalg.vector_norm(y)
+        if norm > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient: skip
+            Q.set(rank, y.div_(norm))
+            rank += 1
+        del y
+    return Q, rank
