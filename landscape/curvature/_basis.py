@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._reduce import accumulation_dtype, rows_dot
+
 _BLOCK_ROWS = 8  # rows allocated at a time
 _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
@@ -67,17 +69,18 @@ class Basis:
             start += used
 
     def dots(self, w: Tensor, size: int) -> Tensor:
-        """rows[:size] @ w, shape (size,)."""
-        parts = [block @ w for block, _, _ in self._spans(size)]
-        return torch.cat(parts) if parts else w.new_zeros(0)
+        """rows[:size] @ w, shape (size,), accumulated in float64 (`landscape._reduce`)."""
+        parts = [rows_dot(block, w) for block, _, _ in self._spans(size)]
+        return torch.cat(parts) if parts else w.new_zeros(0, dtype=accumulation_dtype(w.device))
 
     def subtract(self, w: Tensor, coeffs: Tensor, size: int) -> None:
-        """w -= coeffs @ rows[:size], in place."""
+        """w -= coeffs @ rows[:size], in place (coeffs of any float dtype)."""
         for block, start, used in self._spans(size):
-            w.addmv_(block.T, coeffs[start : start + used], alpha=-1)
+            w.addmv_(block.T, coeffs[start : start + used].to(w.dtype), alpha=-1)
 
     def orthogonalize(self, w: Tensor, size: int) -> Tensor:
-        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients."""
+        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients
+        (float64: the inner products are accumulated in float64)."""
         h = self.dots(w, size)
         self.subtract(w, h, size)
         h2 = self.dots(w, size)
