@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ._reduce import fnorm
 from ._results import to_jsonable
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
@@ -149,7 +150,7 @@ def track(
             if "loss" in measures:
                 row["loss"] = loss
             if "gradient_norm" in measures:
-                row["gradient_norm"] = float(grad.norm())
+                row["gradient_norm"] = fnorm(grad)
         if "top_eigenvalue" in measures:
             r = hessian_eigenvalues(probe, k=1, tol=tol, seed=seed)
             row["top_eigenvalue"] = float(r.eigenvalues[0])

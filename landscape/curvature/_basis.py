@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._random import rademacher
+from .._reduce import accumulation_dtype, norm, rows_dot
 
 _BLOCK_ROWS = 8  # rows allocated at a time
 _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
@@ -71,17 +72,18 @@ class Basis:
             start += used
 
     def dots(self, w: Tensor, size: int) -> Tensor:
-        """rows[:size] @ w, shape (size,)."""
-        parts = [block @ w for block, _, _ in self._spans(size)]
-        return torch.cat(parts) if parts else w.new_zeros(0)
+        """rows[:size] @ w, shape (size,), accumulated in float64 (`landscape._reduce`)."""
+        parts = [rows_dot(block, w) for block, _, _ in self._spans(size)]
+        return torch.cat(parts) if parts else w.new_zeros(0, dtype=accumulation_dtype(w.device))
 
     def subtract(self, w: Tensor, coeffs: Tensor, size: int) -> None:
-        """w -= coeffs @ rows[:size], in place."""
+        """w -= coeffs @ rows[:size], in place (coeffs of any float dtype)."""
         for block, start, used in self._spans(size):
-            w.addmv_(block.T, coeffs[start : start + used], alpha=-1)
+            w.addmv_(block.T, coeffs[start : start + used].to(w.dtype), alpha=-1)
 
     def orthogonalize(self, w: Tensor, size: int) -> Tensor:
-        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients."""
+        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients
+        (float64: the inner products are accumulated in float64)."""
         h = self.dots(w, size)
         self.subtract(w, h, size)
         h2 = self.dots(w, size)
@@ -116,11 +118,11 @@ def range_basis(matvec: Callable[[Tensor], Tensor], n: int, s: int, gen: torch.G
     rank = 0
     for _ in range(s):
         y = matvec(rademacher((n,), gen, device, dtype))
-        norm0 = torch.linalg.vector_norm(y)
+        norm0 = norm(y)
         Q.orthogonalize(y, rank)
-        norm = torch.linalg.vector_norm(y)
-        if norm > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient: skip
-            Q.set(rank, y.div_(norm))
+        remainder = norm(y)
+        if remainder > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient
+            Q.set(rank, y.div_(remainder))
             rank += 1
         del y
     return Q, rank

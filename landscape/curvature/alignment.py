@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_positive, check_probe
 from .._random import generator
+from .._reduce import accumulation_dtype, fdot, fnorm, normalize_
 from .._results import to_jsonable
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
@@ -175,7 +176,7 @@ def hessian_alignment(
         raise LandscapeError(f"k={k} exceeds the number of compared parameters "
                              f"({pa.num_params}); ask for fewer.")
     meters = pa.meter(), pb.meter()
-    ga, gb = pa.gradient().double(), pb.gradient().double()
+    ga, gb = pa.gradient(), pb.gradient()
     eig = dict(k=k, tol=tol, seed=seed)
     top_a, top_b = hessian_eigenvalues(pa, **eig), hessian_eigenvalues(pb, **eig)
     assert isinstance(top_a, EigenResult) and isinstance(top_b, EigenResult)
@@ -198,8 +199,8 @@ def hessian_alignment(
                       f"within {ends.n_steps} products; raise max_iter (or max_vectors).",
                       RuntimeWarning, stacklevel=2)
     big = int(np.argmax(np.abs(ends.values)))
-    na, nb = float(torch.linalg.vector_norm(ga)), float(torch.linalg.vector_norm(gb))
-    cosine = float(ga @ gb) / (na * nb) if na > 0 and nb > 0 else math.nan
+    na, nb = fnorm(ga), fnorm(gb)
+    cosine = fdot(ga, gb) / (na * nb) if na > 0 and nb > 0 else math.nan
     costs = meters[0].cost(), meters[1].cost()
     return AlignmentResult(
         hessian_distance=float(abs(ends.values[big])),
@@ -208,7 +209,7 @@ def hessian_alignment(
         difference_residuals=ends.residuals[::-1].copy(),
         eigenvalues_a=top_a.eigenvalues, eigenvalues_b=top_b.eigenvalues,
         residuals_a=top_a.residuals, residuals_b=top_b.residuals,
-        gradient_distance=float(torch.linalg.vector_norm(ga - gb)), gradient_cosine=cosine,
+        gradient_distance=fnorm(ga - gb), gradient_cosine=cosine,
         gradient_norm_a=na, gradient_norm_b=nb,
         converged=ends.converged and top_a.converged and top_b.converged,
         params=list(pa.param_names), n_samples_a=pa.n_samples, n_samples_b=pb.n_samples,
@@ -250,8 +251,8 @@ def _both_ends(matvec: MatVec, v0: Tensor, tol: float, steps: int) -> _Ends:
     steps = min(steps, n)
     eps = torch.finfo(v0.dtype).eps
     basis = Basis(n, steps + 1, v0.device, v0.dtype)
-    T = torch.zeros(steps + 1, steps + 1, device=v0.device, dtype=v0.dtype)
-    basis.set(0, v0.div_(torch.linalg.vector_norm(v0)))
+    T = torch.zeros(steps + 1, steps + 1, device=v0.device, dtype=accumulation_dtype(v0.device))
+    basis.set(0, normalize_(v0))
     converged = False
     for j in range(steps):
         w, beta = lanczos_step(matvec, basis, T, j)
@@ -269,6 +270,6 @@ def _both_ends(matvec: MatVec, v0: Tensor, tol: float, steps: int) -> _Ends:
         del w
     ritz = basis.combine(torch.as_tensor(S[:, [0, -1]].T.copy(), device=v0.device,
                                          dtype=v0.dtype))
-    residuals = np.array([float(torch.linalg.vector_norm(matvec(x) - t * x))
+    residuals = np.array([fnorm(matvec(x) - t * x)
                           for x, t in zip(ritz, theta[[0, -1]])])
     return _Ends(theta[[0, -1]], residuals, converged, size)

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_probe
 from .._random import generator, rademacher
+from .._reduce import fdot
 from .._results import to_jsonable
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget, range_basis
@@ -161,7 +162,7 @@ def hessian_frobenius(
 
 def _squared_norm(x: Tensor) -> float:
     """||x||^2 accumulated in float64."""
-    return float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
+    return fdot(x, x)
 
 
 def _exact(matvec: MatVec, probe: Probe) -> float:
