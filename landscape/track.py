@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ._reduce import fnorm
 from ._results import to_jsonable
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
@@ -155,7 +156,7 @@ def track(
             if "loss" in measures:
                 row["loss"] = loss
             if "gradient_norm" in measures:
-                row["gradient_norm"] = float(grad.norm())
+                row["gradient_norm"] = fnorm(grad)
         context = MeasureContext(probe)
         for column, (spec_name, track_settings) in _FROM_REGISTRY.items():
             if column in measures:

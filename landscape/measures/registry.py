@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._reduce import fnorm
 from .._results import to_jsonable
 from ..probe import Probe
 from ..report import error_line
@@ -141,7 +142,7 @@ def base_measures(probe: Probe) -> tuple[dict[str, Measure], float]:
     if ev.accuracy is not None:
         out["accuracy"] = Measure("accuracy", ev.accuracy, None, BASE_DESCRIPTIONS["accuracy"],
                                   {}, {"shared_with": "loss"})
-    out["gradient_norm"] = Measure("gradient_norm", float(grad.norm()), None,
+    out["gradient_norm"] = Measure("gradient_norm", fnorm(grad), None,
                                    BASE_DESCRIPTIONS["gradient_norm"], {},
                                    {"shared_with": "loss"})
     return out, ev.loss
