@@ -37,6 +37,7 @@ import numpy as np
 from cycler import cycler
 from matplotlib.ticker import MaxNLocator
 
+from ._validate import OneOf
 from .errors import LandscapeError
 from .surface import Line, Surface, TrajectoryPCA
 
@@ -99,9 +100,7 @@ def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[f
         (6.75, 2.7)
     """
     if isinstance(column, str):
-        if column not in COLUMN_WIDTHS:
-            raise LandscapeError(f"column must be one of {tuple(COLUMN_WIDTHS)} or a width in "
-                                 f"inches; got {column!r}.")
+        OneOf(tuple(COLUMN_WIDTHS), "a width in inches")("column", column)
         width = COLUMN_WIDTHS[column]
     else:
         width = float(column)
@@ -388,8 +387,8 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
 
     Nothing is clipped by default. With `zmax`, points above it are not drawn (left as holes,
     never flattened into a plateau the landscape does not have), the z axis stops at `zmax`, and
-    the z label states the clip and the share of points above it, e.g.
-    "log10 loss / clipped at 1.5 (12% above)".
+    a note above the axes states the clip and the share of points above it, e.g.
+    "clipped at 1.5 (12% of the points above)" (`ax.clip_note` holds it, None without a clip).
 
     Args:
         surface: the `Surface`.
@@ -400,7 +399,7 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         column: width of a new figure: "single", "double" or inches.
     """
     z = _z(surface, log)
-    zlabel = _zlabel(log)
+    zlabel, note = _zlabel(log), None
     finite = z[np.isfinite(z)]
     if zmax is not None and finite.size and not zmax > finite.min():
         raise LandscapeError(
@@ -410,7 +409,7 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
     if zmax is not None:
         above = np.isfinite(z) & (z > zmax)
         if above.any():
-            zlabel += f"\nclipped at {zmax:.3g} ({above.mean():.0%} above)"
+            note = f"clipped at {zmax:.3g} ({above.mean():.0%} of the points above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
         if ax is None:
@@ -435,6 +434,10 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
         ax.set_box_aspect(None, zoom=0.92)
+        ax.clip_note = note
+        if note is not None:
+            ax.text2D(0.5, 1.0, note, transform=ax.transAxes, ha="center", va="top",
+                      fontsize=STYLE["legend.fontsize"], color="0.25")
     _fonts(ax)
     return ax
 

@@ -169,12 +169,13 @@ def test_make_figures_script_figures_are_clean(tmp_path):
 def test_clipping_is_stated_and_leaves_holes_not_a_plateau():
     surface = bowl_surface()
     ax = lp.plot_surface_3d(surface, zmax=2.0)
-    assert "clipped at 2" in ax.get_zlabel() and "% above" in ax.get_zlabel()
+    assert "clipped at 2" in ax.clip_note and "% of the points above" in ax.clip_note
+    assert any(t.get_text() == ax.clip_note for t in ax.texts)
     above = (surface.loss > 2.0).mean()
-    assert f"{above:.0%} above" in ax.get_zlabel()
+    assert f"{above:.0%} of the points above" in ax.clip_note
     assert ax.get_zlim()[1] == pytest.approx(2.0)
     unclipped = lp.plot_surface_3d(surface)
-    assert "clipped" not in unclipped.get_zlabel()
+    assert unclipped.clip_note is None and not unclipped.texts
     for a in (ax, unclipped):
         a.figure.canvas.draw()
     # the points above the clip are holes: fewer polygons than the full grid's quads, and at

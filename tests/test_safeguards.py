@@ -47,7 +47,7 @@ def test_compare_recomputes_batchnorm_statistics_by_default_and_says_so(tmp_path
     result = compare(probes, measures=["loss_line"], interpolation_points=3, align=False)
     assert result.buffers == "recompute"
     assert "BatchNorm" in result.buffers_reason
-    assert "`recompute`, chosen automatically" in result.to_markdown()
+    assert "(recompute, chosen automatically" in result.to_markdown()
     assert result.to_dict()["buffers"] == "recompute"
     xm, ym = digits_tensors("train")
     plain = {f"m{s}": Probe(digits_mlp(hidden=8, seed=s), (xm[:64], ym[:64])) for s in (0, 1)}
