@@ -108,13 +108,13 @@ class AuditReport:
         return self.to_report(title).to_html(figures)
 
     def write(self, out: str | Path, title: str | None = None,
-              column: str | float = "single") -> list[Path]:
+              column: str | float = "single", log: bool = True) -> list[Path]:
         """Write report.json, report.md, report.html and the figures (PDF and 300 dpi PNG) to
         `out`; `column` sizes the figures ("single", "double" or inches, see
-        `landscape.plot.figure_size`)."""
+        `landscape.plot.figure_size`); `log=False` draws linear loss scales and contours."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = audit_figures(self.results, out, column)
+        figures = audit_figures(self.results, out, column, log)
         return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
@@ -186,16 +186,24 @@ def audit(
                        probe.n_samples, context.results, name=name, data_name=data_name)
 
 
-def audit_figures(results: dict[str, Any], out: Path,
-                  column: str | float = "single") -> list[Path]:
-    """The audit's figures from its raw results: the 1D line, the 2D contour and the
-    log-scale spectral density, each where it was measured."""
+def audit_figures(results: dict[str, Any], out: Path, column: str | float = "single",
+                  log: bool = True) -> list[Path]:
+    """The audit's figures from its raw results: the 1D line, the 2D contour (log-spaced levels
+    above the minimum unless `log=False`) and the log-scale spectral density, each where it was
+    measured, titled in the one style of `landscape.plot.set_title`."""
     from . import plot
 
+    def titled(ax: Any, title: str) -> Any:
+        plot.set_title(ax.figure, title)
+        return ax.figure
+
     drawers = {
-        "loss_line": lambda r: plot.plot_line(r, column=column).figure,
-        "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
-        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
+        "loss_line": lambda r: titled(plot.plot_line(r, column=column, log=log),
+                                      "Loss along a filter-normalized direction"),
+        "loss_surface": lambda r: titled(plot.plot_contour(r, column=column, log=log),
+                                         "Loss on a filter-normalized plane"),
+        "hessian_density": lambda r: titled(plot.plot_density(r, log=True, column=column),
+                                            "Hessian eigenvalue density"),
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))
                               for key, draw in drawers.items() if key in results])

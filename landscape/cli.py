@@ -303,7 +303,7 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, resume=partial)
-    written = report.write(args.out, column=args.column)
+    written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -321,7 +321,7 @@ def _compare(args: argparse.Namespace) -> int:
         probes[name] = _probe_for(args, ckpt)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
                      buffers=args.buffers, progress=_bars(args), log=_log)
-    written = result.write(args.out, column=args.column)
+    written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -360,7 +360,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=_bars(args),
-             log=_log, column=args.column)
+             log=_log, column=args.column, log_scale=args.log)
     return 0
 
 
@@ -431,6 +431,7 @@ def _plot(args: argparse.Namespace) -> int:
         result = loss_line(probe, d1, grid, max_samples=args.max_samples, seed=args.seed,
                            out=out / "line.npz", progress=progress)
         ax = lplot.plot_line(result, log=args.log, column=args.column)
+        lplot.set_title(ax.figure, "Loss along a filter-normalized direction")
         names = [p.name for p in lplot.save_figure(ax.figure, out / "line")]
         plt.close(ax.figure)
     else:
@@ -442,6 +443,7 @@ def _plot(args: argparse.Namespace) -> int:
                  ("surface3d", lplot.plot_surface_3d, {"zmax": _drawn_zmax(args)}))
         for stem, draw, extra in draws:
             ax = draw(result, log=args.log, column=args.column, **extra)
+            lplot.set_title(ax.figure, "Loss on a filter-normalized plane")
             names += [p.name for p in lplot.save_figure(ax.figure, out / stem)]
             plt.close(ax.figure)
         lplot.export_vtp(result, out / "surface.vtp", log=args.log)

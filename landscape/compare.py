@@ -160,12 +160,14 @@ class Comparison:
     def to_markdown(self, figures: Sequence[str] = ()) -> str:
         return self.to_report().to_markdown(figures)
 
-    def write(self, out: str | Path, column: str | float = "single") -> list[Path]:
+    def write(self, out: str | Path, column: str | float = "single",
+              log: bool = True) -> list[Path]:
         """Write comparison.json, comparison.md, comparison.html and the figures (PDF and
-        300 dpi PNG, sized by `column`: "single", "double" or inches) to `out`."""
+        300 dpi PNG, sized by `column`: "single", "double" or inches; logarithmic loss axes
+        unless `log=False`) to `out`."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = comparison_figures(self, out, column)
+        figures = comparison_figures(self, out, column, log)
         return [*self.to_report().write(out, "comparison", figures), *figures]
 
 
@@ -294,26 +296,30 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
     return Probe(model, data, loss_fn, **probe_kwargs)
 
 
-def comparison_figures(comparison: Comparison, out: Path,
-                       column: str | float = "single") -> list[Path]:
-    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid."""
+def comparison_figures(comparison: Comparison, out: Path, column: str | float = "single",
+                       log: bool = True) -> list[Path]:
+    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair's
+    path on the raw weights ("A -> B") beside its path after permutation alignment
+    ("A -> B, aligned") where alignment was possible. `log`: logarithmic loss axes."""
     from . import plot
 
     def overlay(lines: dict[str, Any], xlabel: str, title: str) -> Any:
-        import matplotlib.pyplot as plt
-
         ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
-                            column=column)
-        with plt.rc_context(plot.STYLE):
-            ax.figure.suptitle(title)
+                            column=column, log=log)
+        plot.set_title(ax.figure, title)
         return ax.figure
 
+    paths = {}
+    for key, line in comparison.interpolations.items():
+        paths[key] = line
+        if key in comparison.aligned_interpolations:
+            paths[f"{key}, aligned"] = comparison.aligned_interpolations[key]
     figures = (
         ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
          "1D loss of each minimum"),
-        ("interpolation", comparison.interpolations,
-         r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
-         "linear interpolation between minima"),
+        ("interpolation", paths, r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
+         "Linear interpolation between minima" + (" (raw and aligned)" if len(paths) > len(
+             comparison.interpolations) else "")),
     )
     return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
                               for stem, lines, xlabel, title in figures if lines])
