@@ -205,3 +205,31 @@ def test_alignment_refuses_two_models():
         hessian_alignment(Probe(model, a), Probe(tiny_mlp(seed=5), b))
     with pytest.raises(LandscapeError, match="measure different parameters"):
         hessian_alignment(Probe(model, a, params="0"), Probe(model, b))
+
+
+# ---------------------------------------------------------------- figure
+
+
+def test_batch_spectrum_figure_is_log_log_with_the_full_data_line(mlp_and_data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from figure_checks import text_problems
+
+    from landscape.plot_batch import plot_batch_spectrum
+
+    model, x, y, _ = mlp_and_data
+    spectrum = batch_size_spectrum(Probe(model, (x, y)), [2, 6, 18], max_batches=None)
+    ax = plot_batch_spectrum(spectrum)
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    full = [line for line in ax.get_lines() if np.allclose(line.get_ydata(),
+                                                           spectrum.full_value)]
+    assert full, "the full-data value is drawn as a horizontal line"
+    means = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert np.allclose(means[0].get_ydata(), [r.mean for r in spectrum.rows])
+    assert not text_problems(ax.figure)
+    plt.close(ax.figure)
+    negative = type(spectrum)(**{**spectrum.__dict__, "full_value": -1.0})
+    with pytest.raises(LandscapeError, match="needs positive top eigenvalues"):
+        plot_batch_spectrum(negative)
