@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from . import batchnorm
 from ._results import to_jsonable
 from ._structure import InputMismatch, derive_spec
+from ._validate import OneOf, validate_params
 from .errors import LandscapeError
 from .permspec import (
     PermutationSpec,
@@ -430,6 +431,7 @@ def _match_group(spec: PermutationSpec, g: str, inner: list[str],
 # ---------------------------------------------------------------------- barriers
 
 
+@validate_params(buffers=OneOf(BUFFERS))
 def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | None = None,
                     *, max_iter: int = 100, seed: int = 0, buffers: str = "interpolate",
                     bn_data: Any = None, batch_size: int = 256,
@@ -470,8 +472,6 @@ def aligned_barrier(probe: Probe, model_b: nn.Module, alphas: Sequence[float] | 
     Raises:
         LandscapeError: a bad option, architectures differ, an unsupported operation.
     """
-    if buffers not in BUFFERS:
-        raise LandscapeError(f"buffers must be one of {BUFFERS}; got {buffers!r}.")
     if bn_data is not None and buffers != "recompute":
         raise LandscapeError("bn_data is only used with buffers='recompute' (the inputs to "
                              "re-estimate the BatchNorm statistics on); drop it or pass "
