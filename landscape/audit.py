@@ -92,11 +92,11 @@ class Measure:
 
     `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
     sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
-    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
-    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
-    maximum and carry neither. `error` is None when the measure ran; when it raised, it is
-    `{"type": exception class name, "message": its message}`, `value` is NaN and `cost` what was
-    spent before the failure.
+    (for a Lanczos eigenvalue `EigenResult.error_bounds`: min(r, r^2 / gap) from the true
+    residual r = ||H v - theta v|| of the returned vector). Worst-case sharpness and flatness
+    are lower bounds of a maximum and carry neither. `error` is None when the measure ran; when
+    it raised, it is `{"type": exception class name, "message": its message}`, `value` is NaN
+    and `cost` what was spent before the failure.
     """
 
     name: str
@@ -271,7 +271,7 @@ def audit(
         results["hessian_eigenvalues"] = r
         m = _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
                      {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
-        return replace(m, error_bound=float(r.residuals[0]))
+        return replace(m, error_bound=float(r.error_bounds[0]))
 
     def smallest() -> Measure:
         r = hessian_eigenvalues(probe, k=1, which="smallest", tol=effort["eig_tol"],
@@ -279,7 +279,7 @@ def audit(
                                 progress=progress)
         m = _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
                      {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
-        return replace(m, error_bound=float(r.residuals[0]))
+        return replace(m, error_bound=float(r.error_bounds[0]))
 
     def trace() -> Measure:
         r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed,
