@@ -10,10 +10,10 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, rademacher
-from .._reduce import dot, fdot, gram, norm
+from .._reduce import dot, fdot, gram
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
-from ._basis import Basis, default_budget
+from ._basis import Basis, default_budget, range_basis
 from ._common import MatVec, operator, per_group, select
 from .results import LayerResults, TraceResult
 
@@ -183,19 +183,8 @@ def _hutchpp(matvec, probe, gen, m, rtol, max_vectors) -> tuple[float, float, bo
     """Hutch++ with the sketch orthonormalized as it is built (Gram-Schmidt twice into a
     `Basis`), so it stores s + 1 vectors: the s sketch directions and one test vector.
     Returns (estimate, stderr, stopped early, s)."""
-    n = probe.num_params
     s = min(m // 3, max_vectors - 1)
-    Q = Basis(n, s, probe.device, probe.dtype)
-    rank = 0
-    for _ in range(s):
-        y = matvec(rademacher((n,), gen, probe.device, probe.dtype))
-        norm0 = norm(y)
-        Q.orthogonalize(y, rank)
-        remainder = norm(y)
-        if remainder > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient
-            Q.set(rank, y.div_(remainder))
-            rank += 1
-        del y
+    Q, rank = range_basis(matvec, probe.num_params, s, gen, probe.device, probe.dtype)
     low_rank = sum(fdot(Q.row(i), matvec(Q.row(i))) for i in range(rank))
     # the products the sketch did not need go to the Hutchinson part
     terms, early = _sample_terms(matvec, probe, gen, m - s - rank, rtol, low_rank, (Q, rank))
