@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._validate import OneOf, validate_params
 from .errors import LandscapeError
 from .measures import (
     BUDGETS,
@@ -116,6 +117,7 @@ class AuditReport:
         return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
+@validate_params(budget=OneOf(BUDGETS))
 def audit(
     probe: Probe,
     *,
@@ -149,8 +151,6 @@ def audit(
     Raises:
         LandscapeError: unknown budget or measure names.
     """
-    if budget not in BUDGETS:
-        raise LandscapeError(f"budget must be one of {BUDGETS}; got {budget!r}.")
     known = measure_names()
     chosen = measure_names(optional=False) if measures is None else tuple(measures)
     unknown = [m for m in chosen if m not in known and m != "loss"]

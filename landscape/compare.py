@@ -20,12 +20,14 @@ import numpy as np
 from torch import nn
 
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .audit import AuditReport, audit
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
-from .measures import measure_names
+from .measures import BUDGETS, measure_names
 from .probe import Probe
 from .report import Report, Row, Section, fmt, save_figures, value_with_uncertainty
+from .surface import INTERPOLATION_BUFFERS
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
 DEFAULT_MEASURES = tuple(m for m in measure_names(optional=False) if m != "loss_surface")
@@ -148,6 +150,7 @@ class Comparison:
         return [*self.to_report().write(out, "comparison", figures), *figures]
 
 
+@validate_params(buffers=OneOf(INTERPOLATION_BUFFERS), budget=OneOf(BUDGETS))
 def compare(
     minima: Mapping[str, Probe | str | os.PathLike | Mapping[str, Any] | nn.Module],
     *,
@@ -184,10 +187,8 @@ def compare(
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
     """
-    from .surface import INTERPOLATION_BUFFERS, interpolate
+    from .surface import interpolate
 
-    if buffers not in INTERPOLATION_BUFFERS:
-        raise LandscapeError(f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}.")
     if len(minima) < 1:
         raise LandscapeError("compare needs at least one minimum (a dict name -> checkpoint).")
     say = log or (lambda _line: None)
