@@ -28,19 +28,7 @@ def evaluate_points(
     recompute_batchnorm: bool = False,
     batchnorm_inputs: Sequence[Any] | None = None,
 ) -> Iterator[Evaluation]:
-    """Evaluate L(w + offset + sum_k c_k d_k) for each coordinate tuple c, lazily.
-
-    The parameters are written in place for each point (no per-point allocation) and
-    restored bitwise when the generator finishes, is closed, or raises.
-
-    `buffer_ends=(start, end)` (dicts of buffer name -> tensor) also moves those buffers along
-    the first coordinate, to (1 - c_0) start + c_0 end: interpolating BatchNorm statistics
-    between two checkpoints. `recompute_batchnorm=True` instead re-estimates the BatchNorm
-    running statistics at every point from the probe's data (`landscape.batchnorm`; one
-    more forward pass per point, averaged over the ranks when distributed), or from
-    `batchnorm_inputs` (batches of model inputs, the same on every rank) when given.
-    Buffers are restored bitwise afterwards too.
-    """
+    """`Probe.evaluate_points` (which see) on the pass `bp`."""
     dirs = [bp.check_vector(d, "direction") for d in directions]
     base = None if offset is None else bp.check_vector(offset, "offset")
     moving = buffer_path(bp.model, buffer_ends)
