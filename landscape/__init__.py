@@ -3,6 +3,7 @@
 Everything runs off one `Probe` (model + data + loss). The public API is what this module exports.
 """
 
+<<<<<<< HEAD
 from __future__ import annotations
 
 import importlib
@@ -121,6 +122,59 @@ _EXPORTS: dict[str, str] = {
     "Track": ".track",
     "track": ".track",
 }
+=======
+from .agreement import AgreementResult, quadratic_agreement
+from .align import (
+    AlignResult,
+    PermutationSpec,
+    align_weights,
+    aligned_barrier,
+    apply_permutation,
+    permutation_spec,
+)
+from .audit import AuditReport, Measure, audit
+from .checkpoint import load_checkpoint, read_state_dict
+from .compare import Comparison, PairResult, compare
+from .curvature import (
+    AlignmentResult,
+    BatchRow,
+    BatchSpectrum,
+    DensityResult,
+    EigenResult,
+    FrobeniusResult,
+    LayerResults,
+    TraceResult,
+    batch_size_spectrum,
+    hessian_alignment,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_frobenius,
+    hessian_trace,
+)
+from .directions import (
+    Direction,
+    direction_from_checkpoint,
+    direction_from_vector,
+    random_direction,
+)
+from .entropy import LocalEntropyResult, local_entropy
+from .errors import LandscapeError
+from .flatness import FlatnessResult, first_order_flatness
+from .intrinsic import IntrinsicDimResult, intrinsic_dimension
+from .pacbayes import PacBayesResult, pac_bayes_flatness
+from .probe import Cost, Evaluation, ParamInfo, Probe
+from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
+from .surface import (
+    Line,
+    Surface,
+    TrajectoryPCA,
+    interpolate,
+    loss_line,
+    loss_surface,
+    pca_directions,
+)
+from .track import Track, track
+>>>>>>> main
 
 __version__ = "0.1.0"
 

@@ -95,6 +95,17 @@ def _measure_list(text: str) -> list[str]:
     return names
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
+                                         "(e.g. 16,64,256)") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
+    return sizes
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -136,9 +147,21 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                    help="effort: quick, standard or thorough (default: standard; `compare` "
                         "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=_measure_list, default=None,
+<<<<<<< HEAD
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
                         "but pac_bayes_flatness, local_entropy and quadratic_agreement)")
     _add_scale(p)
+=======
+                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
+                        "pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
+                        "and batch_spectrum)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
+                        "linearly stable at a minimum only if it is <= 1)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
+                   help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
+                        "the top eigenvalue of mini-batch Hessians, and its figure")
+>>>>>>> main
     _add_column(p)
 
 
@@ -154,6 +177,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="effort per checkpoint: quick, standard or thorough (default: quick; "
                         "`audit` defaults to standard)")
     p.add_argument("--measures", type=_measure_list, default=None,
+<<<<<<< HEAD
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
                         "but loss_surface and the three costly optional ones)")
     p.add_argument("--buffers", choices=("auto", *INTERPOLATION_BUFFERS), default="auto",
@@ -162,6 +186,22 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "(re-estimated at each point, the 'repair' of Git Re-Basin: the fair "
                         "barrier for BatchNorm networks), interpolate or keep")
     _add_scale(p)
+=======
+                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
+                        "loss_surface and the three costly optional ones)")
+    p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
+                   help="BatchNorm statistics along the interpolation paths: interpolate "
+                        "(default), recompute (re-estimated at each point: the fair barrier "
+                        "for BatchNorm networks) or keep")
+    p.add_argument("--data-b", default=None,
+                   help="a second data set (same forms as --data): each checkpoint is also "
+                        "compared on --data against --data-b (spectral norm of H_a - H_b, "
+                        "gradient distance and cosine); one checkpoint compares two domains")
+    p.add_argument("--head", type=_measure_list, default=None,
+                   help="with --data-b: comma-separated parameter names or module prefixes "
+                        "to compare across the data sets, e.g. the classifier head "
+                        "(default: all parameters)")
+>>>>>>> main
     _add_column(p)
 
 
@@ -301,10 +341,16 @@ def _audit(args: argparse.Namespace) -> int:
     probe = _probe_for(args, args.checkpoint)
     partial = Path(args.out) / "audit.partial.json"
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
+<<<<<<< HEAD
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, resume=partial)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
+=======
+                   progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
+                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes)
+    written = report.write(args.out, column=args.column)
+>>>>>>> main
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -319,9 +365,21 @@ def _compare(args: argparse.Namespace) -> int:
     probes = {}
     for name, ckpt in zip(names, args.checkpoints):
         probes[name] = _probe_for(args, ckpt)
+    data_b = None
+    if args.data_b is not None:
+        from .factories import build_data
+
+        data_b = build_data(args.data_b, next(iter(probes.values())).model)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
+<<<<<<< HEAD
                      buffers=args.buffers, progress=_bars(args), log=_log)
     written = result.write(args.out, column=args.column, log=args.log)
+=======
+                     buffers=args.buffers, progress=not args.no_progress, log=_log,
+                     data_b=data_b, data_names=(args.data, str(args.data_b)),
+                     alignment_params=args.head)
+    written = result.write(args.out, column=args.column)
+>>>>>>> main
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0

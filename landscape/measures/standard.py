@@ -33,7 +33,7 @@ def _eigenvalues(ctx: MeasureContext, s: Settings, name: str = "hessian_eigenval
     r = hessian_eigenvalues(ctx.probe, progress=ctx.progress, **s)
     ctx.results[name] = r
     return from_result(name, float(r.eigenvalues[0]), None, r, s,
-                       error_bound=float(r.residuals[0]))
+                       error_bound=float(r.error_bounds[0]))
 
 
 def _smallest(ctx: MeasureContext, s: Settings) -> Measure:
