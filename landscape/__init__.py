@@ -3,7 +3,6 @@
 Everything runs off one `Probe` (model + data + loss). The public API is what this module exports.
 """
 
-<<<<<<< HEAD
 from __future__ import annotations
 
 import importlib
@@ -13,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .agreement import AgreementResult, quadratic_agreement
-    from .align import AlignResult, align_weights, aligned_barrier, permutation_spec
+    from .align import (
+        AlignResult,
+        PermutationSpec,
+        align_weights,
+        aligned_barrier,
+        apply_permutation,
+        permutation_spec,
+    )
     from .audit import AuditReport, Measure, audit
     from .checkpoint import load_checkpoint, read_state_dict
     from .compare import Comparison, PairResult, compare
@@ -43,8 +49,8 @@ if TYPE_CHECKING:
     from .errors import LandscapeError
     from .flatness import FlatnessResult, first_order_flatness
     from .intrinsic import IntrinsicDimResult, intrinsic_dimension
+    from .monitor import CurvatureMonitor
     from .pacbayes import PacBayesResult, pac_bayes_flatness
-    from .permspec import PermutationSpec, apply_permutation
     from .probe import Cost, Evaluation, ParamInfo, Probe
     from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
     from .surface import (
@@ -64,8 +70,10 @@ _EXPORTS: dict[str, str] = {
     "AgreementResult": ".agreement",
     "quadratic_agreement": ".agreement",
     "AlignResult": ".align",
+    "PermutationSpec": ".align",
     "align_weights": ".align",
     "aligned_barrier": ".align",
+    "apply_permutation": ".align",
     "permutation_spec": ".align",
     "AuditReport": ".audit",
     "Measure": ".audit",
@@ -100,10 +108,9 @@ _EXPORTS: dict[str, str] = {
     "first_order_flatness": ".flatness",
     "IntrinsicDimResult": ".intrinsic",
     "intrinsic_dimension": ".intrinsic",
+    "CurvatureMonitor": ".monitor",
     "PacBayesResult": ".pacbayes",
     "pac_bayes_flatness": ".pacbayes",
-    "PermutationSpec": ".permspec",
-    "apply_permutation": ".permspec",
     "Cost": ".probe",
     "Evaluation": ".probe",
     "ParamInfo": ".probe",
@@ -122,59 +129,6 @@ _EXPORTS: dict[str, str] = {
     "Track": ".track",
     "track": ".track",
 }
-=======
-from .agreement import AgreementResult, quadratic_agreement
-from .align import (
-    AlignResult,
-    PermutationSpec,
-    align_weights,
-    aligned_barrier,
-    apply_permutation,
-    permutation_spec,
-)
-from .audit import AuditReport, Measure, audit
-from .checkpoint import load_checkpoint, read_state_dict
-from .compare import Comparison, PairResult, compare
-from .curvature import (
-    AlignmentResult,
-    BatchRow,
-    BatchSpectrum,
-    DensityResult,
-    EigenResult,
-    FrobeniusResult,
-    LayerResults,
-    TraceResult,
-    batch_size_spectrum,
-    hessian_alignment,
-    hessian_density,
-    hessian_eigenvalues,
-    hessian_frobenius,
-    hessian_trace,
-)
-from .directions import (
-    Direction,
-    direction_from_checkpoint,
-    direction_from_vector,
-    random_direction,
-)
-from .entropy import LocalEntropyResult, local_entropy
-from .errors import LandscapeError
-from .flatness import FlatnessResult, first_order_flatness
-from .intrinsic import IntrinsicDimResult, intrinsic_dimension
-from .pacbayes import PacBayesResult, pac_bayes_flatness
-from .probe import Cost, Evaluation, ParamInfo, Probe
-from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
-from .surface import (
-    Line,
-    Surface,
-    TrajectoryPCA,
-    interpolate,
-    loss_line,
-    loss_surface,
-    pca_directions,
-)
-from .track import Track, track
->>>>>>> main
 
 __version__ = "0.1.0"
 
@@ -230,6 +184,7 @@ __all__ = [
     "PairResult",
     "track",
     "Track",
+    "CurvatureMonitor",
     # beyond the peers
     "pac_bayes_flatness",
     "PacBayesResult",

@@ -129,12 +129,9 @@ def audit(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     data_name: str | None = None,
-<<<<<<< HEAD
-    resume: str | Path | None = None,
-=======
     lr: float | None = None,
     batch_sizes: Sequence[int] | None = None,
->>>>>>> main
+    resume: str | Path | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -151,17 +148,14 @@ def audit(
         name: what is audited (a checkpoint's file name): the report's title and summary name
             it. The CLI passes the checkpoint's file name.
         data_name: which data (e.g. "digits, train split"), named in the report's summary.
-<<<<<<< HEAD
-        resume: a JSON file where each measure is saved as soon as it finishes (replaced
-            atomically), so an interrupted or failed audit keeps what it measured. A rerun with
-            the same file, weights, data, budget and seed takes the saved measures instead of
-            measuring them again (see `landscape.audit_resume`). None: nothing saved.
-=======
         lr: the training learning rate: adds `trace_ratio`, tr(H) x lr / 2, SGD's
             linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
         batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
             sizes beside the full data's (with its figure).
->>>>>>> main
+        resume: a JSON file where each measure is saved as soon as it finishes (replaced
+            atomically), so an interrupted or failed audit keeps what it measured. A rerun with
+            the same file, weights, data, budget and seed takes the saved measures instead of
+            measuring them again (see `landscape.audit_resume`). None: nothing saved.
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -178,14 +172,9 @@ def audit(
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     out, loss = base_measures(probe)
-<<<<<<< HEAD
-    context = MeasureContext(probe, progress, loss=loss,
-                             has_accuracy="accuracy" in out)
-    saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
-=======
     context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
                              options={"lr": lr, "batch_sizes": batch_sizes})
->>>>>>> main
+    saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
     for key in known:  # in the registry's order: later measures may reuse earlier results
         if key not in chosen:
             continue
@@ -216,19 +205,13 @@ def audit_figures(results: dict[str, Any], out: Path, column: str | float = "sin
         return ax.figure
 
     drawers = {
-<<<<<<< HEAD
         "loss_line": lambda r: titled(plot.plot_line(r, column=column, log=log),
                                       "Loss along a filter-normalized direction"),
         "loss_surface": lambda r: titled(plot.plot_contour(r, column=column, log=log),
                                          "Loss on a filter-normalized plane"),
         "hessian_density": lambda r: titled(plot.plot_density(r, log=True, column=column),
                                             "Hessian eigenvalue density"),
-=======
-        "loss_line": lambda r: plot.plot_line(r, column=column).figure,
-        "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
-        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
         "batch_spectrum": lambda r: _batch_figure(r, column),
->>>>>>> main
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))
                               for key, draw in drawers.items() if key in results])

@@ -25,7 +25,8 @@ AUDIT_MEASURES = (
     "loss", "hessian_eigenvalues", "hessian_smallest_eigenvalue", "hessian_trace",
     "hessian_density", "sharpness_worst_l2", "sharpness_adaptive_worst_l2",
     "sharpness_average_l2", "first_order_flatness", "loss_line", "loss_surface",
-    "pac_bayes_flatness", "local_entropy", "quadratic_agreement",
+    "pac_bayes_flatness", "local_entropy", "quadratic_agreement", "hessian_frobenius",
+    "trace_ratio", "batch_spectrum",
 )
 TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
 INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
@@ -147,13 +148,8 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                    help="effort: quick, standard or thorough (default: standard; `compare` "
                         "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=_measure_list, default=None,
-<<<<<<< HEAD
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but pac_bayes_flatness, local_entropy and quadratic_agreement)")
-    _add_scale(p)
-=======
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
+                        "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
                         "and batch_spectrum)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
@@ -161,7 +157,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
                    help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
                         "the top eigenvalue of mini-batch Hessians, and its figure")
->>>>>>> main
+    _add_scale(p)
     _add_column(p)
 
 
@@ -177,7 +173,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="effort per checkpoint: quick, standard or thorough (default: quick; "
                         "`audit` defaults to standard)")
     p.add_argument("--measures", type=_measure_list, default=None,
-<<<<<<< HEAD
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
                         "but loss_surface and the three costly optional ones)")
     p.add_argument("--buffers", choices=("auto", *INTERPOLATION_BUFFERS), default="auto",
@@ -185,14 +180,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "recompute when the model has BatchNorm, else interpolate), recompute "
                         "(re-estimated at each point, the 'repair' of Git Re-Basin: the fair "
                         "barrier for BatchNorm networks), interpolate or keep")
-    _add_scale(p)
-=======
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "loss_surface and the three costly optional ones)")
-    p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
-                   help="BatchNorm statistics along the interpolation paths: interpolate "
-                        "(default), recompute (re-estimated at each point: the fair barrier "
-                        "for BatchNorm networks) or keep")
     p.add_argument("--data-b", default=None,
                    help="a second data set (same forms as --data): each checkpoint is also "
                         "compared on --data against --data-b (spectral norm of H_a - H_b, "
@@ -201,7 +188,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="with --data-b: comma-separated parameter names or module prefixes "
                         "to compare across the data sets, e.g. the classifier head "
                         "(default: all parameters)")
->>>>>>> main
+    _add_scale(p)
     _add_column(p)
 
 
@@ -341,16 +328,11 @@ def _audit(args: argparse.Namespace) -> int:
     probe = _probe_for(args, args.checkpoint)
     partial = Path(args.out) / "audit.partial.json"
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
-<<<<<<< HEAD
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
-                   data_name=args.data, resume=partial)
+                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
+                   resume=partial)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
-=======
-                   progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
-                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes)
-    written = report.write(args.out, column=args.column)
->>>>>>> main
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -371,15 +353,10 @@ def _compare(args: argparse.Namespace) -> int:
 
         data_b = build_data(args.data_b, next(iter(probes.values())).model)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
-<<<<<<< HEAD
-                     buffers=args.buffers, progress=_bars(args), log=_log)
-    written = result.write(args.out, column=args.column, log=args.log)
-=======
-                     buffers=args.buffers, progress=not args.no_progress, log=_log,
+                     buffers=args.buffers, progress=_bars(args), log=_log,
                      data_b=data_b, data_names=(args.data, str(args.data_b)),
                      alignment_params=args.head)
-    written = result.write(args.out, column=args.column)
->>>>>>> main
+    written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0

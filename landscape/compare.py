@@ -95,14 +95,11 @@ class Comparison:
     lines: dict[str, Any] = field(default_factory=dict, repr=False)
     interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
     buffers: str = "interpolate"
-<<<<<<< HEAD
-    buffers_reason: str = "asked for"
-    aligned_interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
-=======
     # with `data_b`: name -> AlignmentResult of that minimum on data (a) against data_b (b)
     across_data: dict[str, Any] = field(default_factory=dict)
     data_names: tuple[str, str] = ("data", "data_b")
->>>>>>> main
+    buffers_reason: str = "asked for"
+    aligned_interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -270,11 +267,8 @@ def compare(
                                    say=say)
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
-<<<<<<< HEAD
-                      interpolations, buffers, buffers_reason, aligned)
-=======
-                      interpolations, buffers, across, tuple(data_names))
->>>>>>> main
+                      interpolations, buffers, across, tuple(data_names),
+                      buffers_reason=buffers_reason, aligned_interpolations=aligned)
 
 
 def _pair(a: str, b: str, line: Any) -> PairResult:

@@ -39,8 +39,8 @@ from ._validate import OneOf
 from .batch_pass import BatchPass, Cost, Evaluation, Meter, add_all
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
-from .loss_reduction import check_reduction
 from .hvp import HVP_METHODS, HvpEngine, ggn_product_sum
+from .loss_reduction import check_reduction
 from .probe_data import ProbeData, default_budget, gather_samples
 
 __all__ = ["BatchLossFn", "Cost", "Evaluation", "LossFn", "Meter", "ParamInfo", "ParamSelection",
