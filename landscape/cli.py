@@ -478,7 +478,8 @@ def _plot(args: argparse.Namespace) -> int:
                  ("surface3d", lplot.plot_surface_3d, {"zmax": _drawn_zmax(args)}))
         for stem, draw, extra in draws:
             ax = draw(result, log=args.log, column=args.column, **extra)
-            lplot.set_title(ax.figure, "Loss on a filter-normalized plane")
+            if stem != "surface3d":  # a 3D view has no room above it (its clip note is there)
+                lplot.set_title(ax.figure, "Loss on a filter-normalized plane")
             names += [p.name for p in lplot.save_figure(ax.figure, out / stem)]
             plt.close(ax.figure)
         lplot.export_vtp(result, out / "surface.vtp", log=args.log)
