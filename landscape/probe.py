@@ -34,7 +34,8 @@ from . import batchnorm
 from ._model_prep import prepare_model
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
-from .hvp import HVP_METHODS, HvpEngine, recurrent_safe, twice_differentiable
+from .hvp import HvpEngine, recurrent_safe, twice_differentiable
+from .hvp_choice import PRODUCT_METHODS, HvpCheck, Products
 from .probe_data import (
     ProbeData,
     call_model,
@@ -163,7 +164,16 @@ class Probe:
             re-run the loader.
         hvp_method: "auto" (measure and pick), "cached_graph" (double backward on the gradient
             graph kept from the previous call; memory: all batches' graphs), "double_backward"
-            (from scratch, one batch of activations) or "forward_over_reverse" (`torch.func`).
+            (from scratch, one batch of activations), "forward_over_reverse" (`torch.func`) or
+            "finite_difference" (central difference of two gradients, for models without a
+            usable double backward; `landscape.hvp_fd` states its step and error). "auto" falls
+            back to "finite_difference", with a warning, when double backward raises or fails
+            the self-check (`landscape.hvp_choice`).
+        check_hvp: under "auto", check the first exact product against the finite difference
+            on one random vector (one product and 2 gradients, on first use) and switch to
+            finite differences, with a warning, when they disagree beyond its error bound
+            (double backward silently wrong, as through a `once_differentiable` function).
+            The outcome is `probe.hvp_check`.
         graph_bytes: memory budget for the kept gradient graphs of "cached_graph" (default as
             `cache_bytes`).
         n_samples_fn: `n_samples_fn(batch) -> int` for batches whose sample count is not the
@@ -228,12 +238,14 @@ class Probe:
         distributed: bool | str | Any = "auto",
         dtype: torch.dtype | None = None,
         rebatch: bool = True,
+        check_hvp: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         model = prepare_model(model, dtype)  # torch.compile unwrapped; a copy in `dtype` if asked
-        if hvp_method not in HVP_METHODS:
-            raise LandscapeError(f"hvp_method must be one of {HVP_METHODS}; got {hvp_method!r}.")
+        if hvp_method not in PRODUCT_METHODS:
+            raise LandscapeError(
+                f"hvp_method must be one of {PRODUCT_METHODS}; got {hvp_method!r}.")
         if batch_size < 1:
             raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
         self.model = model
@@ -245,6 +257,7 @@ class Probe:
             raise LandscapeError(f"rebatch must be True or False; got {rebatch!r}.")
         self.rebatch = rebatch
         self.hvp_method = hvp_method
+        self.check_hvp = bool(check_hvp)
         self._selection = params
 
         named = _select_params(model, params)
@@ -286,6 +299,7 @@ class Probe:
                                pairs=batch_loss is None)
         self._counts = {"n_forward": 0, "n_gradient": 0, "n_hvp": 0, "n_batch_forward": 0}
         self._hvp = HvpEngine(self)
+        self._products = Products(self, self._hvp)
         self._n_samples: int | None = None
         self._loss_module = _LossModule(model, self._compute_batch)
 
@@ -316,7 +330,14 @@ class Probe:
     @property
     def hvp_method_used(self) -> str | None:
         """The HVP method picked by "auto" (None before the first HVP)."""
+        if self._products.use_fd:
+            return "finite_difference"
         return self._hvp.chosen if self.hvp_method == "auto" else self.hvp_method
+
+    @property
+    def hvp_check(self) -> HvpCheck | None:
+        """The self-check of the first product under "auto" (None when it did not run)."""
+        return self._products.check
 
     def flat_params(self) -> Tensor:
         """A detached copy of the probed parameters as one flat vector (the point w)."""
@@ -496,8 +517,7 @@ class Probe:
             loss_sum, n, error = 0.0, 0, None
             try:
                 for batch in self._data.batches():
-                    loss, n_b, _ = self._compute_batch(batch)
-                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                    loss, n_b, grads = self._products.fd.gradients.batch(batch)
                     _add_all(views, grads, n_b)
                     loss_sum += float(loss.detach()) * n_b
                     n += n_b
@@ -515,15 +535,10 @@ class Probe:
         otherwise the faster of double backward and forward-over-reverse, timed on one batch.
         """
         v = self._check_vector(v, "v")
-        with self._session(delta), twice_differentiable():
-            out, n, error = torch.zeros_like(v), 0, None
-            try:
-                out, n = self._hvp.product(v, at_checkpoint=delta is None)
-            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-                error = e
-            (n,) = self._comm.reduce([n], [out], error)
+        with self._session(delta):
+            out = self._products.hvp(v, at_checkpoint=delta is None)
             self._counts["n_hvp"] += 1
-            return out.div_(n)
+            return out
 
     def gradient_and_hvp(
         self, v: Tensor | None = None, delta: Tensor | None = None
@@ -534,6 +549,11 @@ class Probe:
         """
         if v is not None:
             v = self._check_vector(v, "v")
+        with self._session(delta):
+            self._products.settle(at_checkpoint=delta is None)
+        if self._products.use_fd:  # one gradient, then the product by finite differences
+            loss, g = self.loss_and_gradient(delta)
+            return loss, g, self.hvp(g if v is None else v, delta)
         with self._session(delta), twice_differentiable():
             g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
             loss_sum, n, graphs, error = 0.0, 0, [], None
@@ -575,11 +595,15 @@ class Probe:
                 "the Gauss-Newton matrix needs the model outputs and loss_fn separately; it is not "
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
-        with self._session(delta), twice_differentiable():
+        with self._session(delta):
+            self._products.settle(at_checkpoint=delta is None)
+        fd = self._products.use_fd
+        with self._session(delta), (contextlib.nullcontext() if fd else twice_differentiable()):
             total = torch.zeros_like(v)
             n, error = 0, None
             try:
-                n = self._ggn_vp_sum(self._split(v), total)
+                ggn_sum = self._products.fd.ggn_sum if fd else self._ggn_vp_sum
+                n = ggn_sum(self._split(v), total)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
             (n,) = self._comm.reduce([n], [total], error)
@@ -681,13 +705,14 @@ class Probe:
             loss_fn=self.loss_fn, batch_loss=self.batch_loss, params=self.param_names,
             check_data=self.check_data, cache_bytes=self._data.cache_bytes,
             hvp_method=self.hvp_method, graph_bytes=self.graph_bytes,
-            n_samples_fn=self.n_samples_fn, rebatch=self.rebatch,
+            n_samples_fn=self.n_samples_fn, rebatch=self.rebatch, check_hvp=self.check_hvp,
         )
         data = overrides.pop("data", None)
         kwargs.update(overrides)
         # Gathered data is already this rank's share: no sharding, but the same process group.
         new = Probe(self.model, [] if data is None else data, distributed=False, **kwargs)
         new._comm = self._comm
+        new._products.inherit(self._products)
         if data is not None and self._comm.active:
             new._data.given = None  # this rank's share of the samples, not all of them
         if data is None:  # share the data and the result of its checks

@@ -1,0 +1,193 @@
+"""Which Hessian-vector product a probe uses: exact, or finite differences of gradients.
+
+`hvp_method="finite_difference"` always uses the central difference (`landscape.hvp_fd`).
+`hvp_method="auto"` uses an exact method (chosen by `landscape.hvp.HvpEngine`) unless its first
+product shows that double backward cannot be trusted through this model:
+
+* Fallback: the exact product raises (reentrant activation checkpointing, a kernel without a
+  derivative for its backward, a function that refuses to be differentiated twice). The probe
+  warns once, naming the error, and uses finite differences from then on.
+* Self-check (`Probe(check_hvp=True)`, the default): double backward can also be *silently*
+  wrong, e.g. through a `torch.autograd.Function` marked `once_differentiable`, whose backward
+  runs without a graph so its second derivative is dropped. On the first product the probe
+  multiplies one random Gaussian vector r (seeded, the same on every rank) both ways and
+  compares: when ||H_exact r - H_fd r|| exceeds the finite difference's error bound
+  (`hvp_fd.error_bound`), it computes H_fd r once more with half the step: if the two finite
+  differences agree within the bound, the gradient is smooth and double backward is wrong, so
+  the probe warns, naming the check, and uses finite differences; if they do not, the gradient
+  is not smooth at the step's scale (ReLU or max-pooling kinks bias the finite difference) and
+  the exact product is kept (`HvpCheck.smooth` False), without a warning.
+
+The check costs one exact product and two gradients on first use (two more when the first
+comparison fails); they are not counted in the
+estimators' `n_hvp`/`n_gradient` and are reported in `Probe.hvp_check`. The decision applies to
+every later product of the probe, Gauss-Newton products included (their Jacobian-vector
+product goes through the same double backward).
+
+Distributed: every decision is reduced over the ranks, so all ranks take the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
+from .hvp_fd import FiniteDifference, error_bound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .probe import Probe
+
+FINITE_DIFFERENCE = "finite_difference"
+PRODUCT_METHODS = (*HVP_METHODS, FINITE_DIFFERENCE)
+CHECK_SEED = 21  # seeds the self-check's random vector
+
+
+@dataclass(frozen=True)
+class HvpCheck:
+    """The self-check of the first product under `hvp_method="auto"`.
+
+    `difference`: ||H_exact r - H_fd r|| for a Gaussian r; `bound`: the finite difference's error
+    bound for it; `product_norm`: ||H_fd r||; `passed`: difference <= bound; `smooth`: False when
+    the finite differences with the step and half of it disagree (a gradient with kinks: the
+    check is inconclusive and the exact product is kept); `error`: the exact product's error
+    message when it raised (then difference and bound are NaN); `uses_finite_difference`: the
+    probe's products are finite differences from then on.
+    """
+
+    difference: float
+    bound: float
+    product_norm: float
+    passed: bool
+    smooth: bool = True
+    error: str | None = None
+    uses_finite_difference: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class Products:
+    """The probe's Hessian-vector products (divided by the sample count, reduced over ranks)."""
+
+    def __init__(self, probe: Probe, engine: HvpEngine):
+        self.probe, self.engine = probe, engine
+        self.fd = FiniteDifference(probe)
+        self.use_fd = probe.hvp_method == FINITE_DIFFERENCE
+        self.settled = probe.hvp_method != "auto"
+        self.check: HvpCheck | None = None
+
+    def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
+        """H v at the probe's current parameters (inside its session)."""
+        if not self.settled:
+            return self._first(v, at_checkpoint)
+        if self.use_fd:
+            return self.finite_difference(v)
+        out = self.exact(v, at_checkpoint, tolerant=False)
+        assert out is not None
+        return out
+
+    def inherit(self, other: Products) -> None:
+        """Take over a settled decision of another probe of the same model (a sub-probe)."""
+        if other.settled and self.probe.hvp_method == other.probe.hvp_method:
+            self.use_fd, self.settled, self.check = other.use_fd, True, other.check
+
+    def settle(self, at_checkpoint: bool) -> None:
+        """Make the "auto" decision now (before a product that bypasses `hvp`)."""
+        if not self.settled:
+            self._first(self._random_vector(), at_checkpoint)
+
+    def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool) -> Tensor | None:
+        """The exact product; with `tolerant`, None (on every rank) when it raised a
+        RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
+        p = self.probe
+        out, n, error, failure = torch.zeros_like(v), 0, None, None
+        with twice_differentiable():
+            try:
+                out, n = self.engine.product(v, at_checkpoint)
+            except (RuntimeError, NotImplementedError) as e:
+                if tolerant:
+                    failure = e
+                else:
+                    error = e
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+        n, n_failed = p._comm.reduce([n, float(failure is not None)], [out], error)
+        if n_failed:
+            text = str(failure).strip().splitlines()[0] if failure is not None else ""
+            self._reason = f"{type(failure).__name__}: {text}" if failure is not None \
+                else "double backward failed on another rank"
+            return None
+        return out.div_(n)
+
+    def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
+        """The central-difference product (2 gradients), step times `shrink`."""
+        p = self.probe
+        out, n, size, error = torch.zeros_like(v), 0, 0.0, None
+        try:
+            out, n, size = self.fd.hvp_sum(v, shrink)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        n, size = p._comm.reduce([n, size], [out], error)
+        self._grad_size = size / max(n, 1)
+        return out.div_(n)
+
+    def _random_vector(self) -> Tensor:
+        p = self.probe
+        gen = torch.Generator().manual_seed(CHECK_SEED)
+        return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
+
+    def _first(self, v: Tensor, at_checkpoint: bool) -> Tensor:
+        """The first product under "auto": fallback on error, then (check_hvp) the self-check."""
+        p = self.probe
+        r = self._random_vector() if p.check_hvp else v
+        exact_r = self.exact(r, at_checkpoint, tolerant=True)
+        if exact_r is None:
+            out = self.finite_difference(v)  # a data error raises here, before any warning
+            self.check = HvpCheck(float("nan"), float("nan"), float("nan"), False,
+                                  error=self._reason, uses_finite_difference=True)
+            self._switch(
+                f"hvp_method='auto': double backward is unavailable through this model "
+                f"({self._reason}); using finite-difference Hessian-vector products "
+                "(2 gradients each). Pass hvp_method='finite_difference' to choose it.")
+            return out
+        if not p.check_hvp:
+            self.settled = True
+            return exact_r
+        fd_r = self.finite_difference(r)
+        fd_norm = float(torch.linalg.vector_norm(fd_r))
+        diff = float(torch.linalg.vector_norm(exact_r - fd_r))
+        bound = error_bound(fd_norm, self._grad_size, float(torch.linalg.vector_norm(r)),
+                            self.fd.norm(p.params), p.dtype)
+        del exact_r
+        smooth = True
+        if diff > bound:  # wrong double backward, or a gradient with kinks? half the step
+            half = self.finite_difference(r, shrink=0.5)
+            smooth = float(torch.linalg.vector_norm(half - fd_r)) <= 2 * bound
+            del half
+        del fd_r
+        switch = diff > bound and smooth
+        self.check = HvpCheck(diff, bound, fd_norm, diff <= bound, smooth,
+                              uses_finite_difference=switch)
+        if not switch:
+            self.settled = True
+            return self.exact(v, at_checkpoint, tolerant=False)  # type: ignore[return-value]
+        self._switch(
+            f"Hessian-vector product self-check (check_hvp) failed: the exact product (double "
+            f"backward) and the finite difference differ by {diff / max(fd_norm, 1e-300):.3g} "
+            f"relative on a random vector, beyond the finite difference's error bound "
+            f"{bound / max(fd_norm, 1e-300):.2g}; double backward is wrong through some part of "
+            "the model (a once_differentiable autograd Function?). Using finite-difference "
+            "products (2 gradients each); pass hvp_method='finite_difference' to choose it, or "
+            "check_hvp=False to skip the check.")
+        return self.finite_difference(v)
+
+    def _switch(self, message: str) -> None:
+        self.use_fd = True
+        self.settled = True
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
