@@ -36,6 +36,7 @@ from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
 from .hvp import HvpEngine, recurrent_safe, twice_differentiable
 from .hvp_choice import PRODUCT_METHODS, HvpCheck, Products
+from .param_select import select_params
 from .probe_data import (
     ProbeData,
     call_model,
@@ -151,9 +152,11 @@ class Probe:
             cross-entropy. Ignored when `batch_loss` is given.
         batch_loss: `batch_loss(model, batch) -> scalar` mean loss of a batch, for models that
             compute their own loss (language models, dict batches).
-        params: which parameters to probe: None (all trainable ones), a list of names or module
-            prefixes (`"fc1"` selects `fc1.weight` and `fc1.bias`), or a predicate
-            `(name, parameter) -> bool`. Frozen parameters (`requires_grad=False`) are left out.
+        params: which parameters to probe: None (all trainable ones), a list of names, module
+            prefixes (`"fc1"` selects `fc1.weight` and `fc1.bias`) or glob patterns matched
+            with `fnmatch` against the full names (`"h.*.attn.*"`; a pattern matching nothing
+            is an error naming the closest names), or a predicate `(name, parameter) -> bool`.
+            Frozen parameters (`requires_grad=False`) are left out.
         device: optional check: the device the model must be on. The probe never moves the model.
         batch_size: batch size when `data` is a tensor pair.
         check_data: on first use, evaluate the loss twice over the data and refuse data that is
@@ -1047,38 +1050,8 @@ class Probe:
 
 
 def _select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
-    named = list(model.named_parameters())
-    trainable = [(n, p) for n, p in named if p.requires_grad]
-    if not trainable:
-        raise LandscapeError(
-            "the model has no trainable parameters (all have requires_grad=False); unfreeze the "
-            "ones to measure with p.requires_grad_(True)."
-        )
-    if selection is None:
-        return trainable
-    if callable(selection):
-        chosen = [(n, p) for n, p in trainable if selection(n, p)]
-        if not chosen:
-            raise LandscapeError("the params= predicate selected no trainable parameter.")
-        return chosen
-    if isinstance(selection, str):
-        selection = [selection]
-    frozen = {n for n, p in named if not p.requires_grad}
-    chosen_names: set[str] = set()
-    for want in selection:
-        hits = [n for n, _ in trainable if n == want or n.startswith(want + ".")]
-        if not hits:
-            if want in frozen:
-                raise LandscapeError(
-                    f"parameter {want!r} is frozen (requires_grad=False) and cannot be probed; "
-                    "unfreeze it or leave it out."
-                )
-            raise LandscapeError(
-                f"no trainable parameter is named {want!r} (or starts with {want + '.'!r}); "
-                f"available: {[n for n, _ in trainable]}."
-            )
-        chosen_names.update(hits)
-    return [(n, p) for n, p in trainable if n in chosen_names]
+    """Names, module prefixes or glob patterns (`landscape.param_select`)."""
+    return select_params(model, selection)
 
 
 def _add_all(dst: Sequence[Tensor], src: Sequence[Tensor | None], alpha: float) -> None:
