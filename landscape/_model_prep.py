@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import LandscapeError
+from .wrapped import refuse_sharded, unwrap_parallel
 
 COMPUTE_DTYPES = (None, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -30,7 +31,9 @@ _COMPILED_NAME = "_orig_mod"  # the attribute and state-dict component of torch.
 def prepare_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """The module the probe measures: `model` uncompiled (`uncompiled`), then converted to `dtype`
     as a copy (`compute_copy`)."""
-    return compute_copy(uncompiled(model), dtype)
+    model = unwrap_parallel(uncompiled(model))  # DDP / DataParallel: the module inside
+    refuse_sharded(model)  # FSDP: shards cannot be measured as a model
+    return compute_copy(model, dtype)
 
 
 def is_compiled_wrapper(module: nn.Module) -> bool:
