@@ -340,3 +340,15 @@ def test_import_landscape_does_not_import_the_integrations():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_preconditioned_sharpness_is_zero_at_zero_learning_rate():
+    """The end of a linear decay schedule: lr = 0, Adam does not move, P^-1 = 0."""
+    model, (x, y) = tiny_mlp(), tiny_data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.0
+    row = CurvatureMonitor(model, (x, y), optimizer=opt,
+                           measures=("preconditioned_sharpness",)).measure(1)
+    assert row["preconditioned_sharpness"] == 0.0

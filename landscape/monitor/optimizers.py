@@ -29,16 +29,18 @@ OPTIMIZER_KINDS = ("sgd", "adam")
 
 def unwrap(optimizer: Any) -> torch.optim.Optimizer | None:
     """The `torch.optim.Optimizer` inside a wrapper (Lightning's `LightningOptimizer`,
-    accelerate's `AcceleratedOptimizer`), or the optimizer itself; None stays None."""
-    seen = 0
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+    accelerate's `AcceleratedOptimizer`, itself an Optimizer subclass), or the optimizer
+    itself; None stays None."""
+    for _ in range(8):
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None or seen > 4:
-            raise LandscapeError(
-                f"optimizer must be a torch.optim.Optimizer (or a wrapper of one); got "
-                f"{type(optimizer).__name__}."
-            )
-        optimizer, seen = inner, seen + 1
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise LandscapeError(
+            f"optimizer must be a torch.optim.Optimizer (or a wrapper of one); got "
+            f"{type(optimizer).__name__}."
+        )
     return optimizer
 
 
@@ -143,8 +145,9 @@ def adam_scaling(optimizer: torch.optim.Optimizer, params: list[Tensor]
         t = float(state["step"])
         v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
         denom = (v.detach().double() / (1.0 - beta2**t)).sqrt_().add_(float(group["eps"]))
-        p_diag = denom.mul_((1.0 - beta1**t) / float(group["lr"]))
-        parts.append(p_diag.rsqrt_().reshape(-1).to(p.dtype))
+        # D = (lr / ((1 - beta1^t) denom))^1/2: 0 where lr = 0 (the end of a decay schedule)
+        inverse = denom.reciprocal_().mul_(float(group["lr"]) / (1.0 - beta1**t))
+        parts.append(inverse.sqrt_().reshape(-1).to(p.dtype))
     if not any_state:
         return None, 0.0
     decoupled = isinstance(optimizer, torch.optim.AdamW) or optimizer.param_groups[0].get(
