@@ -352,3 +352,10 @@ def test_preconditioned_sharpness_is_zero_at_zero_learning_rate():
     row = CurvatureMonitor(model, (x, y), optimizer=opt,
                            measures=("preconditioned_sharpness",)).measure(1)
     assert row["preconditioned_sharpness"] == 0.0
+
+
+def test_a_missing_extra_names_the_install_command():
+    from landscape._extras import require
+
+    with pytest.raises(LandscapeError, match=r"pip install 'landscape-probe\[wandb\]'"):
+        require("landscape_no_such_module", "wandb", "the 'wandb' logger")

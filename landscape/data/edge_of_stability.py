@@ -15,21 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from .digits import digits_tensors
+from .models import digits_mlp
 
 
 def tanh_mlp(width: int = 64, depth: int = 2, seed: int = 0,
              dtype: torch.dtype = torch.float64) -> nn.Sequential:
     """64 -> width (tanh) x depth -> 10, PyTorch's default initialization from `seed`."""
-    gen_state = torch.random.fork_rng(devices=[])
-    with gen_state:
-        torch.manual_seed(seed)
-        layers: list[nn.Module] = []
-        size = 64
-        for _ in range(depth):
-            layers += [nn.Linear(size, width), nn.Tanh()]
-            size = width
-        layers.append(nn.Linear(size, 10))
-        return nn.Sequential(*layers).to(dtype)
+    return digits_mlp(width, depth, seed=seed, activation=nn.Tanh).to(dtype)
 
 
 def mse_data(n_samples: int = 512, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:

@@ -8,18 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-try:
-    from lightning.pytorch import Callback
-except ImportError as e:  # pragma: no cover - the extra is installed in tests
-    from ..errors import LandscapeError
-
-    raise LandscapeError(
-        "landscape.integrations.lightning needs Lightning: pip install "
-        "'landscape-probe[lightning]'."
-    ) from e
-
+from .._extras import require
 from ..monitor import DEFAULT_MEASURES, CurvatureMonitor
 from ..monitor.loggers import scalars
+
+Callback = require("lightning.pytorch", "lightning", "landscape.integrations.lightning").Callback
 
 
 class CurvatureCallback(Callback):

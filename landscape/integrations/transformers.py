@@ -10,18 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-try:
-    from transformers import TrainerCallback
-except ImportError as e:  # pragma: no cover - the extra is installed in tests
-    from ..errors import LandscapeError
-
-    raise LandscapeError(
-        "landscape.integrations.transformers needs transformers and accelerate: pip install "
-        "'landscape-probe[transformers]'."
-    ) from e
-
+from .._extras import require
 from ..monitor import DEFAULT_MEASURES, CurvatureMonitor
 from ..monitor.loggers import scalars
+
+TrainerCallback = require("transformers", "transformers",
+                          "landscape.integrations.transformers").TrainerCallback
 
 
 def output_loss(model: Any, batch: Any) -> Any:

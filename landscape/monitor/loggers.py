@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._extras import require
 from .._results import to_jsonable
 from ..errors import LandscapeError
 
@@ -75,14 +76,8 @@ def tensorboard_logger(log_dir: Path | None, writer: Any = None) -> Logger:
     """`add_scalar("curvature/<key>", value, step)` on a `SummaryWriter` (a new one on
     `log_dir` unless given), flushed after each row."""
     if writer is None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - the extra is installed in tests
-            raise LandscapeError(
-                "the 'tensorboard' logger needs the tensorboard package: pip install "
-                "'landscape-probe[tensorboard]'."
-            ) from e
-        writer = SummaryWriter(log_dir=str(log_dir))
+        tensorboard = require("torch.utils.tensorboard", "tensorboard", "the 'tensorboard' logger")
+        writer = tensorboard.SummaryWriter(log_dir=str(log_dir))
 
     def log(row: dict[str, Any], step: int) -> None:
         for key, value in scalars(row).items():
@@ -95,12 +90,7 @@ def tensorboard_logger(log_dir: Path | None, writer: Any = None) -> Logger:
 def wandb_logger() -> Logger:
     """Logs to the active wandb run, against its own step metric `curvature/step` (so the
     training's own `wandb.log` calls and their step counter are left alone)."""
-    try:
-        import wandb
-    except ImportError as e:  # pragma: no cover - the extra is installed in tests
-        raise LandscapeError(
-            "the 'wandb' logger needs the wandb package: pip install 'landscape-probe[wandb]'."
-        ) from e
+    wandb = require("wandb", "wandb", "the 'wandb' logger")
     if wandb.run is None:
         raise LandscapeError(
             "the 'wandb' logger logs to the active run, and there is none; call wandb.init(...) "
