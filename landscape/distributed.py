@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._validate import OneOf
 from .errors import LandscapeError
 
 DISTRIBUTED_OPTIONS = ("auto", True, False)
@@ -274,8 +275,7 @@ def grid_plan(probe: Any, shard: str, n_points: int) -> tuple[str, Any]:
     every rank's device cache (`cache_bytes`), and there are at least as many points as ranks;
     otherwise "data". Collective: every rank must call it; all ranks get the same mode.
     """
-    if shard not in SHARD_OPTIONS:
-        raise LandscapeError(f"shard must be one of {SHARD_OPTIONS}; got {shard!r}.")
+    OneOf(SHARD_OPTIONS)("shard", shard)
     comm: Comm = probe._comm
     if not comm.active:
         return "alone", probe

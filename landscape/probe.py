@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import batchnorm
 from ._model_prep import prepare_model
+from ._validate import OneOf
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
 from .hvp import HVP_METHODS, HvpEngine, recurrent_safe, twice_differentiable
@@ -232,8 +233,7 @@ class Probe:
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         model = prepare_model(model, dtype)  # torch.compile unwrapped; a copy in `dtype` if asked
-        if hvp_method not in HVP_METHODS:
-            raise LandscapeError(f"hvp_method must be one of {HVP_METHODS}; got {hvp_method!r}.")
+        OneOf(HVP_METHODS)("hvp_method", hvp_method)
         if batch_size < 1:
             raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
         self.model = model

@@ -73,6 +73,7 @@ from torch import Tensor
 
 from ._batched import chunk_size, evaluate_chunk
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .batchnorm import input_batches
 from .directions import (
     Checkpoint,
@@ -86,6 +87,7 @@ from .errors import LandscapeError
 from .probe import Cost, Probe
 from .storage import GridStore, read
 
+INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
 N_GROUPS = 8  # independent subsets per point with max_samples=
 
 
@@ -306,6 +308,7 @@ def loss_surface(probe: Probe, dx: Direction | Tensor, dy: Direction | Tensor,
     )
 
 
+@validate_params(buffers=OneOf(INTERPOLATION_BUFFERS))
 def interpolate(probe: Probe, other: Checkpoint,
                 alphas: Sequence[float] | np.ndarray | None = None, *,
                 buffers: str = "interpolate", bn_data: Any = None,
@@ -360,10 +363,6 @@ def interpolate(probe: Probe, other: Checkpoint,
         >>> line.barrier >= 0
         True
     """
-    if buffers not in INTERPOLATION_BUFFERS:
-        raise LandscapeError(
-            f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}."
-        )
     if bn_data is not None and buffers != "recompute":
         raise LandscapeError("bn_data is only used with buffers='recompute' (the inputs to "
                              "re-estimate the BatchNorm statistics on); drop it or pass "
@@ -402,8 +401,6 @@ def interpolate(probe: Probe, other: Checkpoint,
         autocast=store.settings.get("autocast"),
     )
 
-
-INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
 
 
 def _buffer_ends(probe: Probe, other: Checkpoint) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
