@@ -126,6 +126,8 @@ def test_measures_match_the_exact_hessian():
     assert row["loss"] == pytest.approx(float(loss.detach()), rel=1e-12)
     assert row["gradient_norm"] == pytest.approx(float(grad.norm()), rel=1e-10)
     assert row["top_eigenvalue_converged"] and row["top_eigenvalue_residual"] >= 0
+    exact = float(torch.linalg.eigvalsh(h)[-1])
+    assert abs(row["top_eigenvalue"] - exact) <= row["top_eigenvalue_error_bound"] + 1e-12
     assert row["n_hvp"] == row["top_eigenvalue_n_hvp"] + row["trace_n_hvp"]
 
 

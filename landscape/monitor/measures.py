@@ -7,8 +7,10 @@ layers on their running statistics):
 * `top_eigenvalue`: lambda_max(H), the largest algebraic eigenvalue, by Lanczos (relative
   residual `tol`) started from the previous measurement's top eigenvector (a random vector drawn
   from `seed` the first time), so a slowly turning eigenvector costs a few products. Row keys:
-  `top_eigenvalue`, `top_eigenvalue_residual` (the Ritz residual estimate ||H v - theta v||),
-  `top_eigenvalue_n_hvp` (products used) and `top_eigenvalue_converged`.
+  `top_eigenvalue`, `top_eigenvalue_residual` (||H v - theta v|| checked with a product on the
+  returned vector), `top_eigenvalue_error_bound` (min(r, r^2 / gap), Bauer-Fike or
+  Kato-Temple), `top_eigenvalue_n_hvp` (products used, the check included) and
+  `top_eigenvalue_converged`.
 * `trace`: tr(H) by Hutch++ with `n_hvp` products and random vectors from `seed`; keys `trace`,
   `trace_stderr` (its standard error), `trace_n_hvp`.
 * `gradient_norm`: ||grad L(w)||_2. `loss`: L(w). One gradient pass serves both.
@@ -115,7 +117,8 @@ class MeasureContext:
                            min(s.max_basis, p.num_params), gen, return_vectors=True)
         self.warm[name] = out.vectors[0].detach()
         return {name: float(out.values[0]), f"{name}_residual": float(out.residuals[0]),
-                f"{name}_n_hvp": count, f"{name}_converged": bool(out.converged)}
+                f"{name}_error_bound": float(out.bounds[0]), f"{name}_n_hvp": count,
+                f"{name}_converged": bool(out.converged)}
 
 
 def top_eigenvalue(ctx: MeasureContext) -> dict[str, float]:
@@ -126,8 +129,8 @@ def preconditioned_sharpness(ctx: MeasureContext) -> dict[str, float]:
     name = "preconditioned_sharpness"
     scale, wd = adam_scaling(ctx.optimizer, ctx.probe.params)
     if scale is None:  # before the first step: no preconditioner yet
-        return {name: NAN, f"{name}_residual": NAN, f"{name}_n_hvp": 0,
-                f"{name}_converged": False}
+        return {name: NAN, f"{name}_residual": NAN, f"{name}_error_bound": NAN,
+                f"{name}_n_hvp": 0, f"{name}_converged": False}
     shift = scale * scale * wd
 
     def matvec(v: Tensor) -> Tensor:
