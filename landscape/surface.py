@@ -488,7 +488,7 @@ def _run_grid(probe: Probe, vectors: list[Tensor], coords: dict[str, np.ndarray]
         "n_samples": n_used, "data_n_samples": total, "max_samples": max_samples,
         "seed": int(seed) if max_samples is not None else 0, **extra,
     }
-    comm = probe._comm
+    comm = probe.batch_pass.comm
     store = GridStore(out, coords, settings, comm=comm)
     axes = list(coords.values())
     points = [(idx, tuple(float(ax[k]) for ax, k in zip(axes, idx)))
