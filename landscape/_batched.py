@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._grid import buffer_path
+from ._points import buffer_path
 from .batch_pass import BatchPass, Evaluation
 from .probe import Probe
 

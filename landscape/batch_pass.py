@@ -1,6 +1,6 @@
 """`BatchPass`: the one internal interface between the `Probe` and the engines that pass over its
-data (the Hessian-vector product engines of `hvp`, the grid engine of `_grid`, the vmap path of
-`_batched`, the distributed helpers).
+data (the Hessian-vector product engines of `hvp`, the point evaluation of `_points`, the vmap
+path of `_batched`, the distributed helpers).
 
 A `BatchPass` holds the model, the probed parameters, the loss, the data (`ProbeData`), the
 process group (`Comm`) and the cost counters, and offers what a pass needs:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import _grid
+from . import _points
 from ._model_prep import (
     ParamInfo,
     ParamSelection,
@@ -260,7 +260,7 @@ class Probe:
     def evaluate(self, delta: Tensor | None = None) -> Evaluation:
         """Loss and (for classification) accuracy at w + delta, in one pass over the data."""
         with self.batch_pass.session(delta), torch.inference_mode():
-            return _grid.evaluate_here(self.batch_pass)
+            return _points.evaluate_here(self.batch_pass)
 
     def evaluate_points(
         self, directions: Sequence[Tensor], coords: Iterable[Sequence[float]],
@@ -282,7 +282,7 @@ class Probe:
         `batchnorm_inputs` (batches of model inputs, the same on every rank) when given.
         Buffers are restored bitwise afterwards too.
         """
-        return _grid.evaluate_points(self.batch_pass, directions, coords, offset, buffer_ends,
+        return _points.evaluate_points(self.batch_pass, directions, coords, offset, buffer_ends,
                                      recompute_batchnorm, batchnorm_inputs)
 
     def gradient(self, delta: Tensor | None = None) -> Tensor:
