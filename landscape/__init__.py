@@ -4,17 +4,31 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .agreement import AgreementResult, quadratic_agreement
-from .align import AlignResult, align_weights, aligned_barrier, permutation_spec
+from .align import (
+    AlignResult,
+    PermutationSpec,
+    align_weights,
+    aligned_barrier,
+    apply_permutation,
+    permutation_spec,
+)
 from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
 from .compare import Comparison, PairResult, compare
 from .curvature import (
+    AlignmentResult,
+    BatchRow,
+    BatchSpectrum,
     DensityResult,
     EigenResult,
+    FrobeniusResult,
     LayerResults,
     TraceResult,
+    batch_size_spectrum,
+    hessian_alignment,
     hessian_density,
     hessian_eigenvalues,
+    hessian_frobenius,
     hessian_trace,
 )
 from .directions import (
@@ -27,8 +41,8 @@ from .entropy import LocalEntropyResult, local_entropy
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
 from .intrinsic import IntrinsicDimResult, intrinsic_dimension
+from .monitor import CurvatureMonitor
 from .pacbayes import PacBayesResult, pac_bayes_flatness
-from .permspec import PermutationSpec, apply_permutation
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
 from .surface import (
@@ -57,9 +71,16 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "hessian_density",
+    "hessian_frobenius",
+    "batch_size_spectrum",
+    "hessian_alignment",
     "EigenResult",
     "TraceResult",
     "DensityResult",
+    "FrobeniusResult",
+    "BatchSpectrum",
+    "BatchRow",
+    "AlignmentResult",
     "LayerResults",
     # sharpness and flatness
     "sharpness",
@@ -89,6 +110,7 @@ __all__ = [
     "PairResult",
     "track",
     "Track",
+    "CurvatureMonitor",
     # beyond the peers
     "pac_bayes_flatness",
     "PacBayesResult",

@@ -46,7 +46,7 @@ from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
 from .hvp_fd import FiniteDifference, error_bound
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .probe import Probe
+    from .batch_pass import BatchPass
 
 FINITE_DIFFERENCE = "finite_difference"
 PRODUCT_METHODS = (*HVP_METHODS, FINITE_DIFFERENCE)
@@ -81,11 +81,12 @@ class HvpCheck:
 class Products:
     """The probe's Hessian-vector products (divided by the sample count, reduced over ranks)."""
 
-    def __init__(self, probe: Probe, engine: HvpEngine):
-        self.probe, self.engine = probe, engine
-        self.fd = FiniteDifference(probe)
-        self.use_fd = probe.hvp_method == FINITE_DIFFERENCE
-        self.settled = probe.hvp_method != "auto"
+    def __init__(self, passes: BatchPass, engine: HvpEngine, method: str, check: bool):
+        self.passes, self.engine = passes, engine
+        self.method, self.check_first = method, check
+        self.fd = FiniteDifference(passes)
+        self.use_fd = method == FINITE_DIFFERENCE
+        self.settled = method != "auto"
         self.check: HvpCheck | None = None
 
     def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
@@ -100,7 +101,7 @@ class Products:
 
     def inherit(self, other: Products) -> None:
         """Take over a settled decision of another probe of the same model (a sub-probe)."""
-        if other.settled and self.probe.hvp_method == other.probe.hvp_method:
+        if other.settled and self.method == other.method:
             self.use_fd, self.settled, self.check = other.use_fd, True, other.check
 
     def settle(self, at_checkpoint: bool) -> None:
@@ -111,7 +112,7 @@ class Products:
     def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool) -> Tensor | None:
         """The exact product; with `tolerant`, None (on every rank) when it raised a
         RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
-        p = self.probe
+        p = self.passes
         out, n, error, failure = torch.zeros_like(v), 0, None, None
         with twice_differentiable():
             try:
@@ -123,7 +124,7 @@ class Products:
                     error = e
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
-        n, n_failed = p._comm.reduce([n, float(failure is not None)], [out], error)
+        n, n_failed = p.comm.reduce([n, float(failure is not None)], [out], error)
         if n_failed:
             text = str(failure).strip().splitlines()[0] if failure is not None else ""
             self._reason = f"{type(failure).__name__}: {text}" if failure is not None \
@@ -133,25 +134,25 @@ class Products:
 
     def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
         """The central-difference product (2 gradients), step times `shrink`."""
-        p = self.probe
+        p = self.passes
         out, n, size, error = torch.zeros_like(v), 0, 0.0, None
         try:
             out, n, size = self.fd.hvp_sum(v, shrink)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
-        n, size = p._comm.reduce([n, size], [out], error)
+        n, size = p.comm.reduce([n, size], [out], error)
         self._grad_size = size / max(n, 1)
         return out.div_(n)
 
     def _random_vector(self) -> Tensor:
-        p = self.probe
+        p = self.passes
         gen = torch.Generator().manual_seed(CHECK_SEED)
         return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
 
     def _first(self, v: Tensor, at_checkpoint: bool) -> Tensor:
         """The first product under "auto": fallback on error, then (check_hvp) the self-check."""
-        p = self.probe
-        r = self._random_vector() if p.check_hvp else v
+        p = self.passes
+        r = self._random_vector() if self.check_first else v
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
         if exact_r is None:
             out = self.finite_difference(v)  # a data error raises here, before any warning
@@ -162,7 +163,7 @@ class Products:
                 f"({self._reason}); using finite-difference Hessian-vector products "
                 "(2 gradients each). Pass hvp_method='finite_difference' to choose it.")
             return out
-        if not p.check_hvp:
+        if not self.check_first:
             self.settled = True
             return exact_r
         fd_r = self.finite_difference(r)

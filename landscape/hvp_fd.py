@@ -46,7 +46,7 @@ from torch import Tensor
 from .probe_data import call_model, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .probe import Probe
+    from .batch_pass import BatchPass
 
 # The self-check's bound is this many times the finite difference's error estimate: the
 # estimate's constants (third derivative, gradient rounding) are known only in order.
@@ -95,14 +95,14 @@ class Gradients:
     activation checkpointing (which refuses `.grad()`), by `loss.backward()` with the model's
     `.grad` fields set aside and restored (`grads_kept`)."""
 
-    def __init__(self, probe: Probe):
-        self.probe = probe
+    def __init__(self, passes: BatchPass):
+        self.passes = passes
         self.by_backward = False
 
     def batch(self, batch: Any) -> tuple[Tensor, int, Sequence[Tensor | None]]:
         """(mean loss, n samples, gradient of the mean loss per probed parameter)."""
-        p = self.probe
-        loss, n_b, _ = p._compute_batch(batch)
+        p = self.passes
+        loss, n_b, _ = p.compute(batch)
         if not self.by_backward:
             try:
                 return loss, n_b, torch.autograd.grad(loss, p.params, allow_unused=True)
@@ -110,7 +110,7 @@ class Gradients:
                 if not is_reentrant_checkpoint_error(e):
                     raise
                 self.by_backward = True
-                loss, n_b, _ = p._compute_batch(batch)  # the failed pass freed its graph
+                loss, n_b, _ = p.compute(batch)  # the failed pass freed its graph
         with grads_kept(p.model):
             loss.backward()
             grads = [q.grad for q in p.params]
@@ -126,9 +126,9 @@ def _add_scaled(dst: Sequence[Tensor], src: Sequence[Tensor | None], alpha: floa
 class FiniteDifference:
     """Central-difference Hessian- and Gauss-Newton-vector products over a probe's batches."""
 
-    def __init__(self, probe: Probe):
-        self.probe = probe
-        self.gradients = Gradients(probe)
+    def __init__(self, passes: BatchPass):
+        self.passes = passes
+        self.gradients = Gradients(passes)
         # parameters and vectors split over the ranks (FSDP): norms are reduced over them
         self.sharded = False
 
@@ -137,21 +137,21 @@ class FiniteDifference:
         local = sum(float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64)) ** 2
                     for t in tensors)
         if self.sharded:
-            (local,) = self.probe._comm.reduce([local])
+            (local,) = self.passes.comm.reduce([local])
         return local ** 0.5
 
     def step(self, v: Tensor, shrink: float = 1.0) -> tuple[float, float, float]:
         """(eps, ||w||, ||v||) for the product with v (eps times `shrink`)."""
-        w_norm = self.norm(self.probe.params)
+        w_norm = self.norm(self.passes.params)
         v_norm = self.norm([v])
-        h = shrink * step_length(w_norm, self.probe.dtype)
+        h = shrink * step_length(w_norm, self.passes.dtype)
         return (h / v_norm if v_norm > 0 else 0.0), w_norm, v_norm
 
     @contextlib.contextmanager
     def displaced(self) -> Iterator[Any]:
         """Yields `move(sign, vs, eps)`, which writes w + sign eps v into the parameters; w is
         restored bitwise on exit (one stored copy of w)."""
-        params = self.probe.params
+        params = self.passes.params
         backup = [q.detach().clone() for q in params]
 
         def move(sign: float, vs: Sequence[Tensor], eps: float) -> None:
@@ -170,18 +170,18 @@ class FiniteDifference:
         """(sum over this rank's batches of n_b H_b v, number of samples, sum of n_b times the
         batch gradient norms at the two points / 2), by central differences (2 gradients),
         with the step of the rule times `shrink`."""
-        p = self.probe
+        p = self.passes
         eps, _, v_norm = self.step(v, shrink)
         out = torch.zeros_like(v)
         if v_norm == 0:
-            return out, p._data.n_local, 0.0
-        views, vs = p._split(out), p._split(v)
+            return out, p.data.n_local, 0.0
+        views, vs = p.split(out), p.split(v)
         n, size = 0, 0.0
         with self.displaced() as move:
             for sign in (1.0, -1.0):
                 move(sign, vs, eps)
                 n = 0
-                for batch in p._data.batches():
+                for batch in p.data.batches():
                     _, n_b, grads = self.gradients.batch(batch)
                     _add_scaled(views, grads, sign * n_b / (2 * eps))
                     size += n_b * self.norm_local(grads) / 2
@@ -196,26 +196,26 @@ class FiniteDifference:
     def ggn_sum(self, vs: list[Tensor], total: Tensor) -> int:
         """Add sum over this rank's batches of n_b G_b v into `total` (J v by central
         differences of the outputs); return the number of samples."""
-        p = self.probe
+        p = self.passes
         v = torch.cat([t.reshape(-1) for t in vs])
         eps, _, v_norm = self.step(v)
         if v_norm == 0:
-            return p._data.n_local
-        views = p._split(total)
+            return p.data.n_local
+        views = p.split(total)
         n = 0
         with self.displaced() as move:
-            for batch in p._data.batches():
+            for batch in p.data.batches():
                 inputs, targets = unpack(batch)
-                n_b = p._batch_n_samples(batch)
+                n_b = p.n_samples(batch)
                 with torch.no_grad():
                     move(1.0, vs, eps)
                     plus = call_model(p.model, inputs)
                     move(-1.0, vs, eps)
                     jv = (plus - call_model(p.model, inputs)).div_(2 * eps)
                     move(0.0, vs, eps)
-                p._counts["n_batch_forward"] += 2
+                p.counts["n_batch_forward"] += 2
                 outputs = call_model(p.model, inputs)
-                p._counts["n_batch_forward"] += 1
+                p.counts["n_batch_forward"] += 1
                 out = outputs.detach().requires_grad_(True)
                 dl = torch.autograd.grad(p.loss_fn(out, targets), out, create_graph=True)[0]
                 h_jv = (torch.autograd.grad(dl, out, grad_outputs=jv)[0] if dl.requires_grad

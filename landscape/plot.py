@@ -37,6 +37,7 @@ import numpy as np
 from cycler import cycler
 from matplotlib.ticker import MaxNLocator
 
+from ._validate import OneOf
 from .errors import LandscapeError
 from .surface import Line, Surface, TrajectoryPCA
 
@@ -99,9 +100,7 @@ def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[f
         (6.75, 2.7)
     """
     if isinstance(column, str):
-        if column not in COLUMN_WIDTHS:
-            raise LandscapeError(f"column must be one of {tuple(COLUMN_WIDTHS)} or a width in "
-                                 f"inches; got {column!r}.")
+        OneOf(tuple(COLUMN_WIDTHS), "a width in inches")("column", column)
         width = COLUMN_WIDTHS[column]
     else:
         width = float(column)
@@ -493,6 +492,14 @@ def _edge_of_stability(ax: Any, values: np.ndarray, edge: float, log: bool) -> N
         ax.set_ylim(lo, top + 0.3 * (top - lo))
     ax.text(0.02, 0.97, f"2 / lr = {edge:.3g} (edge of stability) is above this range",
             transform=ax.transAxes, ha="left", va="top", color="0.25", fontsize=7)
+
+
+def track_figure(source: Any, **kwargs: Any) -> Any:
+    """Sharpness against the training step with its edge of stability, loss below: the figure
+    of a `CurvatureMonitor` log. See `landscape.track_plot.track_figure` for the arguments."""
+    from .track_plot import track_figure as draw
+
+    return draw(source, **kwargs)
 
 
 def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
