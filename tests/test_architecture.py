@@ -64,5 +64,5 @@ def test_no_module_reads_another_modules_private_names():
 
 def test_the_library_never_switches_the_matplotlib_backend():
     offenders = [str(p.relative_to(ROOT)) for p in modules()
-                 if p.name != "cli.py" and re.search(r"matplotlib\.use\(", p.read_text())]
+                 if not p.name.startswith("cli") and re.search(r"matplotlib\.use\(", p.read_text())]
     assert offenders == []
