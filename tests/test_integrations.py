@@ -41,7 +41,7 @@ def test_lightning_callback_logs_through_the_trainer(tmp_path):
 
     torch.manual_seed(0)
     module = Module()
-    callback = CurvatureCallback(data=(x, y), every=2,
+    callback = CurvatureCallback(data=(x, y), every=2, budget=None,
                                  measures=("top_eigenvalue", "eos_ratio", "loss"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=CSVLogger(tmp_path, name="run"),
@@ -86,7 +86,7 @@ def test_transformers_callback_reaches_log_history_and_tensorboard(tmp_path):
     trainer, measure = _gpt2(tmp_path, ["tensorboard"])
     from landscape.integrations.transformers import CurvatureCallback
 
-    callback = CurvatureCallback(data=measure, every=3, trainer=trainer,
+    callback = CurvatureCallback(data=measure, every=3, trainer=trainer, budget=None,
                                  measures=("top_eigenvalue", "preconditioned_sharpness",
                                            "eos_ratio", "gradient_norm"))
     trainer.add_callback(callback)
@@ -113,7 +113,8 @@ def test_transformers_callback_without_the_trainer_fills_log_history(tmp_path):
     trainer, measure = _gpt2(tmp_path, [])
     from landscape.integrations.transformers import CurvatureCallback
 
-    callback = CurvatureCallback(data=measure, every=2, measures=("loss", "gradient_norm"))
+    callback = CurvatureCallback(data=measure, every=2, measures=("loss", "gradient_norm"),
+                                 budget=None)
     trainer.add_callback(callback)
     trainer.train()
     history = [h for h in trainer.state.log_history if "curvature/loss" in h]

@@ -53,7 +53,8 @@ def _train(monitor_kwargs=None, steps=30, optimizer="sgd"):
     monitor = None
     if monitor_kwargs is not None:
         measure_set = DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16, shuffle=True)
-        monitor = CurvatureMonitor(model, measure_set, optimizer=opt, every=5, **monitor_kwargs)
+        monitor = CurvatureMonitor(model, measure_set, optimizer=opt, every=5, budget=None,
+                                   **monitor_kwargs)
     step = 0
     model.train()
     while step < steps:
@@ -176,7 +177,7 @@ def test_preconditioned_sharpness_before_the_first_step_is_nan():
 def test_update_curvature_is_the_rayleigh_quotient_of_the_last_step():
     model, (x, y) = tiny_mlp(), tiny_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
-    monitor = CurvatureMonitor(model, (x, y), optimizer=opt, every=3,
+    monitor = CurvatureMonitor(model, (x, y), optimizer=opt, every=3, budget=None,
                                measures=("update_curvature",))
     before = None
     for step in range(1, 4):
@@ -284,7 +285,7 @@ def test_the_training_iterator_is_refused():
 def test_file_and_callable_loggers(tmp_path):
     model, data = tiny_mlp(), tiny_data()
     seen = []
-    monitor = CurvatureMonitor(model, data, every=2, log_dir=tmp_path,
+    monitor = CurvatureMonitor(model, data, every=2, log_dir=tmp_path, budget=None,
                                measures=("top_eigenvalue", "loss"),
                                loggers=("jsonl", "csv", lambda row, step: seen.append((step, row))))
     for step in range(5):
@@ -305,7 +306,8 @@ def test_tensorboard_logger_reads_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model, data = tiny_mlp(), tiny_data()
-    monitor = CurvatureMonitor(model, data, every=3, log_dir=tmp_path, loggers=("tensorboard",))
+    monitor = CurvatureMonitor(model, data, every=3, log_dir=tmp_path, loggers=("tensorboard",),
+                               budget=None)
     for step in range(7):
         monitor.step(step)
     acc = EventAccumulator(str(tmp_path))
@@ -325,7 +327,7 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
         CurvatureMonitor(model, data, loggers=("wandb",))
     run = wandb.init(project="landscape-test", dir=str(tmp_path))
     try:
-        monitor = CurvatureMonitor(model, data, every=2, loggers=("wandb",))
+        monitor = CurvatureMonitor(model, data, every=2, loggers=("wandb",), budget=None)
         for step in range(5):
             monitor.step(step)
         history = run.summary
@@ -361,3 +363,46 @@ def test_a_missing_extra_names_the_install_command():
 
     with pytest.raises(LandscapeError, match=r"pip install 'landscape-probe\[wandb\]'"):
         require("landscape_no_such_module", "wandb", "the 'wandb' logger")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_the_budget_skips_scheduled_steps(monkeypatch):
+    """Training steps of 1 s, measurements of 2 s, budget 5%: the first scheduled step is
+    measured, later ones only while measuring stays within 5% of the training time."""
+    import landscape.monitor.monitor as module
+
+    clock = FakeClock()
+    monkeypatch.setattr(module, "time", clock)
+    model, data = tiny_mlp(), tiny_data()
+
+    def slowed(monitor):
+        measure = monitor.measure
+
+        def slow(step):
+            clock.now += 2.0
+            return measure(step)
+
+        monitor.measure = slow
+        return monitor
+
+    monitor = slowed(CurvatureMonitor(model, data, every=5, measures=("loss",)))
+    for step in range(1, 201):
+        clock.now += 1.0
+        monitor.step(step)
+    steps = [r["step"] for r in monitor.rows]
+    assert steps[0] == 5 and 2 <= len(steps) <= 6
+    spent = 2.0 * len(steps)
+    assert spent <= 0.05 * 200 + 2.0  # within the budget but for one measurement
+    assert sorted(steps + monitor.skipped) == list(range(5, 201, 5))
+    unlimited = slowed(CurvatureMonitor(model, data, every=5, measures=("loss",), budget=None))
+    for step in range(1, 21):
+        clock.now += 1.0
+        unlimited.step(step)
+    assert [r["step"] for r in unlimited.rows] == [5, 10, 15, 20] and not unlimited.skipped

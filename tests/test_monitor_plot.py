@@ -37,6 +37,7 @@ def _log(tmp_path, name="run", lr=0.5):
 
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     monitor = CurvatureMonitor(model, data, every=2, optimizer=opt, log_dir=tmp_path / name,
+                               budget=None,
                                measures=("top_eigenvalue", "eos_ratio", "loss"))
     for step in range(7):
         opt.zero_grad()

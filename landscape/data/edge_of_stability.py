@@ -45,7 +45,7 @@ def gradient_descent_run(lr: float, steps: int, *, every: int = 10, n_samples: i
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     monitor = CurvatureMonitor(model, (x, y), nn.functional.mse_loss, optimizer=opt,
                                every=every, measures=("top_eigenvalue", "eos_ratio", "loss"),
-                               log_dir=log_dir, seed=seed, tol=tol)
+                               log_dir=log_dir, seed=seed, tol=tol, budget=None)
     monitor.step(0)
     for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)

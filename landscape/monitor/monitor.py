@@ -27,7 +27,10 @@ class CurvatureMonitor:
 
     Call `monitor.step(step)` after each optimizer step; at steps divisible by `every` it
     measures on the fixed measurement set `data` (never the training batches, so the numbers
-    of different steps compare) and returns the row, else returns None at no cost. The
+    of different steps compare) and returns the row, else returns None at no cost. Cheap by
+    default: a scheduled measurement is skipped (and listed in `skipped`) when it would take
+    the time spent measuring above `budget` (5%) of the training time so far, counting the
+    next measurement as long as the last; `budget=None` measures at every scheduled step. The
     measures are defined in `landscape.monitor.measures` (top Hessian eigenvalue by Lanczos
     warm-started from the previous top eigenvector, Hutch++ trace, gradient norm, loss, the
     edge-of-stability ratio, Adam's preconditioned sharpness, the curvature along the last
@@ -64,6 +67,9 @@ class CurvatureMonitor:
         n_hvp: products of the Hutch++ trace.
         max_basis: Lanczos basis size before a restart (memory: max_basis + 1 parameter-sized
             vectors during a measurement, plus one kept per warm-started measure between them).
+        budget: the most time spent measuring, as a fraction of the training time (wall clock
+            between `step()` calls outside measurements); None: no limit, every scheduled
+            step is measured. The first scheduled step always is.
         probe_options: more keyword arguments of `landscape.Probe` (params=, dtype=, ...).
 
     Raises:
@@ -79,7 +85,7 @@ class CurvatureMonitor:
         ...                             torch.nn.Linear(8, 3))
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> monitor = CurvatureMonitor(model, (x, y), every=10, optimizer=opt)
+        >>> monitor = CurvatureMonitor(model, (x, y), every=10, optimizer=opt, budget=None)
         >>> for step in range(1, 21):
         ...     opt.zero_grad()
         ...     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -108,6 +114,7 @@ class CurvatureMonitor:
         max_iter: int = 100,
         n_hvp: int = 30,
         max_basis: int = 20,
+        budget: float | None = 0.05,
         probe_options: dict[str, Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
@@ -117,6 +124,9 @@ class CurvatureMonitor:
         check_int("max_iter", max_iter)
         check_int("n_hvp", n_hvp, minimum=3)
         check_int("max_basis", max_basis, minimum=3)
+        if budget is not None:
+            check_positive("budget", budget)
+        self.budget = budget
         self.model = model
         self.optimizer = unwrap(optimizer)
         self.measures = self._resolve(measures, self.optimizer)
@@ -127,8 +137,8 @@ class CurvatureMonitor:
                                  seed=seed)
         self.probe_options = dict(probe_options or {})
         self.data = _fixed(data)
-        rank = resolve_comm(self.probe_options.get("distributed", "auto"), _device(model)).rank
-        self._loggers = make_loggers(loggers, log_dir, rank)
+        self._comm = resolve_comm(self.probe_options.get("distributed", "auto"), _device(model))
+        self._loggers = make_loggers(loggers, log_dir, self._comm.rank)
         self.log_dir = log_dir
         self.rows: list[dict[str, Any]] = []
         self._warm: dict[str, Tensor] = {}
@@ -136,6 +146,10 @@ class CurvatureMonitor:
         self._snapshot: dict[str, Tensor] | None = None
         self._steps_since_snapshot = 0
         self._armed = False
+        self._started: float | None = None  # wall clock of the first step() call
+        self._spent = 0.0  # seconds spent measuring in step()
+        self._last_cost = 0.0
+        self.skipped: list[int] = []  # scheduled steps skipped to keep within the budget
         if "update_curvature" in self.measures:
             self._hooks = [self.optimizer.register_step_pre_hook(self._before_step),
                            self.optimizer.register_step_post_hook(self._after_step)]
@@ -143,21 +157,43 @@ class CurvatureMonitor:
     # ------------------------------------------------------------------ public
 
     def should_measure(self, step: int) -> bool:
-        """True when `step(step)` measures: step % every == 0."""
+        """True when `step` is on the schedule: step % every == 0."""
         return step % self.every == 0
 
     def step(self, step: int) -> dict[str, Any] | None:
-        """Measure and log when `step % every == 0` and return the row; else return None.
+        """Measure and log when `step % every == 0` (and the budget allows) and return the row;
+        else return None.
 
         Call it once per optimizer step, after the step, with the training step count.
         """
         if isinstance(step, bool) or not isinstance(step, int):
             raise LandscapeError(f"step must be an int (the training step); got {step!r}.")
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
         # the update of the step before a measurement is copied by the optimizer hook
         self._armed = bool(self._hooks) and self.should_measure(step + 1)
         if not self.should_measure(step):
             return None
-        return self.measure(step)
+        if not self._affordable(now):
+            self.skipped.append(step)
+            return None
+        row = self.measure(step)
+        self._last_cost = time.perf_counter() - now
+        self._spent += self._last_cost
+        return row
+
+    def _affordable(self, now: float) -> bool:
+        """Within the budget: the measuring time so far plus one more measurement (as long as
+        the last) at most `budget` times the training time so far. The first always is.
+        Distributed, the ranks measure when any of them may (their collectives must match)."""
+        if self.budget is None:
+            return True
+        training = now - self._started - self._spent
+        ok = self._spent + self._last_cost <= self.budget * training or not self.rows
+        if self._comm.active:
+            ok = self._comm.reduce([1.0 if ok else 0.0])[0] > 0
+        return ok
 
     def measure(self, step: int) -> dict[str, Any]:
         """Measure now, whatever the step; log and return the row (`step`, the measures'
