@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
-from test_curvature import SPECTRUM, designed, quad_probe
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
+from helpers.spectra import SPECTRUM, designed, quad_probe
 
 from landscape import LandscapeError, Probe, hessian_density, hessian_eigenvalues, hessian_trace
 from landscape.curvature import _basis

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
 
 from landscape import (
     LandscapeError,
@@ -216,7 +216,7 @@ def test_batch_spectrum_figure_is_log_log_with_the_full_data_line(mlp_and_data):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from figure_checks import text_problems
+    from helpers.figure_checks import text_problems
 
     from landscape.plot_batch import plot_batch_spectrum
 
