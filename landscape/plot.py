@@ -597,3 +597,9 @@ def _fonts(*axes: Any) -> None:
 def _xy_labels(ax: Any, surface: Surface) -> None:
     ax.set_xlabel(r"$\alpha$ (direction $d_1$)")
     ax.set_ylabel(r"$\beta$ (direction $d_2$)")
+
+
+
+
+# re-exported: it draws with the helpers above
+from .plot_blocks import block_spectra_figure  # noqa: E402, F401

@@ -13,6 +13,12 @@ layers on their running statistics):
   `top_eigenvalue_converged`.
 * `trace`: tr(H) by Hutch++ with `n_hvp` products and random vectors from `seed`; keys `trace`,
   `trace_stderr` (its standard error), `trace_n_hvp`.
+* `frobenius`: ||H||_F = sqrt(tr(H^2)) by Hutch++ on H^2 with `n_hvp` products (`seed`); keys
+  `frobenius`, `frobenius_stderr` (delta method), `frobenius_n_hvp`.
+* `trace_ratio`: tr(H) lr / 2 with lr of the optimizer's first parameter group: SGD's
+  linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1, Wu and Su
+  2023). Keys `trace_ratio`, `trace_ratio_stderr`, `lr` and the `trace` keys it is computed from
+  (one trace serves both measures).
 * `gradient_norm`: ||grad L(w)||_2. `loss`: L(w). One gradient pass serves both.
 * `eos_ratio`: how close training is to the edge of stability (1 = at the edge). SGD:
   (lambda_max + wd) lr (1 - d) / (2 + 2 beta), with lr, momentum beta, dampening d and weight
@@ -43,8 +49,9 @@ import torch
 from torch import Tensor
 
 from .._random import generator
-from ..curvature import hessian_trace
+from ..curvature import hessian_frobenius, hessian_trace
 from ..curvature.lanczos import lanczos_eigs
+from ..errors import LandscapeError
 from ..probe import Probe
 from .optimizers import (
     adam_edge,
@@ -151,9 +158,26 @@ def eos_ratio(ctx: MeasureContext) -> dict[str, float]:
 
 
 def trace(ctx: MeasureContext) -> dict[str, float]:
+    def compute() -> dict[str, float]:
+        s = ctx.settings
+        r = hessian_trace(ctx.probe, n_hvp=s.n_hvp, method="hutch++", seed=s.seed)
+        return {"trace": float(r.estimate), "trace_stderr": float(r.stderr),
+                "trace_n_hvp": r.n_hvp}
+
+    return ctx.shared("trace", compute)
+
+
+def trace_ratio(ctx: MeasureContext) -> dict[str, float]:
+    row = trace(ctx)
+    lr = float(ctx.optimizer.param_groups[0]["lr"])
+    return {**row, "trace_ratio": row["trace"] * lr / 2,
+            "trace_ratio_stderr": row["trace_stderr"] * lr / 2, "lr": lr}
+
+
+def frobenius(ctx: MeasureContext) -> dict[str, float]:
     s = ctx.settings
-    r = hessian_trace(ctx.probe, n_hvp=s.n_hvp, method="hutch++", seed=s.seed)
-    return {"trace": float(r.estimate), "trace_stderr": float(r.stderr), "trace_n_hvp": r.n_hvp}
+    r = hessian_frobenius(ctx.probe, n_hvp=s.n_hvp, method="hutch++", seed=s.seed)
+    return {"frobenius": r.estimate, "frobenius_stderr": r.stderr, "frobenius_n_hvp": r.n_hvp}
 
 
 def gradient_norm(ctx: MeasureContext) -> dict[str, float]:
@@ -175,12 +199,20 @@ def update_curvature(ctx: MeasureContext) -> dict[str, float]:
     return {"update_curvature": value, "update_norm": math.sqrt(norm2)}
 
 
+def _require_lr(optimizer: Any) -> None:
+    if optimizer is None:
+        raise LandscapeError("measure 'trace_ratio' needs the training learning rate: pass "
+                             "optimizer= to the monitor, or leave the measure out.")
+
+
 Measure = Callable[[MeasureContext], dict[str, float]]
 
 # name -> function of a MeasureContext. One entry adds a measure to the monitor.
 MEASURES: dict[str, Measure] = {
     "top_eigenvalue": top_eigenvalue,
     "trace": trace,
+    "frobenius": frobenius,
+    "trace_ratio": trace_ratio,
     "gradient_norm": gradient_norm,
     "loss": loss,
     "eos_ratio": eos_ratio,
@@ -195,4 +227,5 @@ REQUIREMENTS: dict[str, Callable[[Any], None]] = {
     "preconditioned_sharpness": lambda opt: require_kind(opt, ("adam",),
                                                          "preconditioned_sharpness"),
     "update_curvature": lambda opt: require_optimizer(opt, "update_curvature"),
+    "trace_ratio": lambda opt: _require_lr(opt),
 }
