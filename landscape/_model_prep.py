@@ -14,13 +14,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import param_select
 from .errors import LandscapeError
+from .wrapped import refuse_sharded, unwrap_parallel
 
 COMPUTE_DTYPES = (None, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -30,7 +35,9 @@ _COMPILED_NAME = "_orig_mod"  # the attribute and state-dict component of torch.
 def prepare_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """The module the probe measures: `model` uncompiled (`uncompiled`), then converted to `dtype`
     as a copy (`compute_copy`)."""
-    return compute_copy(uncompiled(model), dtype)
+    model = unwrap_parallel(uncompiled(model))  # DDP / DataParallel: the module inside
+    refuse_sharded(model)  # FSDP: shards cannot be measured as a model
+    return compute_copy(model, dtype)
 
 
 def is_compiled_wrapper(module: nn.Module) -> bool:
@@ -131,3 +138,89 @@ def plain_key(key: str) -> str:
     if _COMPILED_NAME not in key:
         return key
     return ".".join(part for part in key.split(".") if part != _COMPILED_NAME)
+
+
+# ---------------------------------------------------------------------- probed parameters
+
+ParamSelection = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Where one probed parameter lives in the flat vector: `flat[start:stop]`."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def layer(self) -> str:
+        """The owning module's name (`"fc1"` for `"fc1.weight"`; `""` at the top level)."""
+        return self.name.rpartition(".")[0]
+
+
+def select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the selected trainable parameters: names, module prefixes or glob
+    patterns, or a predicate (`landscape.param_select`)."""
+    return param_select.select_params(model, selection)
+
+
+def check_placement(params: Sequence[nn.Parameter], device: torch.device | str | None
+                    ) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of the probed parameters; raises when their dtypes are mixed or the
+    model is not on `device` (when given): the probe never moves or converts a model."""
+    actual, dtype = params[0].device, params[0].dtype
+    if any(p.dtype != dtype for p in params):
+        raise LandscapeError(
+            "the probed parameters have mixed dtypes "
+            f"({sorted({str(p.dtype) for p in params})}); convert the model to one dtype "
+            "or select parameters of one dtype with params=."
+        )
+    if device is None or torch.device(device) == actual:
+        return actual, dtype
+    # torch.device("cuda") != torch.device("cuda:0"): compare the type and index loosely.
+    want = torch.device(device)
+    if want.type != actual.type or (want.index is not None and want.index != actual.index):
+        raise LandscapeError(
+            f"the model is on {actual} but device={want} was asked for; move the "
+            f"model first (model.to('{want}')): the probe never moves your model."
+        )
+    return actual, dtype
+
+
+# ---------------------------------------------------------------------- kernels guards
+
+
+def twice_differentiable() -> contextlib.AbstractContextManager:
+    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
+    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def cudnn_off_needed(model: torch.nn.Module, device: torch.device) -> bool:
+    """True when `model` has a recurrent layer (LSTM, GRU, RNN) on CUDA: cuDNN's RNN backward
+    runs only in training mode and has no double backward, so measurements (in eval mode, with
+    Hessian-vector products) must use the native kernels."""
+    return device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
+                                         for m in model.modules())
+
+
+def recurrent_safe(model: torch.nn.Module, device: torch.device
+                   ) -> contextlib.AbstractContextManager:
+    """cuDNN switched off inside the block when `cudnn_off_needed`, else nothing."""
+    if cudnn_off_needed(model, device):
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()

@@ -128,6 +128,8 @@ def audit(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     data_name: str | None = None,
+    lr: float | None = None,
+    batch_sizes: Sequence[int] | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -144,6 +146,10 @@ def audit(
         name: what is audited (a checkpoint's file name): the report's title and summary name
             it. The CLI passes the checkpoint's file name.
         data_name: which data (e.g. "digits, train split"), named in the report's summary.
+        lr: the training learning rate: adds `trace_ratio`, tr(H) x lr / 2, SGD's
+            linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
+        batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
+            sizes beside the full data's (with its figure).
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -153,14 +159,15 @@ def audit(
     """
     known = measure_names()
     chosen = measure_names(optional=False) if measures is None else tuple(measures)
+    chosen += stability_measures(chosen, lr, batch_sizes)
     unknown = [m for m in chosen if m not in known and m != "loss"]
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     out, loss = base_measures(probe)
-    context = MeasureContext(probe, progress, loss=loss,
-                             has_accuracy="accuracy" in out)
+    context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
+                             options={"lr": lr, "batch_sizes": batch_sizes})
     for key in known:  # in the registry's order: later measures may reuse earlier results
         if key in chosen:
             spec = REGISTRY[key]
@@ -179,6 +186,33 @@ def audit_figures(results: dict[str, Any], out: Path,
         "loss_line": lambda r: plot.plot_line(r, column=column).figure,
         "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
         "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
+        "batch_spectrum": lambda r: _batch_figure(r, column),
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))
                               for key, draw in drawers.items() if key in results])
+
+
+def _batch_figure(spectrum: Any, column: str | float) -> Any:
+    from .plot_batch import plot_batch_spectrum
+
+    return plot_batch_spectrum(spectrum, column=column).figure
+
+
+def stability_measures(chosen: Sequence[str], lr: float | None,
+                       batch_sizes: Sequence[int] | None) -> tuple[str, ...]:
+    """The measures a learning rate (`trace_ratio`) and batch sizes (`batch_spectrum`) add to
+    `chosen`, after checking them."""
+    from ._checks import check_int, check_positive
+
+    extra = []
+    if lr is not None:  # without it, a trace_ratio asked for by name reports why it failed
+        check_positive("lr", lr)
+        extra.append("trace_ratio")
+    if batch_sizes is not None:
+        if isinstance(batch_sizes, int) or not len(batch_sizes):
+            raise LandscapeError(f"batch_sizes must be a non-empty list of batch sizes; got "
+                                 f"{batch_sizes!r}.")
+        for m in batch_sizes:
+            check_int("each batch size", m)
+        extra.append("batch_spectrum")
+    return tuple(m for m in extra if m not in chosen)

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import OneOf
 from .errors import LandscapeError
 
 DISTRIBUTED_OPTIONS = ("auto", True, False)
@@ -262,46 +261,3 @@ def _rebuild_loader(loader: Any, batch_sampler: Any) -> Any:
         if name in accepted and hasattr(loader, name):
             kwargs[name] = getattr(loader, name)
     return DataLoader(loader.dataset, **kwargs)
-
-
-def grid_plan(probe: Any, shard: str, n_points: int) -> tuple[str, Any]:
-    """How a grid of `n_points` loss evaluations is spread over the probe's ranks.
-
-    Returns `(mode, evaluator)`: "alone" (not distributed: the probe), "data" (every point on
-    the distributed probe: each rank its share of the batches, one all-reduce per point) or
-    "points" (each rank evaluates its own points on all the data with `probe._alone()`, a
-    non-distributed view of the same model and data). `shard="auto"` takes "points" when every
-    rank can see all the data (not a `DistributedSampler` loader), the whole data set fits in
-    every rank's device cache (`cache_bytes`), and there are at least as many points as ranks;
-    otherwise "data". Collective: every rank must call it; all ranks get the same mode.
-    """
-    OneOf(SHARD_OPTIONS)("shard", shard)
-    comm: Comm = probe._comm
-    if not comm.active:
-        return "alone", probe
-    if shard == "data":
-        return "data", probe
-    probe.n_samples  # noqa: B018 - first use (collective): the share's bytes are known after
-    data = probe._data
-    blind = data.given is None or full_source(data.given, comm) is None
-    n_blind, total_bytes = comm.reduce([float(blind), float(data.local_bytes)])
-    if n_blind:
-        if shard == "points":
-            raise LandscapeError(
-                "shard='points' needs all the data on every rank, but the probe holds only this "
-                "rank's share (a DistributedSampler loader); pass the plain loader, or "
-                "shard='data'."
-            )
-        return "data", probe
-    if shard == "auto":
-        (n_small,) = comm.reduce([float(total_bytes > data.cache_bytes)])
-        if n_small or n_points < comm.world_size:
-            return "data", probe
-    twin, error = None, None
-    try:
-        twin = probe._alone()
-        twin.n_samples  # noqa: B018 - this rank's pass over all the data
-    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-        error = e
-    comm.reduce([], error=error)
-    return "points", twin

@@ -183,7 +183,7 @@ def pac_bayes_flatness(
                     max_iter=max_iter, confidence=confidence)
     meter = probe.meter()
     w = probe.flat_params()
-    w0 = torch.zeros_like(w) if init is None else probe._check_vector(init, "init")
+    w0 = torch.zeros_like(w) if init is None else probe.batch_pass.check_vector(init, "init")
     base = _criterion(probe, None, criterion)
     gen = torch.Generator().manual_seed(seed)
     draw_seeds = torch.randint(0, 2**62, (n_samples,), generator=gen).tolist()

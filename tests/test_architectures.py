@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ModelSnapshot, tiny_data, tiny_mlp
+from helpers.models import ModelSnapshot, tiny_data, tiny_mlp
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 

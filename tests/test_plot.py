@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import tiny_data, tiny_mlp  # noqa: E402
+from helpers.models import tiny_data, tiny_mlp  # noqa: E402
 
 from landscape import (  # noqa: E402
     LandscapeError,

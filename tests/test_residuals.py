@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
 
 from landscape import Probe, hessian_eigenvalues
 from landscape.curvature.lanczos import lanczos_eigs

@@ -109,7 +109,7 @@ def _guess_inputs(model: nn.Module) -> list[Tensor]:
 def example_input(probe: Probe) -> Any:
     """The model inputs of the probe's first batch (captured at the model's forward call when
     the probe computes its own loss with `batch_loss`); the forward itself is not run."""
-    batch = next(iter(probe._data.batches()))
+    batch = next(iter(probe.batch_pass.batches()))
     if probe.batch_loss is None:
         return unpack(batch)[0]
 

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -178,8 +178,8 @@ def hessian_alignment(
     meters = pa.meter(), pb.meter()
     ga, gb = pa.gradient(), pb.gradient()
     eig = dict(k=k, tol=tol, seed=seed)
-    top_a, top_b = hessian_eigenvalues(pa, **eig), hessian_eigenvalues(pb, **eig)
-    assert isinstance(top_a, EigenResult) and isinstance(top_b, EigenResult)
+    top_a = cast(EigenResult, hessian_eigenvalues(pa, **eig))  # by=None: one result
+    top_b = cast(EigenResult, hessian_eigenvalues(pb, **eig))
 
     def difference(v: Tensor) -> Tensor:
         return pa.hvp(v) - pb.hvp(v)

@@ -16,9 +16,9 @@ from .._reduce import accumulation_dtype, normalize_
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
-from ._common import operator, select
+from ._common import operator, per_group, select
 from .lanczos import lanczos_step, three_term_steps
-from .results import DensityResult
+from .results import DensityResult, LayerResults
 
 
 def hessian_density(
@@ -33,7 +33,8 @@ def hessian_density(
     params: ParamSelection = None,
     max_vectors: int | None = None,
     progress: bool = False,
-) -> DensityResult:
+    by: str | dict | None = None,
+) -> DensityResult | LayerResults[DensityResult]:
     """The eigenvalue density of the Hessian at w by stochastic Lanczos quadrature.
 
     For each of `n_vectors` random unit vectors v (normalized Rademacher), `n_steps` Lanczos
@@ -63,6 +64,10 @@ def hessian_density(
         seed: seeds the start vectors.
         curvature: "hessian" or "ggn".
         params: restrict to a subset of the probed parameters (the density of their block).
+        by: None, "layer", "parameter", or a dict of block name -> parameter names or glob
+            patterns (`{"attention": "*.attn.*", "mlp": "*.mlp.*"}`): one density per block
+            (of its diagonal Hessian block), as a `LayerResults`; its `js_distances()` gives
+            the pairwise Jensen-Shannon distances between the blocks' densities.
         max_vectors: memory budget in parameter-sized vectors (beyond the model, one gradient
             and one product). Full reorthogonalization stores n_steps + 1 vectors; when they do
             not fit, the three-term recurrence stores 2. Loss of orthogonality splits a
@@ -74,7 +79,7 @@ def hessian_density(
 
     Returns:
         DensityResult with grid, density, nodes, weights, mean (and mean_stderr), trace (and
-        trace_stderr), cost.
+        trace_stderr), cost; a LayerResults of them with `by`.
 
     Raises:
         LandscapeError: bad n_vectors, n_steps, sigma, grid or curvature.
@@ -92,9 +97,18 @@ def hessian_density(
     if max_vectors is not None:
         check_int("max_vectors", max_vectors, minimum=2)
     grid_points = _check_grid(grid)
-    matvec = operator(probe, curvature)
-    gen = generator(seed)
+    operator(probe, curvature)  # validate early
+    generator(seed)  # validates seed
     probe = select(probe, params)
+    return per_group(probe, by, lambda p: _density(p, n_vectors, n_steps, sigma, grid_points,
+                                                   grid, seed, curvature, max_vectors, progress))
+
+
+def _density(probe: Probe, n_vectors: int, n_steps: int, sigma: float | None,
+             grid_points: np.ndarray | None, grid: int | np.ndarray, seed: int, curvature: str,
+             max_vectors: int | None, progress: bool) -> DensityResult:
+    """The density of one probe's Hessian (see `hessian_density`)."""
+    gen = generator(seed)
     matvec = operator(probe, curvature)
     n = probe.num_params
     steps = min(n_steps, n)

@@ -43,7 +43,7 @@ def hessian_eigenvalues(
     method: str = "lanczos",
     curvature: str = "hessian",
     params: ParamSelection = None,
-    by: str | None = None,
+    by: str | dict | None = None,
     max_basis: int | None = None,
     max_vectors: int | None = None,
     progress: bool = False,
@@ -84,8 +84,10 @@ def hessian_eigenvalues(
             which="largest" is accepted, and it stops on the same residual rule).
         curvature: "hessian" or "ggn" (the generalized Gauss-Newton matrix, PSD).
         params: restrict to a subset of the probed parameters (their Hessian block); None: all.
-        by: None, "layer" (one result per module: the diagonal block of its parameters) or
-            "parameter" (one per parameter tensor); returns a `LayerResults` then.
+        by: None, "layer" (one result per module: the diagonal block of its parameters),
+            "parameter" (one per parameter tensor) or a dict of block name -> parameter names
+            or glob patterns (`{"attention": "*.attn.*", "mlp": "*.mlp.*"}`: one per block);
+            returns a `LayerResults` then.
         max_basis: Lanczos basis size before a restart; None: min(n, max(50, 4k)), within
             `max_vectors`.
         max_vectors: memory budget, in parameter-sized vectors stored beyond the model, one

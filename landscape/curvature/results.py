@@ -147,7 +147,7 @@ class DensityResult:
         return to_jsonable(self)
 
 
-R = TypeVar("R", EigenResult, TraceResult)
+R = TypeVar("R", EigenResult, TraceResult, DensityResult)
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,14 @@ class LayerResults(Generic[R]):
         return {name: {"num_params": self.sizes.get(name), **r.to_dict()}
                 for name, r in self.results.items()}
 
+    def js_distances(self, sigma: float | None = None, grid: int = 2000) -> Any:
+        """Pairwise Jensen-Shannon distances between the groups' spectral densities (results
+        of `hessian_density(..., by=...)`), each re-broadened with one common width `sigma`
+        (stated in the returned `BlockDistances`); see `landscape.curvature.blocks`."""
+        from .blocks import js_distances
+
+        return js_distances(self.results, sigma, grid)
+
     def to_markdown(self) -> str:
         """A markdown table: one row per group (the caller prints it)."""
         rows = ["| group | params | value | error | HVPs | seconds |",
@@ -184,6 +192,8 @@ class LayerResults(Generic[R]):
         for name, r in self.results.items():
             if isinstance(r, TraceResult):
                 value, err = f"{r.estimate:.6g}", f"{r.stderr:.2g}"
+            elif isinstance(r, DensityResult):  # the density's mean eigenvalue
+                value, err = f"mean {r.mean:.6g}", f"{r.mean_stderr:.2g}"
             else:
                 value = ", ".join(f"{x:.6g}" for x in r.eigenvalues)
                 err = ", ".join(f"{x:.2g}" for x in r.residuals)

@@ -89,6 +89,8 @@ class MeasureContext:
     results: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None
     has_accuracy: bool = False
+    # the caller's options some measures need: "lr" (trace_ratio), "batch_sizes" (batch_spectrum)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
