@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian
+from helpers.models import exact_hessian
 from torch import nn
 
 from landscape import LandscapeError, Probe, hessian_density, hessian_eigenvalues, hessian_trace

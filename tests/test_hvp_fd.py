@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian
+from helpers.models import exact_hessian
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
