@@ -198,7 +198,8 @@ class Probe:
             model, self.params, self.param_names, self.param_info, self.loss_fn, batch_loss,
             n_samples_fn, data, comm, check_data=check_data, rebatch=rebatch)
         self._hvp = HvpEngine(self.batch_pass, hvp_method, self.graph_bytes)
-        self._products = Products(self.batch_pass, self._hvp, hvp_method, self.check_hvp)
+        #: Internal: which Hessian-vector product is used (`landscape.hvp_choice`).
+        self.products = Products(self.batch_pass, self._hvp, hvp_method, self.check_hvp)
 
     # ------------------------------------------------------------------ public: structure
 
@@ -227,14 +228,14 @@ class Probe:
     @property
     def hvp_method_used(self) -> str | None:
         """The HVP method picked by "auto" (None before the first HVP)."""
-        if self._products.use_fd:
+        if self.products.use_fd:
             return "finite_difference"
         return self._hvp.chosen if self.hvp_method == "auto" else self.hvp_method
 
     @property
     def hvp_check(self) -> HvpCheck | None:
         """The self-check of the first product under "auto" (None when it did not run)."""
-        return self._products.check
+        return self.products.check
 
     def flat_params(self) -> Tensor:
         """A detached copy of the probed parameters as one flat vector (the point w)."""
@@ -322,7 +323,7 @@ class Probe:
             loss_sum, n, error = 0.0, 0, None
             try:
                 for batch in self.batch_pass.data.batches():
-                    loss, n_b, grads = self._products.fd.gradients.batch(batch)
+                    loss, n_b, grads = self.products.fd.gradients.batch(batch)
                     add_all(views, grads, n_b)
                     loss_sum += float(loss.detach()) * n_b
                     n += n_b
@@ -341,7 +342,7 @@ class Probe:
         """
         v = self.batch_pass.check_vector(v, "v")
         with self.batch_pass.session(delta):
-            out = self._products.hvp(v, at_checkpoint=delta is None)
+            out = self.products.hvp(v, at_checkpoint=delta is None)
             self.batch_pass.counts["n_hvp"] += 1
             return out
 
@@ -355,8 +356,8 @@ class Probe:
         if v is not None:
             v = self.batch_pass.check_vector(v, "v")
         with self.batch_pass.session(delta):
-            self._products.settle(at_checkpoint=delta is None)
-        if self._products.use_fd:  # one gradient, then the product by finite differences
+            self.products.settle(at_checkpoint=delta is None)
+        if self.products.use_fd:  # one gradient, then the product by finite differences
             loss, g = self.loss_and_gradient(delta)
             return loss, g, self.hvp(g if v is None else v, delta)
         with self.batch_pass.session(delta), twice_differentiable():
@@ -401,15 +402,15 @@ class Probe:
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
         with self.batch_pass.session(delta):
-            self._products.settle(at_checkpoint=delta is None)
-        fd = self._products.use_fd
+            self.products.settle(at_checkpoint=delta is None)
+        fd = self.products.use_fd
         exact = contextlib.nullcontext() if fd else twice_differentiable()
         with self.batch_pass.session(delta), exact:
             total = torch.zeros_like(v)
             n, error = 0, None
             try:
                 if fd:
-                    n = self._products.fd.ggn_sum(self.batch_pass.split(v), total)
+                    n = self.products.fd.ggn_sum(self.batch_pass.split(v), total)
                 else:
                     n = ggn_product_sum(self.batch_pass, self.batch_pass.split(v), total)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
@@ -488,7 +489,7 @@ class Probe:
         # Gathered data is already this rank's share: no sharding, but the same process group.
         new = Probe(self.model, [] if data is None else data, distributed=False, **kwargs)
         new.batch_pass.comm = self.batch_pass.comm
-        new._products.inherit(self._products)
+        new.products.inherit(self.products)
         if data is not None and self.batch_pass.comm.active:
             new.batch_pass.data.given = None  # this rank's share of the samples, not all of them
         if data is None:  # share the data and the result of its checks

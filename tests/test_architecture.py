@@ -43,15 +43,23 @@ def private_imports(path: Path) -> list[str]:
 
 
 def private_attributes(path: Path) -> list[str]:
-    """`obj._name` in `path` where obj is another object than self/cls (a module, a probe):
-    reading another module's or object's private member. torch's own members are not ours."""
+    """`obj._name` in `path` where obj is another object than self/cls (a module, a probe) and
+    `_name` is not a member that this module's own classes define (a clone of one's own class
+    may be set up by its module): reading another module's private member. torch's own
+    members are not ours."""
+    tree = ast.parse(path.read_text())
+    own = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+           and ast.unparse(node.value) == "self"}
+    own |= {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
                 and not node.attr.startswith("__")):
             continue
         owner = ast.unparse(node.value)
         if owner in ("self", "cls") or owner.split(".")[0] in ("torch", "nn", "q", "np"):
+            continue
+        if node.attr in own:
             continue
         out.append(f"{path.relative_to(ROOT)}:{node.lineno} {owner}.{node.attr}")
     return out

@@ -10,11 +10,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
-from distributed_util import run_on_ranks
+from helpers.distributed import run_on_ranks
+from helpers.models import tiny_data, tiny_mlp
 
 from landscape import LandscapeError, Probe, hessian_eigenvalues, hessian_trace
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 def _single() -> dict:
     x, y = tiny_data(37)
