@@ -27,6 +27,8 @@ from landscape import LandscapeError, Probe, audit, compare  # noqa: E402
 from landscape import plot as lp  # noqa: E402
 from landscape.data import digits_mlp, digits_tensors  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 # a single-column PNG at 300 dpi is 3.25 in * 300 = 975 px wide
 SINGLE_PX, DOUBLE_PX = 975, 2025

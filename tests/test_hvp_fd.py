@@ -170,6 +170,7 @@ def _twin64(twin):
 # ---------------------------------------------------------------- "auto": fallback and check
 
 
+@pytest.mark.slow
 def test_once_differentiable_model_gets_its_exact_top_eigenvalue_with_the_defaults():
     model, twin = _pair()
     x, y = _data()
@@ -310,6 +311,7 @@ def _estimates(probe, name):
     raise AssertionError(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eigenvalues", "trace", "density", "ggn", "flatness"])
 def test_every_estimator_works_through_a_once_differentiable_function(name):
     model, twin = _pair(dtype=torch.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -115,6 +116,12 @@ class DensityResult:
             product (the memory); reorthogonalized: whether the Lanczos vectors were fully
             reorthogonalized (False: the three-term recurrence, chosen when the basis did not
             fit the budget).
+        trace: n * mean (n = num_params), Hutchinson's unbiased estimate of tr(H) with the
+            n_vectors start vectors as samples (each run's mean is v^T H v exactly).
+        trace_stderr: its standard error: n * (standard deviation of the runs' means) /
+            sqrt(n_vectors); with one vector, sqrt(2 n v^T H^2 v) from the run's second moment
+            (the Rademacher variance bound 2 tr(H^2), estimated). A few vectors give a large
+            error on trained networks: compare it with `hessian_trace` through both errors.
     """
 
     grid: np.ndarray
@@ -133,6 +140,8 @@ class DensityResult:
     num_params: int = 0
     stored_vectors: int = 0
     reorthogonalized: bool = True
+    trace: float = math.nan
+    trace_stderr: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

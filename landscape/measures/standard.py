@@ -54,7 +54,10 @@ def _density(ctx: MeasureContext, s: Settings) -> Measure:
     r = hessian_density(ctx.probe, progress=ctx.progress, **s)
     ctx.results["hessian_density"] = r
     mean = float((r.nodes * r.weights).sum() / max(r.weights.sum(), 1e-300))
-    return from_result("hessian_density", mean, None, r, s, keep=False)
+    # the mean's standard error (DensityResult.trace_stderr / n: over the runs, or with one run
+    # the Rademacher variance bound), so a report can set n * mean against the trace
+    return from_result("hessian_density", mean, r.trace_stderr / max(r.num_params, 1), r, s,
+                       keep=False)
 
 
 def _lanczos_cost(s: Settings) -> dict[str, int]:
