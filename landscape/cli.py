@@ -16,21 +16,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import LandscapeError
-
-# The option values the parser offers, kept here so that `landscape --help` imports neither torch
-# nor matplotlib (tests/test_cli.py checks they equal the library's own tuples).
-BUDGETS = ("quick", "standard", "thorough")
-AUDIT_MEASURES = (
-    "loss", "hessian_eigenvalues", "hessian_smallest_eigenvalue", "hessian_trace",
-    "hessian_density", "sharpness_worst_l2", "sharpness_adaptive_worst_l2",
-    "sharpness_average_l2", "first_order_flatness", "loss_line", "loss_surface",
-    "pac_bayes_flatness", "local_entropy", "quadratic_agreement", "hessian_frobenius",
-    "trace_ratio", "batch_spectrum",
+from .cli_checks import (
+    AUDIT_MEASURES,
+    BUDGETS,
+    DEMO_BUDGETS,
+    INTERPOLATION_BUFFERS,
+    TRACK_MEASURES,
+    check_args,
+    in_cli_terms,
+    int_at_least,
+    positive_float,
+    seed_value,
+    tidy_out,
+    words_for_warnings,
 )
-TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
-INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
-DEMO_BUDGETS = ("full", "smoke")
+from .errors import LandscapeError
 
 SUBCOMMANDS: dict[str, str] = {
     "audit": "measure one checkpoint by every standard measure and write a report",
@@ -61,7 +61,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
                         "DataLoader, a list of batches or an (inputs, targets) pair "
                         "(default: digits)")
     p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
-    p.add_argument("--seed", type=_seed, default=0,
+    p.add_argument("--seed", type=seed_value, default=0,
                    help="seed of every estimator, 0 or more (default: 0)")
     _add_progress_debug(p)
 
@@ -108,34 +108,6 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
-    return value
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`, refused in one line otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}; got {text}")
-        return value
-
-    return parse
-
-
-_seed = _int_at_least(0)
-
-
 def _audit_args(p: argparse.ArgumentParser) -> None:
     _add_model_data(p)
     p.add_argument("--checkpoint", required=True,
@@ -152,7 +124,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
                         "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
                         "and batch_spectrum)")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
                         "linearly stable at a minimum only if it is <= 1)")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
@@ -201,7 +173,7 @@ def _track_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
                    help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
                         "(default: top_eigenvalue)")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate (positive): draws the edge of stability 2/lr on the "
                         "eigenvalue plot")
     p.add_argument("--out", required=True,
@@ -215,7 +187,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="full: the four optimizers trained to convergence and compared with "
                         "the quick audit budget (default); smoke: a few epochs and a few "
                         "measures, to check an installation")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0 or more (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed, 0 or more (default: 0)")
     _add_scale(p)
     _add_column(p)
     _add_progress_debug(p)
@@ -231,19 +203,6 @@ def _bars(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-# Library messages name Python keywords; on the command line the same fix is an option.
-_CLI_TERMS = (("max_samples=", "--max-samples"), ("measures=", "--measures"),
-              ("budget=", "--budget"), ("buffers=", "--buffers"), ("another out= path",
-              "another --out folder"), ("out=", "--out"), ("seed=", "--seed"),
-              ("pass name= to audit", "the CLI names it after --checkpoint"))
-
-
-def _in_cli_terms(message: str) -> str:
-    for python, cli in _CLI_TERMS:
-        message = message.replace(python, cli)
-    return message
-
-
 def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     from .factories import build_data, build_model, check_model_fits
     from .probe import Probe
@@ -252,65 +211,6 @@ def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     data = build_data(args.data, model)
     check_model_fits(model, data, args.model, args.data)
     return Probe(model, data)
-
-
-def _check_out(out: str) -> None:
-    """Refuse an output folder that cannot be written, before any work: an existing file, or a
-    folder (or its nearest existing parent) without write permission."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise LandscapeError(f"--out {out!r} lies under the file {str(parent)!r}; give a folder "
-                             "path to write into.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
-        raise LandscapeError(f"--out {out!r} is not writable{where}; give a folder you can "
-                             "write to.")
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """The checks that need no model or data, made before any work: output folder, numeric
-    ranges, checkpoint paths and measure names."""
-    out = getattr(args, "out", None)
-    if out is not None:
-        _check_out(out)
-    span = getattr(args, "range", None)
-    if span is not None and not all(math.isfinite(v) for v in span):
-        raise LandscapeError("--range needs two finite numbers, e.g. --range -1 1.")
-    if span is not None and not span[0] < span[1]:
-        raise LandscapeError(f"--range {span[0]:g} {span[1]:g}: LO must be below HI, e.g. "
-                             "--range -1 1.")
-    names = getattr(args, "names", None)
-    if names is not None and len(names) != len(args.checkpoints):
-        raise LandscapeError(
-            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints; give "
-            "one name per checkpoint.")
-    paths = [args.checkpoint] if getattr(args, "checkpoint", None) else []
-    if args.command == "compare":
-        paths = list(args.checkpoints)
-    for path in paths:
-        if Path(path).is_dir():
-            raise LandscapeError(f"checkpoint {path!r} is a folder; give a checkpoint file "
-                                 "(.pt, .pth or .safetensors).")
-        if not Path(path).is_file():
-            raise LandscapeError(f"checkpoint file {path!r} does not exist.")
-    if args.command in ("audit", "compare") and args.measures is not None:
-        unknown = [m for m in args.measures if m not in AUDIT_MEASURES]
-        if unknown:
-            raise LandscapeError(f"unknown measures {unknown}; choose among "
-                                 f"{', '.join(AUDIT_MEASURES)}.")
-    if args.command == "track":
-        unknown = [m for m in args.measures if m not in TRACK_MEASURES]
-        if unknown:
-            raise LandscapeError(f"unknown measures {unknown}: measures must be among "
-                                 f"{', '.join(TRACK_MEASURES)}.")
-        missing = [c for c in args.checkpoints if not Path(c).exists()]
-        if missing:
-            raise LandscapeError(f"checkpoints {missing} do not exist.")
 
 
 def _to_device(model: Any, device: str) -> Any:
@@ -331,7 +231,7 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
-                   resume=partial)
+                   resume=partial, checkpoint=args.checkpoint)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
@@ -356,7 +256,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
                      buffers=args.buffers, progress=_bars(args), log=_log,
                      data_b=data_b, data_names=(args.data, str(args.data_b)),
-                     alignment_params=args.head)
+                     alignment_params=args.head, checkpoints=dict(zip(names, args.checkpoints)))
     written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -373,6 +273,7 @@ def _track(args: argparse.Namespace) -> int:
     data = build_data(args.data, probe_model)
     check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
+                   data_name=args.data,
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())
@@ -425,18 +326,18 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
     p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
     p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
-    p.add_argument("--points", type=_int_at_least(2), default=None,
+    p.add_argument("--points", type=int_at_least(2), default=None,
                    help="points per axis, 2 or more (default: 51 in 1d, 25 in 2d)")
     p.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
                    help="coordinate range of each axis, LO below HI (default: -1 1)")
     p.add_argument("--normalization", default="filter",
                    choices=("filter", "layer", "model", "none"),
                    help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--max-samples", type=_int_at_least(1), default=None,
+    p.add_argument("--max-samples", type=int_at_least(1), default=None,
                    help="evaluate each point on a subset of this many samples, 1 or more "
                         "(with stderr)")
     _add_scale(p)
-    p.add_argument("--zmax", type=_positive_float, default=None,
+    p.add_argument("--zmax", type=positive_float, default=None,
                    help="clip the 3D surface at this loss (positive, in loss units also with "
                         "--log); the clip is stated on the figure (default: no clip)")
     _add_column(p)
@@ -528,7 +429,6 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
     output goes to /dev/null and their --out files to a scratch folder. The group is destroyed at
     the end. `track` and `demo` are single-process commands.
     """
-    import os
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         yield
@@ -558,28 +458,6 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-@contextlib.contextmanager
-def _tidy_out(args: argparse.Namespace) -> Iterator[None]:
-    """Remove the --out folder (and the parents) this command created when it fails leaving
-    them empty: a failed run leaves no empty folders behind."""
-    out = getattr(args, "out", None)
-    created = []
-    if out is not None:
-        path = Path(out).absolute()
-        while not path.exists():
-            created.append(path)
-            path = path.parent
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        if not ok:
-            for path in created:  # deepest first
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -594,12 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the command line writes figures to files; the library never chooses
     try:
-        _check_args(args)
-        with _tidy_out(args), _torchrun(args), _words_for_warnings():
+        check_args(args)
+        with tidy_out(args), _torchrun(args), words_for_warnings():
             status = handler(args)
         return status
     except LandscapeError as exc:
-        message = " ".join(_in_cli_terms(str(exc)).split())
+        message = " ".join(in_cli_terms(str(exc)).split())
         print(f"landscape {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -612,28 +490,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-
-
-@contextlib.contextmanager
-def _words_for_warnings() -> Iterator[None]:
-    """Warnings caught and reported once each, in words, after the command: no raw
-    `RuntimeWarning: ...` lines with file names in the output."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            seen = []
-            for w in caught:
-                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
-                    continue
-                text = " ".join(str(w.message).split())
-                if text not in seen:
-                    seen.append(text)
-            for text in seen:
-                _log(f"note: {text}")
 
 
 if __name__ == "__main__":
