@@ -136,11 +136,13 @@ def track(
     files = checkpoint_files(checkpoints)
     settings = {"measures": list(measures), "rho": rho, "n_hvp": n_hvp, "tol": tol, "seed": seed}
     done: dict[str, dict[str, Any]] = {}
+    previous = None
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.is_file():
         saved = json.loads(out_path.read_text())
         if saved.get("settings") == settings:
             done = {row["checkpoint"]: row for row in saved.get("rows", [])}
+            previous = saved.get("provenance")
     say = log or (lambda _line: None)
     rows: list[dict[str, Any]] = []
     probe = None
@@ -177,10 +179,13 @@ def track(
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}),
                                            indent=2))
-    if probe is None:  # every row was resumed: the data and device of the first checkpoint
-        probe = Probe(load_checkpoint(model_fn(), files[0]).eval(), data, loss_fn)
-    info = provenance(probe, seed=seed, data=data_name,
-                      checkpoints={p.name: p for p in files})
+    if probe is None and previous is not None:  # every row resumed: as the file recorded it
+        info = previous
+    else:
+        if probe is None:
+            probe = Probe(load_checkpoint(model_fn(), files[0]).eval(), data, loss_fn)
+        info = provenance(probe, seed=seed, data=data_name,
+                          checkpoints={p.name: p for p in files})
     result = Track(rows, measures, seed, info)
     if out_path is not None:
         out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows,
