@@ -114,7 +114,9 @@ def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE
     """Save `fig` as vector PDF and a `dpi` PNG (or `formats`): `path` without its suffix.
 
     `save_figure(fig, "out/contour")` writes out/contour.pdf and out/contour.png. The figure keeps
-    its size (no tight bounding box), so a single-column figure stays exactly column wide.
+    its size (no tight bounding box), so a single-column figure stays exactly column wide. Each
+    file is written atomically: to a temporary file in the same folder, then renamed over the
+    target, so an interruption never leaves a broken image (an older one stays as it was).
 
     Returns:
         The paths written, in the order of `formats`.
@@ -126,8 +128,14 @@ def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE
     written = []
     for fmt in formats:
         target = stem.parent / f"{stem.name}.{fmt}"
-        with plt.rc_context(STYLE):
-            fig.savefig(target, dpi=dpi)
+        tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{fmt}"
+        try:
+            with plt.rc_context(STYLE):
+                fig.savefig(tmp, dpi=dpi, format=fmt)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         written.append(target)
     return written
 
