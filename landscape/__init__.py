@@ -31,6 +31,7 @@ from .pacbayes import PacBayesResult, pac_bayes_flatness
 from .permspec import PermutationSpec, apply_permutation
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
+from .spread import DataSpread, data_spread
 from .surface import (
     Line,
     Surface,
@@ -68,6 +69,9 @@ __all__ = [
     "SharpnessResult",
     "LayerSharpnessResult",
     "FlatnessResult",
+    # how much the data decides
+    "data_spread",
+    "DataSpread",
     # directions and surfaces
     "Direction",
     "random_direction",

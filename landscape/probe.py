@@ -516,11 +516,13 @@ class Probe:
         """
         v = self._check_vector(v, "v")
         with self._session(delta), twice_differentiable():
-            out, n, error = torch.zeros_like(v), 0, None
-            try:
+            out, n, error = None, 0, None
+            try:  # no placeholder output while the product runs: one vector less at the peak
                 out, n = self._hvp.product(v, at_checkpoint=delta is None)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
+            if out is None:
+                out = torch.zeros_like(v)
             (n,) = self._comm.reduce([n], [out], error)
             self._counts["n_hvp"] += 1
             return out.div_(n)
@@ -643,6 +645,21 @@ class Probe:
                         check_data=False)
             for s in range(0, total, m)
         ]
+
+    def partition(self, n_parts: int, seed: int = 0) -> list[Probe]:
+        """Probes over `n_parts` disjoint random parts of the samples that together hold all of
+        them: the global sample indices are shuffled by `torch.randperm(n_samples)` from a
+        generator seeded with `seed`, cut into `n_parts` consecutive pieces whose sizes differ
+        by at most one (the first `n_samples % n_parts` pieces one larger, as
+        `numpy.array_split`), and each piece sorted. Distributed: as `sample_groups`."""
+        batches, starts, total = self._sample_batches()
+        if not 1 <= n_parts <= total:
+            raise LandscapeError(
+                f"n_parts must be in [1, {total}] (the number of samples); got {n_parts}.")
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        return [self._clone(data=gather_samples(batches, starts, piece.sort().values),
+                            check_data=False)
+                for piece in torch.tensor_split(order, n_parts)]
 
     # ------------------------------------------------------------------ internals: passes
 

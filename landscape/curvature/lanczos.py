@@ -87,7 +87,7 @@ def hessian_eigenvalues(
             or 3 uses the three-term recurrence instead: 2 vectors and no restarts (its
             vectors lose orthogonality, which leaves the extreme eigenvalue and its residual
             reliable but may cost more products; see `recurrence_eig`). None: the full basis
-            (max_basis + 1 vectors) when it fits in 1 GiB, else 10 vectors. The vectors are
+            (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors. The vectors are
             allocated as the basis grows. `EigenResult.stored_vectors` reports what was stored.
         progress: show a progress bar over products.
 
