@@ -9,12 +9,19 @@ from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
 from .compare import Comparison, PairResult, compare
 from .curvature import (
+    AlignmentResult,
+    BatchRow,
+    BatchSpectrum,
     DensityResult,
     EigenResult,
+    FrobeniusResult,
     LayerResults,
     TraceResult,
+    batch_size_spectrum,
+    hessian_alignment,
     hessian_density,
     hessian_eigenvalues,
+    hessian_frobenius,
     hessian_trace,
 )
 from .directions import (
@@ -58,9 +65,16 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "hessian_density",
+    "hessian_frobenius",
+    "batch_size_spectrum",
+    "hessian_alignment",
     "EigenResult",
     "TraceResult",
     "DensityResult",
+    "FrobeniusResult",
+    "BatchSpectrum",
+    "BatchRow",
+    "AlignmentResult",
     "LayerResults",
     # sharpness and flatness
     "sharpness",

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_int, check_radii, is_positive
+from ._reduce import fnorm
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Cost, Probe
@@ -187,7 +188,7 @@ def quadratic_agreement(
                 )
     top_eigenvalue, trace, trace_se = float(top_eigenvalue), float(trace), float(trace_stderr or 0)
     loss, g = probe.loss_and_gradient()
-    gnorm = float(g.norm())
+    gnorm = fnorm(g)
     common = dict(steps=steps, restarts=restarts, n_samples=n_samples, seed=seed,
                   progress=progress)
     worst = sharpness(probe, radii, kind="worst", **common)

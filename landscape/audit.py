@@ -8,109 +8,46 @@ estimated, the settings and the cost), plus the raw results (density, line, surf
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._results import to_jsonable
 from .errors import LandscapeError
+from .measures import (
+    BUDGETS,
+    EFFORT,
+    REGISTRY,
+    Measure,
+    MeasureContext,
+    base_measures,
+    descriptions,
+    measure_names,
+    run_measure,
+)
 from .probe import Probe
+from .report import (
+    Report,
+    Row,
+    Section,
+    cost_text,
+    error_line,
+    save_figures,
+    uncertainty_text,
+    value_text,
+)
 
-BUDGETS = ("quick", "standard", "thorough")
+__all__ = ["BUDGETS", "DEFAULT_MEASURES", "DESCRIPTIONS", "MEASURES", "OPTIONAL_MEASURES",
+           "AuditReport", "Measure", "audit", "error_line"]
 
-# Effort per budget. "quick" audits the digits CNN in 22 s of CPU time (docs/benchmarks/timings.md).
-_EFFORT: dict[str, dict[str, Any]] = {
-    "quick": dict(eig_tol=1e-3, eig_max_iter=60, trace_hvp=30, density_vectors=1,
-                  density_steps=30, ascent_steps=10, average_draws=10, line_points=21,
-                  grid_points=9),
-    "standard": dict(eig_tol=1e-4, eig_max_iter=150, trace_hvp=99, density_vectors=3,
-                     density_steps=60, ascent_steps=20, average_draws=30, line_points=41,
-                     grid_points=21),
-    "thorough": dict(eig_tol=1e-6, eig_max_iter=400, trace_hvp=300, density_vectors=8,
-                     density_steps=90, ascent_steps=40, average_draws=100, line_points=81,
-                     grid_points=41),
-}
-
-# Standard radii. rho for plain l2 sharpness and flatness is in parameter units (SAM's 0.05);
-# adaptive rho is relative to |w| (ASAM's 0.5); average-case rho is a per-coordinate standard
-# deviation relative to |w| (10% multiplicative weight noise).
-RHO_WORST = 0.05
-RHO_ADAPTIVE = 0.5
-RHO_AVERAGE = 0.1
-RHO_FLATNESS = 0.05
-
-DESCRIPTIONS: dict[str, str] = {
-    "loss": "Mean loss over all probed samples at the checkpoint (exact).",
-    "accuracy": "Fraction of probed samples classified correctly at the checkpoint (exact).",
-    "gradient_norm": "Euclidean norm of the full-data gradient at the checkpoint (exact); "
-                     "near zero at a minimum.",
-    "hessian_eigenvalues": "Largest algebraic eigenvalues of the Hessian by Lanczos (value: the "
-                           "largest); large means a sharp direction.",
-    "hessian_smallest_eigenvalue": "Smallest algebraic Hessian eigenvalue; clearly negative "
-                                   "means the checkpoint is not a minimum.",
-    "hessian_trace": "Trace of the Hessian (sum of all curvatures) by Hutch++, with its "
-                     "standard error.",
-    "hessian_density": "Spectral density of the Hessian by stochastic Lanczos quadrature (value: "
-                       "the density's mean, an estimate of tr(H)/n).",
-    "sharpness_worst_l2": f"Largest loss increase found in an l2 ball of radius {RHO_WORST} "
-                          "around the weights (a lower bound of the maximum).",
-    "sharpness_adaptive_worst_l2": f"Largest loss increase found when each weight moves by at "
-                                   f"most a fraction {RHO_ADAPTIVE} of its size in l2 "
-                                   "(ASAM; invariant to rescaling layers).",
-    "sharpness_average_l2": f"Mean loss increase under Gaussian weight noise of relative size "
-                            f"{RHO_AVERAGE}, with its standard error.",
-    "first_order_flatness": f"GAM first-order flatness: {RHO_FLATNESS} times the largest "
-                            "gradient norm found in the l2 ball of that radius.",
-    "loss_line": "Largest loss increase along a filter-normalized random direction for "
-                 "|alpha| <= 1 (Li et al. 2018).",
-    "loss_surface": "Largest loss increase over a filter-normalized random plane for "
-                    "|alpha|, |beta| <= 1 (Li et al. 2018).",
-    "pac_bayes_flatness": "PAC-Bayes flatness: the largest std sigma of Gaussian weight noise that "
-                          "raises the training error (or loss) by at most 0.1 (Jiang et al. "
-                          "2020); larger is flatter.",
-    "local_entropy": "Local entropy Phi(w; gamma=100) relative to its Gaussian limit (Chaudhari "
-                     "et al. 2017), by Langevin sampling; higher is a wider basin.",
-    "quadratic_agreement": "Smallest sharpness radius at which measured sharpness departs from "
-                           "the quadratic prediction by more than 25% (NaN: never in the "
-                           "radii tried).",
-}
+# The names below are read at import time; measures registered later are found through
+# `landscape.measures.REGISTRY`, which `audit` reads at call time.
+DESCRIPTIONS: dict[str, str] = descriptions()
+MEASURES = ("loss", *measure_names())  # "loss" is always measured; naming it is allowed
 # Costly measures beyond the peers: only when asked for with `measures=`.
-OPTIONAL_MEASURES = ("pac_bayes_flatness", "local_entropy", "quadratic_agreement")
-MEASURES = tuple(k for k in DESCRIPTIONS if k not in ("accuracy", "gradient_norm"))
-DEFAULT_MEASURES = tuple(m for m in MEASURES if m not in OPTIONAL_MEASURES)
-
-
-@dataclass(frozen=True)
-class Measure:
-    """One audited quantity: headline `value`, its uncertainty, settings and cost.
-
-    `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
-    sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
-    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
-    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
-    maximum and carry neither. `error` is None when the measure ran; when it raised, it is
-    `{"type": exception class name, "message": its message}`, `value` is NaN and `cost` what was
-    spent before the failure.
-    """
-
-    name: str
-    value: float
-    stderr: float | None
-    description: str
-    settings: dict[str, Any]
-    cost: dict[str, Any]
-    details: dict[str, Any] = field(default_factory=dict)
-    error_bound: float | None = None
-    error: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+OPTIONAL_MEASURES = measure_names(optional=True)
+DEFAULT_MEASURES = measure_names(optional=False)
 
 
 @dataclass(frozen=True)
@@ -148,26 +85,25 @@ class AuditReport:
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
         }
 
+    def to_report(self, title: str | None = None) -> Report:
+        """The report's content: one table row per measure (value, uncertainty, meaning, cost)."""
+        rows = tuple(Row((f"`{m.name}`", value_text(m.value, m.error),
+                          uncertainty_text(m.stderr, m.error_bound), m.description,
+                          cost_text(m.cost))) for m in self.measures.values())
+        table = Section(columns=("measure", "value", "uncertainty", "what it means", "cost"),
+                        rows=rows)
+        return Report(title or self.title, self.summary(), (table,), self.to_dict())
+
     def to_json(self, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return self.to_report().to_json(indent)
 
     def to_markdown(self, title: str | None = None, figures: Sequence[str] = ()) -> str:
         """The report as Markdown: a title (default `self.title`), the summary line, one table
         row per measure (cells escaped so no text breaks the table) and the figures."""
-        lines = [f"# {_md_text(title or self.title)}", "", _md_text(self.summary()), "",
-                 "| measure | value | uncertainty | what it means | cost |",
-                 "|---|---|---|---|---|"]
-        for m in self.measures.values():
-            cells = (f"`{m.name}`", _value_cell(m), _uncertainty(m), m.description,
-                     _fmt_cost(m.cost))
-            lines.append(_md_row(cells))
-        lines.append("")
-        for fig in figures:
-            lines += [f"![{Path(fig).stem}]({fig})", ""]
-        return "\n".join(lines)
+        return self.to_report(title).to_markdown(figures)
 
     def to_html(self, title: str | None = None, figures: Sequence[Path] = ()) -> str:
-        return _html_page(title or self.title, self.summary(), self.measures.values(), figures)
+        return self.to_report(title).to_html(figures)
 
     def write(self, out: str | Path, title: str | None = None,
               column: str | float = "single") -> list[Path]:
@@ -176,12 +112,8 @@ class AuditReport:
         `landscape.plot.figure_size`)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = _audit_figures(self, out, column)
-        (out / "report.json").write_text(self.to_json())
-        pngs = [f for f in figures if f.suffix == ".png"]
-        (out / "report.md").write_text(self.to_markdown(title, [f.name for f in pngs]))
-        (out / "report.html").write_text(self.to_html(title, pngs))
-        return [out / "report.json", out / "report.md", out / "report.html", *figures]
+        figures = audit_figures(self.results, out, column)
+        return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
 def audit(
@@ -217,319 +149,36 @@ def audit(
     Raises:
         LandscapeError: unknown budget or measure names.
     """
-    from .curvature import hessian_density, hessian_eigenvalues, hessian_trace
-    from .directions import random_direction
-    from .flatness import first_order_flatness
-    from .sharpness import sharpness
-    from .surface import loss_line, loss_surface
-
     if budget not in BUDGETS:
         raise LandscapeError(f"budget must be one of {BUDGETS}; got {budget!r}.")
-    chosen = list(DEFAULT_MEASURES) if measures is None else list(measures)
-    unknown = [m for m in chosen if m not in MEASURES]
+    known = measure_names()
+    chosen = measure_names(optional=False) if measures is None else tuple(measures)
+    unknown = [m for m in chosen if m not in known and m != "loss"]
     if unknown:
-        raise LandscapeError(f"unknown measures {unknown}; choose among {list(MEASURES)}.")
-    effort = _EFFORT[budget]
-    report_name = name  # `name` is reused below for each measure's name
+        raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
-    out: dict[str, Measure] = {}
-    results: dict[str, Any] = {}
-
-    meter = probe.meter()
-    ev = probe.evaluate()
-    loss0, grad = probe.loss_and_gradient()
-    # One evaluation and one gradient give the loss, accuracy and gradient norm: the cost is
-    # stated once, on the loss, so summing the cost column counts it once.
-    shared = ["loss", "accuracy", "gradient_norm"] if ev.accuracy is not None \
-        else ["loss", "gradient_norm"]
-    base_cost = {**meter.cost().to_dict(), "shared_by": shared}
-    out["loss"] = Measure("loss", ev.loss, None, DESCRIPTIONS["loss"], {}, base_cost)
-    if ev.accuracy is not None:
-        out["accuracy"] = Measure("accuracy", ev.accuracy, None, DESCRIPTIONS["accuracy"], {},
-                                  {"shared_with": "loss"})
-    out["gradient_norm"] = Measure("gradient_norm", float(grad.norm()), None,
-                                   DESCRIPTIONS["gradient_norm"], {}, {"shared_with": "loss"})
-
-    def run(name: str, compute: Callable[[], Measure]) -> None:
-        if name not in chosen:
-            return
-        say(f"measuring {name} ...")
-        started = probe.meter()
-        try:
-            out[name] = compute()
-        except Exception as exc:  # noqa: BLE001 - one failed measure must not lose the report
-            failed = _failed(name, exc, started.cost().to_dict())
-            out[name] = failed
-            say(f"{name} failed: {error_line(failed.error)}")
-            warnings.warn(f"audit: {name} failed ({error_line(failed.error)}); the other "
-                          "measures are still reported.", RuntimeWarning, stacklevel=3)
-
-    def eigenvalues() -> Measure:
-        r = hessian_eigenvalues(probe, k=5, tol=effort["eig_tol"], max_iter=effort["eig_max_iter"],
-                                seed=seed, progress=progress)
-        results["hessian_eigenvalues"] = r
-        m = _measure("hessian_eigenvalues", float(r.eigenvalues[0]), None, r,
-                     {"k": 5, "which": "largest", "tol": effort["eig_tol"], "seed": seed})
-        return replace(m, error_bound=float(r.residuals[0]))
-
-    def smallest() -> Measure:
-        r = hessian_eigenvalues(probe, k=1, which="smallest", tol=effort["eig_tol"],
-                                max_iter=effort["eig_max_iter"], seed=seed,
-                                progress=progress)
-        m = _measure("hessian_smallest_eigenvalue", float(r.eigenvalues[0]), None, r,
-                     {"which": "smallest", "tol": effort["eig_tol"], "seed": seed})
-        return replace(m, error_bound=float(r.residuals[0]))
-
-    def trace() -> Measure:
-        r = hessian_trace(probe, n_hvp=effort["trace_hvp"], method="hutch++", seed=seed,
-                          progress=progress)
-        results["hessian_trace"] = r
-        return _measure("hessian_trace", float(r.estimate), float(r.stderr), r,
-                        {"method": "hutch++", "n_hvp": effort["trace_hvp"], "seed": seed})
-
-    def density() -> Measure:
-        r = hessian_density(probe, n_vectors=effort["density_vectors"],
-                            n_steps=effort["density_steps"], seed=seed, progress=progress)
-        results["hessian_density"] = r
-        mean = float((r.nodes * r.weights).sum() / max(r.weights.sum(), 1e-300))
-        return _measure("hessian_density", mean, None, r,
-                        {"n_vectors": effort["density_vectors"],
-                         "n_steps": effort["density_steps"], "seed": seed}, keep=False)
-
-    def worst() -> Measure:
-        r = sharpness(probe, RHO_WORST, norm="l2", kind="worst", steps=effort["ascent_steps"],
-                      seed=seed, progress=progress)
-        return _measure("sharpness_worst_l2", float(r.value), None, r,
-                        {"rho": RHO_WORST, "norm": "l2", "kind": "worst", "seed": seed,
-                         "steps": effort["ascent_steps"]})
-
-    def adaptive() -> Measure:
-        r = sharpness(probe, RHO_ADAPTIVE, norm="l2", kind="worst", adaptive=True,
-                      steps=effort["ascent_steps"], seed=seed, progress=progress)
-        return _measure("sharpness_adaptive_worst_l2", float(r.value), None, r,
-                        {"rho": RHO_ADAPTIVE, "norm": "l2", "kind": "worst", "adaptive": True,
-                         "seed": seed, "steps": effort["ascent_steps"]})
-
-    def average() -> Measure:
-        r = sharpness(probe, RHO_AVERAGE, norm="l2", kind="average", adaptive=True,
-                      n_samples=effort["average_draws"], seed=seed, progress=progress)
-        return _measure("sharpness_average_l2", float(r.value), float(r.stderr), r,
-                        {"rho": RHO_AVERAGE, "kind": "average", "adaptive": True,
-                         "n_samples": effort["average_draws"], "seed": seed})
-
-    def flatness() -> Measure:
-        r = first_order_flatness(probe, RHO_FLATNESS, steps=effort["ascent_steps"], seed=seed,
-                                 progress=progress)
-        return _measure("first_order_flatness", float(r.value), None, r,
-                        {"rho": RHO_FLATNESS, "steps": effort["ascent_steps"], "seed": seed})
-
-    def line() -> Measure:
-        import numpy as np
-
-        d = random_direction(probe, seed=seed)
-        alphas = np.linspace(-1, 1, effort["line_points"])
-        r = loss_line(probe, d, alphas, progress=progress)
-        results["loss_line"] = r
-        rise = float(np.nanmax(r.loss) - loss0)
-        return _measure("loss_line", rise, None, r,
-                        {"normalization": "filter", "ignore": "biasbn", "seed": seed,
-                         "points": len(alphas), "range": [-1, 1]}, keep=False)
-
-    def surface() -> Measure:
-        import numpy as np
-
-        dx = random_direction(probe, seed=seed)
-        dy = random_direction(probe, seed=seed + 1)
-        xs = np.linspace(-1, 1, effort["grid_points"])
-        r = loss_surface(probe, dx, dy, xs, xs, progress=progress)
-        results["loss_surface"] = r
-        rise = float(np.nanmax(r.loss) - loss0)
-        return _measure("loss_surface", rise, None, r,
-                        {"normalization": "filter", "ignore": "biasbn", "seeds": [seed, seed + 1],
-                         "grid": [len(xs), len(xs)], "range": [-1, 1]}, keep=False)
-
-    def pac_bayes() -> Measure:
-        from .pacbayes import pac_bayes_flatness
-
-        criterion = "error" if ev.accuracy is not None else "loss"
-        r = pac_bayes_flatness(probe, target=0.1, criterion=criterion,
-                               n_samples=effort["average_draws"], seed=seed)
-        return _measure("pac_bayes_flatness", float(r.value), r.stderr, r,
-                        {"target": 0.1, "criterion": criterion, "noise": "isotropic",
-                         "n_samples": effort["average_draws"], "seed": seed})
-
-    def entropy() -> Measure:
-        from .entropy import local_entropy
-
-        r = local_entropy(probe, [100.0], n_steps=10 * effort["ascent_steps"], seed=seed)
-        return _measure("local_entropy", float(r.value[0]), float(r.stderr[0]), r,
-                        {"gamma": 100.0, "temperature": r.temperature,
-                         "n_steps": 10 * effort["ascent_steps"], "seed": seed})
-
-    def agreement() -> Measure:
-        from .agreement import quadratic_agreement
-
-        known = {}
-        eig = results.get("hessian_eigenvalues")
-        if eig is not None:
-            known["top_eigenvalue"] = float(eig.eigenvalues[0])
-        tr = results.get("hessian_trace")
-        if tr is not None:
-            known["trace"], known["trace_stderr"] = float(tr.estimate), float(tr.stderr)
-        rhos = (0.01, 0.03, 0.1, 0.3)
-        r = quadratic_agreement(probe, rhos, steps=effort["ascent_steps"],
-                                n_samples=effort["average_draws"], seed=seed, **known)
-        value = float("nan") if r.value is None else float(r.value)
-        return _measure("quadratic_agreement", value, None, r,
-                        {"rhos": list(rhos), "band": list(r.band), "seed": seed})
-
-    for name, fn in [
-        ("hessian_eigenvalues", eigenvalues), ("hessian_smallest_eigenvalue", smallest),
-        ("hessian_trace", trace), ("hessian_density", density), ("sharpness_worst_l2", worst),
-        ("sharpness_adaptive_worst_l2", adaptive), ("sharpness_average_l2", average),
-        ("first_order_flatness", flatness), ("loss_line", line), ("loss_surface", surface),
-        ("pac_bayes_flatness", pac_bayes), ("local_entropy", entropy),
-        ("quadratic_agreement", agreement),
-    ]:
-        run(name, fn)
+    out, loss = base_measures(probe)
+    context = MeasureContext(probe, progress, loss=loss,
+                             has_accuracy="accuracy" in out)
+    for key in known:  # in the registry's order: later measures may reuse earlier results
+        if key in chosen:
+            spec = REGISTRY[key]
+            out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
-                       probe.n_samples, results, name=report_name, data_name=data_name)
+                       probe.n_samples, context.results, name=name, data_name=data_name)
 
 
-def _failed(name: str, exc: Exception, cost: dict[str, Any]) -> Measure:
-    """The entry of a measure that raised: NaN value, the error's type and message, its cost."""
-    error = {"type": type(exc).__name__, "message": str(exc)}
-    return Measure(name, float("nan"), None, DESCRIPTIONS[name], {}, cost, error=error)
-
-
-def error_line(error: dict[str, str]) -> str:
-    """`"Type: first line of the message"` of a failed measure's `error`."""
-    first = error["message"].strip().splitlines()
-    return f"{error['type']}: {first[0]}" if first else error["type"]
-
-
-def _measure(name: str, value: float, stderr: float | None, result: Any,
-             settings: dict[str, Any], keep: bool = True) -> Measure:
-    """A Measure from an estimator's result: its cost fields, and its whole dict if `keep`."""
-    data = result.to_dict() if hasattr(result, "to_dict") else {}
-    cost_keys = ("n_hvp", "n_forward", "n_backward", "n_gradient", "seconds", "cost")
-    cost = {k: data[k] for k in cost_keys if k in data}
-    if isinstance(cost.get("cost"), dict):
-        cost = {**cost.pop("cost"), **cost}
-    details = data if keep else {k: v for k, v in data.items()
-                                 if not isinstance(v, list) or len(v) <= 16}
-    return Measure(name, value, stderr, DESCRIPTIONS[name], settings, cost, details)
-
-
-def _audit_figures(report: AuditReport, out: Path, column: str | float = "single") -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def audit_figures(results: dict[str, Any], out: Path,
+                  column: str | float = "single") -> list[Path]:
+    """The audit's figures from its raw results: the 1D line, the 2D contour and the
+    log-scale spectral density, each where it was measured."""
     from . import plot
 
-    made: list[Path] = []
     drawers = {
-        "loss_line": lambda r: plot.plot_line(r, column=column),
-        "loss_surface": lambda r: plot.plot_contour(r, column=column),
-        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column),
+        "loss_line": lambda r: plot.plot_line(r, column=column).figure,
+        "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
+        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
     }
-    for name, draw in drawers.items():
-        r = report.results.get(name)
-        if r is None:
-            continue
-        fig = draw(r).figure
-        made += plot.save_figure(fig, out / name)
-        plt.close(fig)
-    return made
-
-
-def _html_page(title: str, subtitle: str, measures: Any, figures: Sequence[Path],
-               extra_tables: Sequence[str] = ()) -> str:
-    """A self-contained HTML page: plain-text `subtitle` (escaped, never Markdown), the
-    measures' table and the figures inlined as PNG."""
-    rows = "".join(
-        f"<tr><td><code>{html.escape(m.name)}</code></td><td>{html.escape(_value_cell(m))}</td>"
-        f"<td>{html.escape(_uncertainty(m))}</td><td>{html.escape(m.description)}</td>"
-        f"<td>{html.escape(_fmt_cost(m.cost))}</td></tr>"
-        for m in measures
-    )
-    imgs = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}" '
-        f'alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}</figcaption></figure>'
-        for f in figures
-    )
-    table = ("<table><tr><th>measure</th><th>value</th><th>uncertainty</th><th>what it means"
-             f"</th><th>cost</th></tr>{rows}</table>") if rows else ""
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "figure{display:inline-block;margin:8px}img{max-width:480px}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>{table}"
-        f"{''.join(extra_tables)}{imgs}</body></html>"
-    )
-
-
-def _value_cell(m: Measure) -> str:
-    """The value as shown in a report table; for a failed measure, `failed (Type: message)`."""
-    return f"failed ({error_line(m.error)})" if m.error is not None else _fmt(m.value)
-
-
-def _uncertainty(m: Measure) -> str:
-    if m.stderr is not None:
-        return f"± {_fmt(m.stderr)} (s.e.)"
-    if m.error_bound is not None:
-        return f"± {_fmt(m.error_bound)} (bound)"
-    return "-"
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.4g}"
-
-
-def _md_text(text: str) -> str:
-    """Plain text made safe for Markdown: characters that would start emphasis, code, links,
-    HTML or a table cell are backslash-escaped, and line breaks become spaces."""
-    out = " ".join(str(text).split("\n"))
-    for ch in ("\\", "`", "*", "_", "[", "]", "<", ">", "|", "#"):
-        out = out.replace(ch, "\\" + ch)
-    return out
-
-
-def _md_row(cells: Sequence[str]) -> str:
-    """One Markdown table row. Cells in backticks stay code (with `|` escaped, as GFM tables
-    require); any other cell is escaped with `_md_text`."""
-    out = []
-    for cell in cells:
-        if len(cell) > 1 and cell.startswith("`") and cell.endswith("`"):
-            out.append(cell.replace("|", "\\|"))
-        else:
-            out.append(_md_text(cell))
-    return "| " + " | ".join(out) + " |"
-
-
-def _fmt_cost(cost: dict[str, Any]) -> str:
-    """The cost in words: products, passes and seconds; a shared cost names who shares it."""
-    if cost.get("shared_with"):
-        return f"with {cost['shared_with']} (one evaluation)"
-    parts = []
-    for key, label in (("n_hvp", "HVP"), ("n_forward", "fwd"), ("n_gradient", "grad"),
-                       ("n_backward", "bwd")):
-        if cost.get(key):
-            parts.append(f"{cost[key]} {label}")
-    if cost.get("seconds") is not None:
-        parts.append(f"{cost['seconds']:.2f} s")
-    text = ", ".join(parts)
-    shared = cost.get("shared_by")
-    if shared and len(shared) > 1:
-        names = [n.replace("_", " ") for n in shared]
-        text = f"{', '.join(names[:-1])} and {names[-1]}: {text}"
-    return text
-
-
+    return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))
+                              for key, draw in drawers.items() if key in results])

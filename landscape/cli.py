@@ -263,9 +263,6 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .plot import plot_track, save_figure
@@ -328,9 +325,6 @@ def _plot(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -427,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         print(f"landscape {args.command}: not available yet in this version.", file=sys.stderr)
         return 2
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line writes figures to files; the library never chooses
     try:
         _check_args(args)
         with _torchrun(args):

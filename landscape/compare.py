@@ -9,7 +9,6 @@ returns a `Comparison` that writes comparison.json, comparison.md and the figure
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,14 +20,15 @@ import numpy as np
 from torch import nn
 
 from ._results import to_jsonable
-from .audit import DEFAULT_MEASURES as AUDIT_DEFAULTS
-from .audit import AuditReport, _fmt, _md_row, _md_text, audit, error_line
+from .audit import AuditReport, audit
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
+from .measures import measure_names
 from .probe import Probe
+from .report import Report, Row, Section, fmt, save_figures, value_with_uncertainty
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
-DEFAULT_MEASURES = tuple(m for m in AUDIT_DEFAULTS if m != "loss_surface")
+DEFAULT_MEASURES = tuple(m for m in measure_names(optional=False) if m != "loss_surface")
 
 
 @dataclass(frozen=True)
@@ -103,70 +103,49 @@ class Comparison:
             "pairs": [p.to_dict() for p in self.pairs],
         }
 
+    def to_report(self) -> Report:
+        """The comparison's content: the measures side by side, then every pair's barriers."""
+        names = self.names
+        summary = (f"Budget {self.budget}, seed {self.seed}, {self.seconds:.1f} s. x ± s is an "
+                   "estimate with one standard error; x (± b) a Lanczos eigenvalue with its "
+                   "residual bound; worst-case sharpness and flatness are lower bounds of a "
+                   "maximum; other values are exact for the data.")
+        rows = tuple(
+            Row((f"`{key}`", *("-" if row.get(n) is None else value_with_uncertainty(
+                row[n]["value"], row[n]["stderr"], row[n]["error_bound"], row[n]["error"])
+                for n in names)))
+            for key, row in self.table().items())
+        sections = [Section(columns=("measure", *names), rows=rows)]
+        if self.pairs:
+            sections.append(self._pairs_section())
+        return Report("Comparison of minima", summary, tuple(sections), self.to_dict())
+
+    def _pairs_section(self) -> Section:
+        rows = tuple(Row((
+            f"{p.a} -> {p.b}", fmt(p.barrier), f"{p.barrier_alpha:.2f}", fmt(p.error_barrier),
+            fmt(p.distance), f"{p.cosine:.3f}", fmt(p.aligned_barrier),
+            fmt(p.aligned_error_barrier), fmt(p.aligned_distance))) for p in self.pairs)
+        notes = sorted({p.alignment_note for p in self.pairs if p.alignment_note})
+        return Section(
+            "Linear interpolation between minima",
+            (f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]}.",),
+            ("pair", "loss barrier", "at alpha", "error barrier", "distance", "cosine",
+             "aligned loss barrier", "aligned error barrier", "aligned distance"),
+            rows, tuple(f"Alignment not possible: {n}" for n in notes))
+
     def to_json(self, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return self.to_report().to_json(indent)
 
     def to_markdown(self, figures: Sequence[str] = ()) -> str:
-        names = self.names
-        lines = ["# Comparison of minima", "",
-                 f"Budget `{self.budget}`, seed {self.seed}, "
-                 f"{self.seconds:.1f} s. `x ± s` is an estimate with one standard error; "
-                 "`x (± b)` a Lanczos eigenvalue with its residual bound; worst-case sharpness "
-                 "and flatness are lower bounds of a maximum; other values are exact for the "
-                 "data.", "",
-                 _md_row(["measure", *names]),
-                 "|---|" + "---|" * len(names)]
-        for key, row in self.table().items():
-            cells = []
-            for n in names:
-                entry = row.get(n)
-                if entry is None:
-                    cells.append("-")
-                elif entry["error"] is not None:
-                    cells.append(f"failed ({error_line(entry['error'])})")
-                elif entry["stderr"] is not None:
-                    cells.append(f"{_fmt(entry['value'])} ± {_fmt(entry['stderr'])}")
-                elif entry["error_bound"] is not None:
-                    cells.append(f"{_fmt(entry['value'])} (± {_fmt(entry['error_bound'])})")
-                else:
-                    cells.append(_fmt(entry["value"]))
-            lines.append(_md_row([f"`{key}`", *cells]))
-        if self.pairs:
-            lines += ["", "## Linear interpolation between minima", "",
-                      f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]}.", "",
-                      "| pair | loss barrier | at alpha | error barrier | distance | cosine | "
-                      "aligned loss barrier | aligned error barrier | aligned distance |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for p in self.pairs:
-                lines.append(_md_row([
-                    f"{p.a} -> {p.b}", _fmt(p.barrier), f"{p.barrier_alpha:.2f}",
-                    _fmt(p.error_barrier), _fmt(p.distance), f"{p.cosine:.3f}",
-                    _fmt(p.aligned_barrier), _fmt(p.aligned_error_barrier),
-                    _fmt(p.aligned_distance)]))
-            notes = {p.alignment_note for p in self.pairs if p.alignment_note}
-            lines += ["", *[_md_text(f"Alignment not possible: {n}") for n in sorted(notes)]]
-        lines.append("")
-        for fig in figures:
-            lines += [f"![{Path(fig).stem}]({fig})", ""]
-        return "\n".join(lines)
+        return self.to_report().to_markdown(figures)
 
     def write(self, out: str | Path, column: str | float = "single") -> list[Path]:
         """Write comparison.json, comparison.md, comparison.html and the figures (PDF and
         300 dpi PNG, sized by `column`: "single", "double" or inches) to `out`."""
-        from .audit import _html_page
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = _comparison_figures(self, out, column)
-        pngs = [f for f in figures if f.suffix == ".png"]
-        (out / "comparison.json").write_text(self.to_json())
-        (out / "comparison.md").write_text(self.to_markdown([f.name for f in pngs]))
-        flat = [replace(m, name=f"{name}: {m.name}")
-                for name, r in self.audits.items() for m in r.measures.values()]
-        (out / "comparison.html").write_text(
-            _html_page("Comparison of minima", ", ".join(self.names), flat, pngs))
-        return [out / "comparison.json", out / "comparison.md", out / "comparison.html",
-                *figures]
+        figures = comparison_figures(self, out, column)
+        return [*self.to_report().write(out, "comparison", figures), *figures]
 
 
 def compare(
@@ -289,16 +268,20 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
     return Probe(model, data, loss_fn, **probe_kwargs)
 
 
-def _comparison_figures(comparison: Comparison, out: Path,
-                        column: str | float = "single") -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def comparison_figures(comparison: Comparison, out: Path,
+                       column: str | float = "single") -> list[Path]:
+    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid."""
     from . import plot
 
-    made: list[Path] = []
+    def overlay(lines: dict[str, Any], xlabel: str, title: str) -> Any:
+        import matplotlib.pyplot as plt
+
+        ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
+                            column=column)
+        with plt.rc_context(plot.STYLE):
+            ax.figure.suptitle(title)
+        return ax.figure
+
     figures = (
         ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
          "1D loss of each minimum"),
@@ -306,13 +289,5 @@ def _comparison_figures(comparison: Comparison, out: Path,
          r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
          "linear interpolation between minima"),
     )
-    for stem, lines, xlabel, title in figures:
-        if not lines:
-            continue
-        ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
-                            column=column)
-        with plt.rc_context(plot.STYLE):
-            ax.figure.suptitle(title)
-        made += plot.save_figure(ax.figure, out / stem)
-        plt.close(ax.figure)
-    return made
+    return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
+                              for stem, lines, xlabel, title in figures if lines])

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._reduce import fdot, fnorm
 from ._results import to_jsonable
 from .checkpoint import read_state_dict
 from .errors import LandscapeError
@@ -66,7 +67,7 @@ class Direction:
     @property
     def norm(self) -> float:
         """Euclidean norm ||d||."""
-        return float(self.vector.double().norm())
+        return fnorm(self.vector)
 
     def cosine(self, other: Direction | Tensor) -> float:
         """cos(d, e) = <d, e> / (||d|| ||e||) (NaN when either is zero)."""
@@ -81,12 +82,13 @@ class Direction:
 
 def cosine(a: Direction | Tensor, b: Direction | Tensor) -> float:
     """Cosine similarity of two flat vectors or directions (NaN when either is zero)."""
-    va = (a.vector if isinstance(a, Direction) else a).detach().reshape(-1).double()
-    vb = (b.vector if isinstance(b, Direction) else b).detach().reshape(-1).double()
+    va = (a.vector if isinstance(a, Direction) else a).detach().reshape(-1)
+    vb = (b.vector if isinstance(b, Direction) else b).detach().reshape(-1)
     if va.numel() != vb.numel():
         raise LandscapeError(f"cannot compare vectors of {va.numel()} and {vb.numel()} entries.")
-    denom = float(va.norm() * vb.norm())
-    return float(va @ vb.to(va.device)) / denom if denom > 0 else float("nan")
+    vb = vb.to(va.device)
+    denom = fnorm(va) * fnorm(vb)
+    return fdot(va, vb) / denom if denom > 0 else float("nan")
 
 
 def random_direction(probe: Probe, *, normalization: str | None = "filter",
@@ -174,14 +176,14 @@ def normalize(probe: Probe, d: Tensor, *, normalization: str | None = "filter",
             scale = rows_w.norm(dim=1, keepdim=True) / (rows_d.norm(dim=1, keepdim=True) + _EPS)
             rows_d.mul_(scale)
         elif normalization == "layer":
-            di.mul_(wi.norm() / (di.norm() + _EPS))
+            di.mul_(fnorm(wi) / (fnorm(di) + _EPS))
     if normalization == "model":
         keep = torch.ones_like(w, dtype=torch.bool)
         if ignore == "biasbn":
             for info in probe.param_info:
                 if info.ndim <= 1:
                     keep[info.start:info.stop] = False
-        d.mul_(w[keep].norm() / (d.norm() + _EPS))
+        d.mul_(fnorm(w[keep]) / (fnorm(d) + _EPS))
     return d
 
 

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_int, check_positive, check_positive_values
 from ._random import normal_like
+from ._reduce import fdot
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Cost, Probe
@@ -290,11 +291,11 @@ def _run_chain(probe: Probe, gamma: float, T: float, w: Tensor, gen: torch.Gener
             accept_prob = 0.0
         else:
             grad_uy = grad_y + gamma * y
-            u_x = loss + 0.5 * gamma * float(x @ x)
-            u_y = loss_y + 0.5 * gamma * float(y @ y)
+            u_x = loss + 0.5 * gamma * fdot(x, x)
+            u_y = loss_y + 0.5 * gamma * fdot(y, y)
             fwd = y - x + (h / (2 * T)) * grad_u  # log q(y | x) = -||fwd||^2 / (2h)
             bwd = x - y + (h / (2 * T)) * grad_uy
-            log_a = -(u_y - u_x) / T - (float(bwd @ bwd) - float(fwd @ fwd)) / (2 * h)
+            log_a = -(u_y - u_x) / T - (fdot(bwd, bwd) - fdot(fwd, fwd)) / (2 * h)
             accept_prob = 1.0 if log_a >= 0 else math.exp(log_a)
         if torch.rand((), generator=gen).item() < accept_prob:
             x, loss, grad = y, loss_y, grad_y
@@ -304,7 +305,7 @@ def _run_chain(probe: Probe, gamma: float, T: float, w: Tensor, gen: torch.Gener
             if sampler == "mala":
                 log_c += 2.0 * (accept_prob - TARGET_ACCEPT) / math.sqrt(step + 1)
             continue
-        virial.append(float(x @ grad))
+        virial.append(fdot(x, grad))
         energy.append(loss)
         sum_x += x
     k, k_se = _batch_means(np.array(virial) / (2 * T), n_batches)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ._checks import check_int, check_radii
 from ._model_prep import require_precision
+from ._reduce import fnorm
 from .errors import LandscapeError
 from .probe import Probe
 from .sharpness import (
@@ -131,13 +132,13 @@ def _flatness_one(probe: Probe, rho: float, c: Tensor, steps: int, restarts: int
     meter = probe.meter()
     gen = torch.Generator().manual_seed(seed)
     loss, g = probe.loss_and_gradient()
-    grad_norm = float(g.norm())
+    grad_norm = fnorm(g)
 
     def objective(delta: Tensor, need_grad: bool) -> tuple[float, Tensor | None]:
         if not need_grad:
-            return float(probe.gradient(delta).norm()), None
+            return fnorm(probe.gradient(delta)), None
         _, g_d, hg = probe.gradient_and_hvp(None, delta)
-        norm = float(g_d.norm())
+        norm = fnorm(g_d)
         return norm, (hg / norm if norm > 0 else torch.zeros_like(hg))
 
     best, u = ascent(objective, c, rho, "l2", steps=steps, restarts=restarts, gen=gen,

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ._checks import check_int, check_radii
 from ._model_prep import require_precision
 from ._random import normal_like
+from ._reduce import fnorm
 from ._results import to_jsonable
 from .errors import LandscapeError
 from .probe import Cost, Probe
@@ -464,13 +465,13 @@ def ascent(
     def project(u: Tensor) -> Tensor:
         if norm == "linf":
             return u.clamp(-rho, rho)
-        n = float(u.norm())
+        n = fnorm(u)
         return u * (rho / n) if n > rho else u
 
     def direction(grad_u: Tensor) -> Tensor:
         if norm == "linf":
             return grad_u.sign()
-        n = float(grad_u.norm())
+        n = fnorm(grad_u)
         return grad_u / n if n > 0 else grad_u
 
     for restart in range(restarts):
@@ -480,7 +481,7 @@ def ascent(
             u = u * active * (radius * rho)
         else:
             z = normal_like(c, gen) * active
-            u = z * (radius * rho / max(float(z.norm()), 1e-300))
+            u = z * (radius * rho / max(fnorm(z), 1e-300))
         u_prev = u
         step = initial_step * rho
         run_best_v, run_best_u = -math.inf, u

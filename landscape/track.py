@@ -19,12 +19,22 @@ from typing import Any
 
 from torch import nn
 
+from ._reduce import fnorm
 from ._results import to_jsonable
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
+from .measures import REGISTRY, MeasureContext
 from .probe import Probe
 
 TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
+# Each estimated column of a track is a registry measure with the track's settings.
+_FROM_REGISTRY: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "top_eigenvalue": ("hessian_eigenvalues",
+                       lambda t: {"k": 1, "tol": t["tol"], "seed": t["seed"]}),
+    "trace": ("hessian_trace",
+              lambda t: {"n_hvp": t["n_hvp"], "method": "hutch++", "seed": t["seed"]}),
+    "sharpness": ("sharpness_worst_l2", lambda t: {"rho": t["rho"], "seed": t["seed"]}),
+}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
@@ -113,9 +123,6 @@ def track(
     Returns:
         A `Track` with one row per checkpoint, in order.
     """
-    from .curvature import hessian_eigenvalues, hessian_trace
-    from .sharpness import sharpness
-
     measures = tuple(measures)
     unknown = [m for m in measures if m not in TRACK_MEASURES]
     if unknown or not measures:
@@ -149,15 +156,14 @@ def track(
             if "loss" in measures:
                 row["loss"] = loss
             if "gradient_norm" in measures:
-                row["gradient_norm"] = float(grad.norm())
-        if "top_eigenvalue" in measures:
-            r = hessian_eigenvalues(probe, k=1, tol=tol, seed=seed)
-            row["top_eigenvalue"] = float(r.eigenvalues[0])
-        if "trace" in measures:
-            r = hessian_trace(probe, n_hvp=n_hvp, method="hutch++", seed=seed)
-            row["trace"], row["trace_stderr"] = float(r.estimate), float(r.stderr)
-        if "sharpness" in measures:
-            row["sharpness"] = float(sharpness(probe, rho, seed=seed).value)
+                row["gradient_norm"] = fnorm(grad)
+        context = MeasureContext(probe)
+        for column, (spec_name, track_settings) in _FROM_REGISTRY.items():
+            if column in measures:
+                m = REGISTRY[spec_name].run(context, track_settings(settings))
+                row[column] = m.value
+                if m.stderr is not None:
+                    row[f"{column}_stderr"] = m.stderr
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         if out_path is not None:  # save as we go: an interrupted run resumes from here

@@ -9,8 +9,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from landscape import Probe, audit, compare
-from landscape.audit import _md_row, _md_text
 from landscape.data import digits_mlp, digits_tensors
+from landscape.report import md_row as _md_row
+from landscape.report import md_text as _md_text
 
 MEASURES = ["loss_line", "hessian_trace"]
 

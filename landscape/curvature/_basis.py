@@ -8,8 +8,13 @@ vectors plus small matrices (k x k, or capacity x `_COLUMN_BLOCK` during a resta
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from .._random import rademacher
+from .._reduce import accumulation_dtype, norm, rows_dot
 
 _BLOCK_ROWS = 8  # rows allocated at a time
 _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
@@ -70,17 +75,18 @@ class Basis:
             start += used
 
     def dots(self, w: Tensor, size: int) -> Tensor:
-        """rows[:size] @ w, shape (size,)."""
-        parts = [block @ w for block, _, _ in self._spans(size)]
-        return torch.cat(parts) if parts else w.new_zeros(0)
+        """rows[:size] @ w, shape (size,), accumulated in float64 (`landscape._reduce`)."""
+        parts = [rows_dot(block, w) for block, _, _ in self._spans(size)]
+        return torch.cat(parts) if parts else w.new_zeros(0, dtype=accumulation_dtype(w.device))
 
     def subtract(self, w: Tensor, coeffs: Tensor, size: int) -> None:
-        """w -= coeffs @ rows[:size], in place."""
+        """w -= coeffs @ rows[:size], in place (coeffs of any float dtype)."""
         for block, start, used in self._spans(size):
-            w.addmv_(block.T, coeffs[start : start + used], alpha=-1)
+            w.addmv_(block.T, coeffs[start : start + used].to(w.dtype), alpha=-1)
 
     def orthogonalize(self, w: Tensor, size: int) -> Tensor:
-        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients."""
+        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients
+        (float64: the inner products are accumulated in float64)."""
         h = self.dots(w, size)
         self.subtract(w, h, size)
         h2 = self.dots(w, size)
@@ -104,3 +110,22 @@ class Basis:
             new = coeffs.T @ old
             for block, start, used in self._spans(p):
                 block[:, c0:c1].copy_(new[start : start + used])
+
+
+def range_basis(matvec: Callable[[Tensor], Tensor], n: int, s: int, gen: torch.Generator,
+                device: torch.device, dtype: torch.dtype) -> tuple[Basis, int]:
+    """An orthonormal basis Q of the range of H S, S = s Rademacher vectors (Hutch++'s sketch),
+    built by Gram-Schmidt twice as the products arrive (s products, s stored vectors; H S
+    directions that are numerically dependent are skipped). Returns (Q, its rank)."""
+    Q = Basis(n, s, device, dtype)
+    rank = 0
+    for _ in range(s):
+        y = matvec(rademacher((n,), gen, device, dtype))
+        norm0 = norm(y)
+        Q.orthogonalize(y, rank)
+        remainder = norm(y)
+        if remainder > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient
+            Q.set(rank, y.div_(remainder))
+            rank += 1
+        del y
+    return Q, rank

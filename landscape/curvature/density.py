@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_positive, check_probe
 from .._random import generator, rademacher
+from .._reduce import accumulation_dtype, normalize_
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
@@ -152,11 +153,12 @@ def _lanczos_quadrature(matvec, v0: Tensor, steps: int) -> tuple[np.ndarray, np.
     reorthogonalization (steps + 1 stored vectors)."""
     n = v0.numel()
     basis = Basis(n, steps + 1, v0.device, v0.dtype)
-    T = torch.zeros(steps + 1, steps + 1, device=v0.device, dtype=v0.dtype)
-    basis.set(0, v0 / torch.linalg.vector_norm(v0))
+    T = torch.zeros(steps + 1, steps + 1, device=v0.device,
+                    dtype=accumulation_dtype(v0.device))
+    basis.set(0, normalize_(v0))
     eps = torch.finfo(v0.dtype).eps
     size = steps
-    betas = torch.zeros(steps, device=v0.device, dtype=v0.dtype)
+    betas = torch.zeros(steps, device=v0.device, dtype=T.dtype)
     for j in range(steps):
         w, beta = lanczos_step(matvec, basis, T, j)
         betas[j] = beta

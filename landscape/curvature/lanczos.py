@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator
+from .._reduce import accumulation_dtype, dot, fdot, fnorm, norm, normalize_
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
@@ -215,7 +216,7 @@ def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tenso
     """
     w = matvec(basis.row(j))
     h = basis.orthogonalize(w, j + 1)
-    beta = torch.linalg.vector_norm(w)
+    beta = norm(w)
     T[: j + 1, j] = h
     T[j, : j + 1] = h
     T[j + 1, j] = beta
@@ -227,7 +228,7 @@ def _random_orthogonal(basis: Basis, size: int, gen: torch.Generator) -> Tensor:
     """A unit vector orthogonal to rows[:size] (to continue after an invariant subspace)."""
     r = torch.randn(basis.n, generator=gen, dtype=basis.dtype).to(basis.device)
     basis.orthogonalize(r, size)
-    return r / torch.linalg.vector_norm(r)
+    return normalize_(r)
 
 
 def _wanted(theta: np.ndarray, count: int, which: str) -> np.ndarray:
@@ -262,8 +263,8 @@ def lanczos_eigs(
     eps = torch.finfo(v0.dtype).eps
     device, dtype = v0.device, v0.dtype
     basis = Basis(n, m + 1, device, dtype)
-    T = torch.zeros(m + 1, m + 1, device=device, dtype=dtype)
-    basis.set(0, v0.div_(torch.linalg.vector_norm(v0)))
+    T = torch.zeros(m + 1, m + 1, device=device, dtype=accumulation_dtype(device))
+    basis.set(0, normalize_(v0))
     del v0
     j, n_mv = 0, 0
     while True:
@@ -299,8 +300,8 @@ def lanczos_eigs(
         basis.transform_in_place(torch.as_tensor(S[:, keep], device=device, dtype=dtype))
         basis.set(p, basis.row(m))
         T.zero_()
-        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=device, dtype=dtype))
-        coupling = torch.as_tensor(b * S[-1, keep], device=device, dtype=dtype)
+        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=device, dtype=T.dtype))
+        coupling = torch.as_tensor(b * S[-1, keep], device=device, dtype=T.dtype)
         T[p, :p] = coupling
         T[:p, p] = coupling
         j = p
@@ -314,19 +315,19 @@ def three_term_steps(matvec: MatVec, v0: Tensor) -> Iterator[tuple[float, float]
     orthogonalized once more against the current vector, for stability; nothing else is
     reorthogonalized. The caller stops iterating (at the latest when beta_j is ~0).
     """
-    v = v0.div_(torch.linalg.vector_norm(v0))
+    v = normalize_(v0)
     del v0
     v_prev: Tensor | None = None
     beta_prev = 0.0
     while True:
         w = matvec(v)
-        alpha = float(v @ w)
+        alpha = fdot(v, w)
         w.sub_(v, alpha=alpha)
         if v_prev is not None:
             w.sub_(v_prev, alpha=beta_prev)
-        correction = float(v @ w)
+        correction = fdot(v, w)
         w.sub_(v, alpha=correction)
-        beta = float(torch.linalg.vector_norm(w))
+        beta = fnorm(w)
         yield alpha + correction, beta
         v_prev, v, beta_prev = v, w.div_(beta), beta
         del w
@@ -385,15 +386,14 @@ def power_eigs(
         done = False
         while n_mv < max_iter:
             for u in found:
-                v = v - (u @ v) * u
-            v = v / torch.linalg.vector_norm(v)
+                v = v - dot(u, v).to(v.dtype) * u
+            v = v / norm(v).to(v.dtype)
             w = matvec(v)
             n_mv += 1
             for u in found:
-                w = w - (u @ w) * u
-            theta_t = v @ w
-            r_t = torch.linalg.vector_norm(w - theta_t * v)
-            theta, r = float(theta_t), float(r_t)
+                w = w - dot(u, w).to(w.dtype) * u
+            theta = fdot(v, w)
+            r = fnorm(w - theta * v)
             if r <= max(tol * abs(theta), 100 * torch.finfo(v.dtype).eps * abs(theta)):
                 done = True
                 break

@@ -10,9 +10,10 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, rademacher
+from .._reduce import dot, fdot, gram
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
-from ._basis import Basis, default_budget
+from ._basis import Basis, default_budget, range_basis
 from ._common import MatVec, operator, per_group, select
 from .results import LayerResults, TraceResult
 
@@ -159,7 +160,7 @@ def _sample_terms(
         if project is not None:
             basis, rank = project
             basis.subtract(z, basis.dots(z, rank), rank)
-        terms[i] = (z @ matvec(z)).double()
+        terms[i] = dot(z, matvec(z))
         count = i + 1
         if rtol is not None and count >= _MIN_SAMPLES and count < m:
             head = terms[:count]
@@ -182,20 +183,9 @@ def _hutchpp(matvec, probe, gen, m, rtol, max_vectors) -> tuple[float, float, bo
     """Hutch++ with the sketch orthonormalized as it is built (Gram-Schmidt twice into a
     `Basis`), so it stores s + 1 vectors: the s sketch directions and one test vector.
     Returns (estimate, stderr, stopped early, s)."""
-    n = probe.num_params
     s = min(m // 3, max_vectors - 1)
-    Q = Basis(n, s, probe.device, probe.dtype)
-    rank = 0
-    for _ in range(s):
-        y = matvec(rademacher((n,), gen, probe.device, probe.dtype))
-        norm0 = torch.linalg.vector_norm(y)
-        Q.orthogonalize(y, rank)
-        norm = torch.linalg.vector_norm(y)
-        if norm > 1e3 * torch.finfo(y.dtype).eps * norm0:  # else H S is rank deficient: skip
-            Q.set(rank, y.div_(norm))
-            rank += 1
-        del y
-    low_rank = sum(float((Q.row(i) @ matvec(Q.row(i))).double()) for i in range(rank))
+    Q, rank = range_basis(matvec, probe.num_params, s, gen, probe.device, probe.dtype)
+    low_rank = sum(fdot(Q.row(i), matvec(Q.row(i))) for i in range(rank))
     # the products the sketch did not need go to the Hutchinson part
     terms, early = _sample_terms(matvec, probe, gen, m - s - rank, rtol, low_rank, (Q, rank))
     return low_rank + float(terms.mean()), _stderr(terms), early, s
@@ -214,12 +204,12 @@ def _xtrace(matvec, probe, gen, m) -> tuple[float, float]:
     Y = torch.stack([matvec(omega[:, i]) for i in range(s)], dim=1)
     Q, R = torch.linalg.qr(Y)
     HQ = torch.stack([matvec(Q[:, i]) for i in range(s)], dim=1)
-    # the small matrices, in float64 on the host
-    M = (Q.T @ HQ).double().cpu()
+    # the small matrices, inner products over n accumulated in float64, then on the host
+    M = gram(Q, HQ).cpu()
     M = 0.5 * (M + M.T)
-    W = (Q.T @ omega).double().cpu()          # Q^T omega
-    Z = (HQ.T @ omega).double().cpu()         # (H Q)^T omega
-    diag_oy = (omega * Y).sum(0).double().cpu()  # omega_i^T H omega_i
+    W = gram(Q, omega).cpu()                  # Q^T omega
+    Z = gram(HQ, omega).cpu()                 # (H Q)^T omega
+    diag_oy = torch.stack([dot(omega[:, i], Y[:, i]) for i in range(s)]).cpu()  # w_i^T H w_i
     R = R.double().cpu()
     Rinv_t = torch.linalg.inv(R.T)
     S = Rinv_t / torch.linalg.vector_norm(Rinv_t, dim=0)

@@ -1,0 +1,182 @@
+"""The registry: what each named measure computes, with which settings, at what cost.
+
+Every workflow that measures a checkpoint by name (`audit`, `compare`, `track`, a training
+monitor) looks the name up here. A `MeasureSpec` holds:
+
+- `description`: what the number means, one sentence for a report's table;
+- `settings(effort, seed)`: the estimator's keyword settings for a budget's effort;
+- `run(context, settings)`: runs the estimator and returns a `Measure` (value, uncertainty,
+  settings, cost, details);
+- `cost(settings)`: an estimate of the work before it is done, in Hessian-vector products
+  (`n_hvp`), gradients (`n_gradient`) and forward passes over the data (`n_forward`);
+- `optional`: costly measures run only when asked for by name.
+
+A new measure is one `register(MeasureSpec(...))` call (in a module of this package, imported
+by its `__init__`); `audit` and `compare` pick it up. Estimators are imported when a measure
+runs, so no estimator is imported at load time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._reduce import fnorm
+from .._results import to_jsonable
+from ..probe import Probe
+from ..report import error_line
+
+BUDGETS = ("quick", "standard", "thorough")
+
+# Effort per budget. "quick" audits the digits CNN in 22 s of CPU time (docs/benchmarks/timings.md).
+EFFORT: dict[str, dict[str, Any]] = {
+    "quick": dict(eig_tol=1e-3, eig_max_iter=60, trace_hvp=30, density_vectors=1,
+                  density_steps=30, ascent_steps=10, average_draws=10, line_points=21,
+                  grid_points=9),
+    "standard": dict(eig_tol=1e-4, eig_max_iter=150, trace_hvp=99, density_vectors=3,
+                     density_steps=60, ascent_steps=20, average_draws=30, line_points=41,
+                     grid_points=21),
+    "thorough": dict(eig_tol=1e-6, eig_max_iter=400, trace_hvp=300, density_vectors=8,
+                     density_steps=90, ascent_steps=40, average_draws=100, line_points=81,
+                     grid_points=41),
+}
+
+# The measures every report states, from one evaluation and one gradient.
+BASE_DESCRIPTIONS: dict[str, str] = {
+    "loss": "Mean loss over all probed samples at the checkpoint (exact).",
+    "accuracy": "Fraction of probed samples classified correctly at the checkpoint (exact).",
+    "gradient_norm": "Euclidean norm of the full-data gradient at the checkpoint (exact); "
+                     "near zero at a minimum.",
+}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measured quantity: headline `value`, its uncertainty, settings and cost.
+
+    `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
+    sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
+    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
+    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
+    maximum and carry neither. `error` is None when the measure ran; when it raised, it is
+    `{"type": exception class name, "message": its message}`, `value` is NaN and `cost` what was
+    spent before the failure.
+    """
+
+    name: str
+    value: float
+    stderr: float | None
+    description: str
+    settings: dict[str, Any]
+    cost: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+    error_bound: float | None = None
+    error: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@dataclass
+class MeasureContext:
+    """What a measure runs on: the probe, progress bars, and the raw results of the measures
+    run before it (by name: figures draw them, later measures reuse them)."""
+
+    probe: Probe
+    progress: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+    loss: float | None = None
+    has_accuracy: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """A named measure: description, settings for an effort, how to run it, its cost."""
+
+    name: str
+    description: str
+    settings: Callable[[dict[str, Any], int], dict[str, Any]]
+    run: Callable[[MeasureContext, dict[str, Any]], Measure]
+    cost: Callable[[dict[str, Any]], dict[str, int]]
+    optional: bool = False
+
+
+REGISTRY: dict[str, MeasureSpec] = {}
+
+
+def register(spec: MeasureSpec) -> MeasureSpec:
+    """Add `spec` to the registry (a name registered twice is replaced); returns it."""
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def measure_names(*, optional: bool | None = None) -> tuple[str, ...]:
+    """Registered names in run order; `optional=False` only the defaults, True only the costly."""
+    return tuple(n for n, s in REGISTRY.items() if optional is None or s.optional == optional)
+
+
+def descriptions() -> dict[str, str]:
+    """Every measure's description, the base measures (loss, accuracy, gradient norm) first."""
+    return {**BASE_DESCRIPTIONS, **{n: s.description for n, s in REGISTRY.items()}}
+
+
+def estimated_cost(names: list[str] | tuple[str, ...], budget: str, seed: int = 0
+                   ) -> dict[str, dict[str, int]]:
+    """The cost estimate of each named measure at `budget`, before anything runs."""
+    return {n: REGISTRY[n].cost(REGISTRY[n].settings(EFFORT[budget], seed)) for n in names}
+
+
+def base_measures(probe: Probe) -> tuple[dict[str, Measure], float]:
+    """Loss, accuracy (when the task has one) and gradient norm from one evaluation and one
+    gradient; the cost is stated once, on the loss, so summing the cost column counts it once.
+    Returns the measures and the loss."""
+    meter = probe.meter()
+    ev = probe.evaluate()
+    _, grad = probe.loss_and_gradient()
+    shared = ["loss", "accuracy", "gradient_norm"] if ev.accuracy is not None \
+        else ["loss", "gradient_norm"]
+    cost = {**meter.cost().to_dict(), "shared_by": shared}
+    out = {"loss": Measure("loss", ev.loss, None, BASE_DESCRIPTIONS["loss"], {}, cost)}
+    if ev.accuracy is not None:
+        out["accuracy"] = Measure("accuracy", ev.accuracy, None, BASE_DESCRIPTIONS["accuracy"],
+                                  {}, {"shared_with": "loss"})
+    out["gradient_norm"] = Measure("gradient_norm", fnorm(grad), None,
+                                   BASE_DESCRIPTIONS["gradient_norm"], {},
+                                   {"shared_with": "loss"})
+    return out, ev.loss
+
+
+def run_measure(spec: MeasureSpec, context: MeasureContext, settings: dict[str, Any],
+                say: Callable[[str], None], caller: str = "audit") -> Measure:
+    """Run one measure; when it raises, a `Measure` with NaN value, the error and the cost
+    spent, a RuntimeWarning, and the other measures go on."""
+    say(f"measuring {spec.name} ...")
+    started = context.probe.meter()
+    try:
+        return spec.run(context, settings)
+    except Exception as exc:  # noqa: BLE001 - one failed measure must not lose the report
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        say(f"{spec.name} failed: {error_line(error)}")
+        warnings.warn(f"{caller}: {spec.name} failed ({error_line(error)}); the other "
+                      "measures are still reported.", RuntimeWarning, stacklevel=3)
+        return Measure(spec.name, float("nan"), None, spec.description, {},
+                       started.cost().to_dict(), error=error)
+
+
+def from_result(name: str, value: float, stderr: float | None, result: Any,
+                settings: dict[str, Any], keep: bool = True,
+                error_bound: float | None = None) -> Measure:
+    """A Measure from an estimator's result: its cost fields, and its whole dict if `keep`
+    (else only its short fields: no long arrays)."""
+    data = result.to_dict() if hasattr(result, "to_dict") else {}
+    cost_keys = ("n_hvp", "n_forward", "n_backward", "n_gradient", "seconds", "cost")
+    cost = {k: data[k] for k in cost_keys if k in data}
+    if isinstance(cost.get("cost"), dict):
+        cost = {**cost.pop("cost"), **cost}
+    details = data if keep else {k: v for k, v in data.items()
+                                 if not isinstance(v, list) or len(v) <= 16}
+    return Measure(name, value, stderr, REGISTRY[name].description, settings, cost, details,
+                   error_bound=error_bound)
+

@@ -1,0 +1,87 @@
+"""Reductions over parameter-sized vectors agree with float64 at 50M elements (issue 19)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from landscape._reduce import CHUNK, dot, fdot, fnorm, gram, normalize_, rows_dot
+from landscape.curvature._basis import Basis
+from landscape.curvature.lanczos import lanczos_eigs
+
+N_LARGE = 50_000_000
+
+
+def _reference_dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sum a_i b_i in float64 by numpy over 1M pieces, the pieces added by math.fsum."""
+    an, bn = a.numpy(), b.numpy()
+    step = 2**20
+    return math.fsum(float(np.dot(an[i:i + step].astype(np.float64),
+                                  bn[i:i + step].astype(np.float64)))
+                     for i in range(0, len(an), step))
+
+
+@pytest.mark.slow
+def test_dot_and_norm_match_float64_at_50m_elements():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(N_LARGE, generator=g)
+    b = torch.randn(N_LARGE, generator=g)
+    ref_ab, ref_aa = _reference_dot(a, b), _reference_dot(a, a)
+    # a . b has cancellation: compare to the scale of the terms, sqrt(sum (a_i b_i)^2) ~ sqrt(n)
+    assert abs(fdot(a, b) - ref_ab) <= 1e-9 * math.sqrt(ref_aa)
+    assert abs(fnorm(a) - math.sqrt(ref_aa)) <= 1e-10 * math.sqrt(ref_aa)
+    # a vector of equal positive terms: float32 accumulation drifts, float64 must not
+    c = torch.full((N_LARGE,), 0.1)
+    exact = N_LARGE * float(np.float32(0.1)) ** 2
+    assert abs(fdot(c, c) - exact) <= 1e-10 * exact
+    normalize_(c)
+    assert abs(fnorm(c) - 1.0) <= 1e-7  # float32 entries: one rounding each
+
+
+def test_chunked_paths_agree_with_float64():
+    """Vectors longer than CHUNK go through the chunked sums (rows, gram and dot alike)."""
+    g = torch.Generator().manual_seed(1)
+    n = CHUNK * 2 + 12345
+    rows = torch.randn(3, n, generator=g)
+    w = torch.randn(n, generator=g)
+    want = rows.double() @ w.double()
+    assert torch.allclose(rows_dot(rows, w), want, rtol=0, atol=1e-9)
+    assert torch.allclose(gram(rows.T, w[:, None])[:, 0], want, rtol=0, atol=1e-9)
+    assert abs(float(dot(rows[0], w)) - float(want[0])) <= 1e-9
+    assert dot(rows[0], w).dtype == torch.float64
+
+
+@pytest.mark.slow
+def test_lanczos_eigenvector_is_a_unit_vector_at_50m_float32():
+    """The returned eigenvector of a 50M-element float32 operator has norm 1 within 1e-6."""
+    n = N_LARGE
+    g = torch.Generator().manual_seed(2)
+    diag = torch.rand(n, generator=g)
+    diag[:3] = torch.tensor([3.0, 2.5, 2.0])
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return v * diag
+
+    v0 = torch.randn(n, generator=g)
+    out = lanczos_eigs(matvec, v0, 1, "largest", 1e-3, 200, 3, g, return_vectors=True)
+    assert abs(out.values[0] - 3.0) <= 1e-4
+    assert abs(fnorm(out.vectors[0]) - 1.0) <= 1e-6
+
+
+def test_basis_orthogonalizes_in_float64():
+    """Gram-Schmidt coefficients come back in float64 and leave w orthogonal to the rows."""
+    g = torch.Generator().manual_seed(3)
+    n = CHUNK + 7
+    basis = Basis(n, 2, torch.device("cpu"), torch.float32)
+    for i in range(2):
+        x = torch.randn(n, generator=g)
+        basis.orthogonalize(x, i)
+        basis.set(i, normalize_(x))
+    w = torch.randn(n, generator=g)
+    h = basis.orthogonalize(w, 2)
+    assert h.dtype == torch.float64
+    assert float(rows_dot(torch.stack([basis.row(0), basis.row(1)]), w).abs().max()) <= (
+        1e-6 * fnorm(w))
