@@ -16,9 +16,10 @@ what the kept graph would hold and what each method costs, so choosing costs not
 
 * memory: the *distinct* storage saved for backward (saved-tensor hooks, each storage counted
   once by `untyped_storage().data_ptr()`, the model's own parameters and buffers left out, since
-  they are resident anyway), plus the kept gradient; counting saved-tensor references instead
-  counts a tied embedding or a reused activation once per use (GPT-2: 2.4 GiB where 0.3 GiB is
-  kept);
+  they are resident anyway); counting saved-tensor references instead counts a tied embedding
+  or a reused activation once per use (GPT-2: 2.4 GiB where 0.3 GiB is kept). The kept
+  gradient's own values are freed (`release_values`): a backward pass needs its graph, not its
+  values;
 * time: the first product is timed in its two halves, building the gradient graph (a gradient
   with `create_graph=True`, t_build) and the backward pass through it (t_vjp): a cached-graph
   product costs t_vjp, a double-backward product t_build + t_vjp. Forward-over-reverse is timed
@@ -96,6 +97,10 @@ class SavedStorage:
             self._seen.add(key)
             self.total += t.untyped_storage().nbytes()
 
+    def holds(self, t: Tensor) -> bool:
+        """Whether `t`'s storage was saved (or excluded)."""
+        return _storage_key(t) in self._seen
+
     def _pack(self, t: Tensor) -> Tensor:
         self.add(t)
         return t
@@ -108,8 +113,14 @@ def _storage_key(t: Tensor) -> tuple[int, str]:
     return t.untyped_storage().data_ptr(), str(t.device)
 
 
-def _bytes(tensors: Sequence[Tensor | None]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+def release_values(grads: Sequence[Tensor | None], saved: SavedStorage) -> None:
+    """Free the values of kept gradients that no backward step reads: a backward pass from a
+    tensor needs its graph and its shape, not its values, so a kept gradient graph need not
+    keep the gradient itself (one parameter-sized vector). A gradient whose storage autograd
+    saved (an operation that reuses its output in its own backward) keeps its values."""
+    for g in grads:
+        if g is not None and g.requires_grad and not saved.holds(g):
+            g.untyped_storage().resize_(0)
 
 
 def choose_method(times: dict[str, float], fits: Sequence[str]) -> str:
@@ -125,9 +136,9 @@ class HvpEngine:
 
     State: the method chosen by "auto" (`chosen`), the seconds per product measured for the
     choice (`times`, by method), the bytes the kept graph was measured to hold
-    (`graph_bytes_measured`: distinct saved storage plus the kept gradient, extrapolated to all
-    batches), and the kept gradient graph of "cached_graph" with the parameter versions it was
-    built at (rebuilt when they change).
+    (`graph_bytes_measured`: distinct saved storage, extrapolated to all batches), and the
+    kept gradient graph of "cached_graph" with the parameter versions it was built at (rebuilt
+    when they change).
     """
 
     def __init__(self, probe: Probe):
@@ -195,7 +206,7 @@ class HvpEngine:
             with saved.counting():
                 n += self._add_scaled_gradient(summed, batch)
             t_build += self._since(t0)
-            kept = saved.total * data.n_local / max(n, 1) + _bytes(summed)
+            kept = saved.total * data.n_local / max(n, 1)
             if kept > p.graph_bytes:
                 # too large to keep: this product from the graphs built so far, the rest of
                 # the batches (and all later products) without a kept graph
@@ -219,6 +230,7 @@ class HvpEngine:
         self.times = times
         self.chosen = choose_method(times, fits=HVP_METHODS)
         if self.chosen == "cached_graph":
+            release_values(summed, saved)
             self._graph = (summed, n, versions)
         return out, n
 
@@ -240,7 +252,7 @@ class HvpEngine:
 
     def _graph_bytes_estimate(self) -> int:
         """Bytes of the distinct storage saved by autograd for all batches' gradient graphs
-        (one batch measured, scaled by samples), plus the kept gradient."""
+        (one batch measured, scaled by samples)."""
         p = self.probe
         saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         batch = next(iter(p._data.batches()), None)
@@ -249,7 +261,8 @@ class HvpEngine:
         with saved.counting():
             loss, n_b, _ = p._compute_batch(batch)
             grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
-        return int(saved.total * p._data.n_local / max(n_b, 1)) + _bytes(grads)
+        del grads
+        return int(saved.total * p._data.n_local / max(n_b, 1))
 
     def _time_uncached(self, v: Tensor) -> dict[str, float]:
         """Seconds of one product on this rank's first batch by each uncached method (after a
@@ -299,9 +312,12 @@ class HvpEngine:
         if self._graph is None or self._graph[2] != versions:
             self._graph = None
             summed: list[Tensor | None] = [None] * len(p.params)
+            saved = SavedStorage()
             n = 0
-            for batch in p._data.batches():
-                n += self._add_scaled_gradient(summed, batch)
+            with saved.counting():
+                for batch in p._data.batches():
+                    n += self._add_scaled_gradient(summed, batch)
+            release_values(summed, saved)
             self._graph = (summed, n, versions)
         grads, n = self._graph[0], self._graph[1]
         return self.vjp_of_grads(grads, v), n

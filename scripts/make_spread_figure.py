@@ -68,6 +68,8 @@ def main() -> None:
         ax.axhline(full[label], color="k", linestyle="--", linewidth=1,
                    label=f"all {probe.n_samples} samples")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(SIZES, labels=[str(size) for size in SIZES])
+        ax.minorticks_off()
         ax.set_xlabel("samples per set")
         ax.set_ylabel(label)
     axes[0].legend(fontsize="small")

@@ -101,3 +101,51 @@ def test_auto_picks_the_faster_method_by_measured_time_even_when_the_graph_fits(
     assert cached.hvp_method_used == "cached_graph"
     times = cached._hvp.times
     assert times["cached_graph"] < times["double_backward"] < times["forward_over_reverse"]
+
+
+class _ExpGrad(torch.autograd.Function):
+    """f(w) = exp(w), whose backward ends in exp: the gradient is the output of an operation
+    that saves its output, so a kept graph must keep the gradient's values."""
+
+    @staticmethod
+    def forward(ctx, w):
+        ctx.save_for_backward(w)
+        return w.exp()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return torch.exp(w + grad.log())  # = grad * exp(w) for grad > 0
+
+
+class _ExpModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1, 1, 7, dtype=torch.float64))
+
+    def forward(self, x):
+        return _ExpGrad.apply(self.w).sum() * x.sum() / x.sum()
+
+
+def test_the_kept_graph_frees_the_gradient_values_only_where_no_backward_reads_them():
+    model = tiny_mlp()
+    x, y = tiny_data(30)
+    probe = Probe(model, (x, y), batch_size=30)
+    v = torch.randn(probe.num_params, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64)
+    H = exact_hessian(model, x, y)
+    torch.testing.assert_close(probe.hvp(v), H @ v)
+    kept = [g for g in probe._hvp._graph[0] if g is not None]
+    assert kept and all(g.untyped_storage().nbytes() == 0 for g in kept)  # no vector kept
+    torch.testing.assert_close(probe.hvp(v), H @ v)
+    # a gradient that its own backward reads (exp saves its output) keeps its values
+    exp_model = _ExpModel()
+    ones = torch.ones(2, 1, dtype=torch.float64)
+    exp_probe = Probe(exp_model, [(ones, ones)], batch_loss=lambda m, b: m(b[0]),
+                      n_samples_fn=lambda b: 2)
+    u = torch.randn(7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = exp_model.w.detach().exp() * u  # H = diag(exp(w))
+    for _ in range(2):  # the first product and one through the kept graph
+        torch.testing.assert_close(exp_probe.hvp(u), expected)
+    assert exp_probe.hvp_method_used == "cached_graph"
+    assert exp_probe._hvp._graph[0][0].untyped_storage().nbytes() > 0
