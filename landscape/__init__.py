@@ -4,7 +4,14 @@ Everything runs off one `Probe` (model + data + loss). The public API is what th
 """
 
 from .agreement import AgreementResult, quadratic_agreement
-from .align import AlignResult, align_weights, aligned_barrier, permutation_spec
+from .align import (
+    AlignResult,
+    PermutationSpec,
+    align_weights,
+    aligned_barrier,
+    apply_permutation,
+    permutation_spec,
+)
 from .audit import AuditReport, Measure, audit
 from .checkpoint import load_checkpoint, read_state_dict
 from .compare import Comparison, PairResult, compare
@@ -35,7 +42,6 @@ from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
 from .intrinsic import IntrinsicDimResult, intrinsic_dimension
 from .pacbayes import PacBayesResult, pac_bayes_flatness
-from .permspec import PermutationSpec, apply_permutation
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
 from .spread import DataSpread, data_spread

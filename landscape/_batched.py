@@ -22,23 +22,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .probe import Evaluation, Probe
+from ._points import buffer_path
+from .batch_pass import BatchPass, Evaluation
+from .probe import Probe
 
 MAX_CHUNK_CPU = 32  # larger chunks give nothing more on a CPU
 MAX_CHUNK_CUDA = 256
 
 
 class _EvalModule(nn.Module):
-    """Calls the probe's per-batch loss; `functional_call` swaps `model.*` parameters/buffers."""
+    """Calls the per-batch loss; `functional_call` swaps `model.*` parameters/buffers."""
 
-    def __init__(self, probe: Probe):
+    def __init__(self, passes: BatchPass):
         super().__init__()
-        self.model = probe.model
-        self._probe = probe
+        self.model = passes.model
+        self.passes = passes
         self.has_accuracy = True
 
     def forward(self, batch: Any) -> tuple[Tensor, Tensor]:
-        loss, _, correct = self._probe._compute_batch(batch)
+        loss, _, correct = self.passes.compute(batch)
         self.has_accuracy = correct is not None
         if correct is None:
             return loss, torch.full((), -1, dtype=torch.int64, device=loss.device)
@@ -62,7 +64,7 @@ def chunk_size(probe: Probe, n_points: int, budget_bytes: int | None = None) -> 
             budget_bytes = free // 4
         else:
             budget_bytes = 256 * 2**20
-    activations = probe._activation_bytes(evaluation=True)
+    activations = probe.batch_pass.activation_bytes(evaluation=True)
     per_point = 3 * probe.num_params * probe.dtype.itemsize + 2 * activations
     cap = MAX_CHUNK_CUDA if device.type == "cuda" else MAX_CHUNK_CPU
     return int(max(1, min(cap, n_points, budget_bytes // max(per_point, 1))))
@@ -78,16 +80,17 @@ def evaluate_chunk(probe: Probe, directions: Sequence[Tensor], coords: Sequence[
     `n_batch_forward` per point and batch, as the loop counts them.
     """
     k = len(coords)
-    dirs = [probe._check_vector(d, "direction") for d in directions]
+    bp = probe.batch_pass
+    dirs = [bp.check_vector(d, "direction") for d in directions]
     c = torch.tensor([list(map(float, p)) for p in coords], dtype=torch.float64)
-    module = _EvalModule(probe)
+    module = _EvalModule(bp)
     names = ["model." + n for n in probe.param_names]
     infos = probe.param_info
-    with probe._session(None), torch.no_grad():
+    with bp.session(None), torch.no_grad():
         theta = probe.flat_params().expand(k, -1).clone()
         for j, d in enumerate(dirs):
             theta.addcmul_(c[:, j : j + 1].to(theta), d.unsqueeze(0))
-        moving = probe._buffer_path(buffer_ends)
+        moving = buffer_path(probe.model, buffer_ends)
         buf_names = ["model." + n for n, b in probe.model.named_buffers()
                      if any(b is m for m, _, _ in moving)]
         weight = c[:, 0].to(probe.device)
@@ -104,10 +107,10 @@ def evaluate_chunk(probe: Probe, directions: Sequence[Tensor], coords: Sequence[
         loss_sum: Tensor | None = None
         correct_sum: Tensor | None = None
         n, has_acc = 0, True
-        for batch in probe._eval_batches():
+        for batch in bp.eval_batches():
             loss, correct = batched(theta, bufs, batch)
-            n_b = probe._batch_n_samples(batch)
-            probe._counts["n_batch_forward"] += k - 1  # _compute_batch counted the call once
+            n_b = bp.n_samples(batch)
+            bp.counts["n_batch_forward"] += k - 1  # compute counted the call once
             term = loss.double() * n_b
             loss_sum = term if loss_sum is None else loss_sum + term
             has_acc = has_acc and module.has_accuracy
@@ -116,5 +119,5 @@ def evaluate_chunk(probe: Probe, directions: Sequence[Tensor], coords: Sequence[
     if loss_sum is None or n == 0:
         raise RuntimeError("no batches")  # the loop raises the proper error
     rows = torch.stack([loss_sum, correct_sum.double()]).tolist()  # type: ignore[union-attr]
-    probe._counts["n_forward"] += k
+    bp.counts["n_forward"] += k
     return [Evaluation(rows[0][i] / n, rows[1][i] / n if has_acc else None, n) for i in range(k)]

@@ -1,42 +1,31 @@
 """Validation of user options, shared by the estimators: every bad value raises a
-`LandscapeError` that names the option, what it must be and what was given."""
+`LandscapeError` that names the option, what it must be and what was given.
+
+`check_option`, `check_int` and `check_positive` are the one-line forms of the declarative
+constraints of `landscape._validate` (`OneOf`, `Integer`, `Positive`), for checks made inside
+a function body; a public function states its options with `validate_params` instead."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ._validate import Integer, OneOf, Positive, is_positive
 from .errors import LandscapeError
 
 
 def check_option(name: str, value: Any, allowed: tuple) -> None:
     """Raise unless `value` is one of `allowed`."""
-    if value not in allowed:
-        raise LandscapeError(f"{name} must be one of {allowed}; got {value!r}.")
+    OneOf(tuple(allowed))(name, value)
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> None:
     """Raise unless `value` is an int (not a bool) >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LandscapeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-
-
-def is_positive(value: Any) -> bool:
-    """A real number (not a bool or a string) that is finite and > 0."""
-    if isinstance(value, (bool, str)):
-        return False
-    try:
-        x = float(value)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a multi-element tensor
-        return False
-    return math.isfinite(x) and x > 0
+    Integer(minimum)(name, value)
 
 
 def check_positive(name: str, value: Any, *, upper: float | None = None) -> None:
     """Raise unless `value` is a finite number > 0 (and < `upper` when given)."""
-    if not (is_positive(value) and (upper is None or float(value) < upper)):
-        allowed = f"in (0, {upper})" if upper is not None else "positive and finite"
-        raise LandscapeError(f"{name} must be a number {allowed}; got {value!r}.")
+    Positive(upper)(name, value)
 
 
 def check_positive_values(value: Any, name: str, each: str) -> tuple[list[float], bool]:

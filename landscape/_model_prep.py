@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -131,3 +134,118 @@ def plain_key(key: str) -> str:
     if _COMPILED_NAME not in key:
         return key
     return ".".join(part for part in key.split(".") if part != _COMPILED_NAME)
+
+
+# ---------------------------------------------------------------------- probed parameters
+
+ParamSelection = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Where one probed parameter lives in the flat vector: `flat[start:stop]`."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def layer(self) -> str:
+        """The owning module's name (`"fc1"` for `"fc1.weight"`; `""` at the top level)."""
+        return self.name.rpartition(".")[0]
+
+
+def select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    if not trainable:
+        raise LandscapeError(
+            "the model has no trainable parameters (all have requires_grad=False); unfreeze the "
+            "ones to measure with p.requires_grad_(True)."
+        )
+    if selection is None:
+        return trainable
+    if callable(selection):
+        chosen = [(n, p) for n, p in trainable if selection(n, p)]
+        if not chosen:
+            raise LandscapeError("the params= predicate selected no trainable parameter.")
+        return chosen
+    if isinstance(selection, str):
+        selection = [selection]
+    frozen = {n for n, p in named if not p.requires_grad}
+    chosen_names: set[str] = set()
+    for want in selection:
+        hits = [n for n, _ in trainable if n == want or n.startswith(want + ".")]
+        if not hits:
+            if want in frozen:
+                raise LandscapeError(
+                    f"parameter {want!r} is frozen (requires_grad=False) and cannot be probed; "
+                    "unfreeze it or leave it out."
+                )
+            raise LandscapeError(
+                f"no trainable parameter is named {want!r} (or starts with {want + '.'!r}); "
+                f"available: {[n for n, _ in trainable]}."
+            )
+        chosen_names.update(hits)
+    return [(n, p) for n, p in trainable if n in chosen_names]
+
+
+def check_placement(params: Sequence[nn.Parameter], device: torch.device | str | None
+                    ) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of the probed parameters; raises when their dtypes are mixed or the
+    model is not on `device` (when given): the probe never moves or converts a model."""
+    actual, dtype = params[0].device, params[0].dtype
+    if any(p.dtype != dtype for p in params):
+        raise LandscapeError(
+            "the probed parameters have mixed dtypes "
+            f"({sorted({str(p.dtype) for p in params})}); convert the model to one dtype "
+            "or select parameters of one dtype with params=."
+        )
+    if device is None or torch.device(device) == actual:
+        return actual, dtype
+    # torch.device("cuda") != torch.device("cuda:0"): compare the type and index loosely.
+    want = torch.device(device)
+    if want.type != actual.type or (want.index is not None and want.index != actual.index):
+        raise LandscapeError(
+            f"the model is on {actual} but device={want} was asked for; move the "
+            f"model first (model.to('{want}')): the probe never moves your model."
+        )
+    return actual, dtype
+
+
+# ---------------------------------------------------------------------- kernels guards
+
+
+def twice_differentiable() -> contextlib.AbstractContextManager:
+    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
+    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def cudnn_off_needed(model: torch.nn.Module, device: torch.device) -> bool:
+    """True when `model` has a recurrent layer (LSTM, GRU, RNN) on CUDA: cuDNN's RNN backward
+    runs only in training mode and has no double backward, so measurements (in eval mode, with
+    Hessian-vector products) must use the native kernels."""
+    return device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
+                                         for m in model.modules())
+
+
+def recurrent_safe(model: torch.nn.Module, device: torch.device
+                   ) -> contextlib.AbstractContextManager:
+    """cuDNN switched off inside the block when `cudnn_off_needed`, else nothing."""
+    if cudnn_off_needed(model, device):
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._validate import OneOf, validate_params
 from .errors import LandscapeError
 from .measures import (
     BUDGETS,
@@ -143,6 +144,7 @@ class AuditReport:
         return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
+@validate_params(budget=OneOf(BUDGETS))
 def audit(
     probe: Probe,
     *,
@@ -153,6 +155,8 @@ def audit(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     data_name: str | None = None,
+    lr: float | None = None,
+    batch_sizes: Sequence[int] | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -169,6 +173,10 @@ def audit(
         name: what is audited (a checkpoint's file name): the report's title and summary name
             it. The CLI passes the checkpoint's file name.
         data_name: which data (e.g. "digits, train split"), named in the report's summary.
+        lr: the training learning rate: adds `trace_ratio`, tr(H) x lr / 2, SGD's
+            linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
+        batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
+            sizes beside the full data's (with its figure).
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -176,10 +184,9 @@ def audit(
     Raises:
         LandscapeError: unknown budget or measure names.
     """
-    if budget not in BUDGETS:
-        raise LandscapeError(f"budget must be one of {BUDGETS}; got {budget!r}.")
     known = measure_names()
     chosen = measure_names(optional=False) if measures is None else tuple(measures)
+    chosen += stability_measures(chosen, lr, batch_sizes)
     unknown = [m for m in chosen if m not in known and m != "loss"]
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
@@ -191,8 +198,8 @@ def audit(
     started = time.perf_counter()
     probe.gradient()  # timed once the probe is warm: the unit of the time spent
     gradient_seconds = time.perf_counter() - started
-    context = MeasureContext(probe, progress, loss=loss,
-                             has_accuracy="accuracy" in out)
+    context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
+                             options={"lr": lr, "batch_sizes": batch_sizes})
     for key in known:  # in the registry's order: later measures may reuse earlier results
         if key in chosen:
             spec = REGISTRY[key]
@@ -252,6 +259,33 @@ def audit_figures(results: dict[str, Any], out: Path,
         "loss_line": lambda r: plot.plot_line(r, column=column).figure,
         "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
         "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
+        "batch_spectrum": lambda r: _batch_figure(r, column),
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))
                               for key, draw in drawers.items() if key in results])
+
+
+def _batch_figure(spectrum: Any, column: str | float) -> Any:
+    from .plot_batch import plot_batch_spectrum
+
+    return plot_batch_spectrum(spectrum, column=column).figure
+
+
+def stability_measures(chosen: Sequence[str], lr: float | None,
+                       batch_sizes: Sequence[int] | None) -> tuple[str, ...]:
+    """The measures a learning rate (`trace_ratio`) and batch sizes (`batch_spectrum`) add to
+    `chosen`, after checking them."""
+    from ._checks import check_int, check_positive
+
+    extra = []
+    if lr is not None:  # without it, a trace_ratio asked for by name reports why it failed
+        check_positive("lr", lr)
+        extra.append("trace_ratio")
+    if batch_sizes is not None:
+        if isinstance(batch_sizes, int) or not len(batch_sizes):
+            raise LandscapeError(f"batch_sizes must be a non-empty list of batch sizes; got "
+                                 f"{batch_sizes!r}.")
+        for m in batch_sizes:
+            check_int("each batch size", m)
+        extra.append("batch_spectrum")
+    return tuple(m for m in extra if m not in chosen)

@@ -65,6 +65,17 @@ def _measure_list(text: str) -> list[str]:
     return names
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
+                                         "(e.g. 16,64,256)") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
+    return sizes
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -91,7 +102,14 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                         "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=_measure_list, default=None,
                    help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "pac_bayes_flatness, local_entropy and quadratic_agreement)")
+                        "pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
+                        "and batch_spectrum)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
+                        "linearly stable at a minimum only if it is <= 1)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
+                   help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
+                        "the top eigenvalue of mini-batch Hessians, and its figure")
     _add_column(p)
 
 
@@ -116,6 +134,14 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="BatchNorm statistics along the interpolation paths: interpolate "
                         "(default), recompute (re-estimated at each point: the fair barrier "
                         "for BatchNorm networks) or keep")
+    p.add_argument("--data-b", default=None,
+                   help="a second data set (same forms as --data): each checkpoint is also "
+                        "compared on --data against --data-b (spectral norm of H_a - H_b, "
+                        "gradient distance and cosine); one checkpoint compares two domains")
+    p.add_argument("--head", type=_measure_list, default=None,
+                   help="with --data-b: comma-separated parameter names or module prefixes "
+                        "to compare across the data sets, e.g. the classifier head "
+                        "(default: all parameters)")
     _add_column(p)
 
 
@@ -215,7 +241,7 @@ def _audit(args: argparse.Namespace) -> int:
     probe = _probe_for(args, args.checkpoint)
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
-                   data_name=args.data)
+                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes)
     written = report.write(args.out, column=args.column)
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -235,8 +261,15 @@ def _compare(args: argparse.Namespace) -> int:
     probes = {}
     for name, ckpt in zip(names, args.checkpoints):
         probes[name] = _probe_for(args, ckpt)
+    data_b = None
+    if args.data_b is not None:
+        from .factories import build_data
+
+        data_b = build_data(args.data_b, next(iter(probes.values())).model)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
-                     buffers=args.buffers, progress=not args.no_progress, log=_log)
+                     buffers=args.buffers, progress=not args.no_progress, log=_log,
+                     data_b=data_b, data_names=(args.data, str(args.data_b)),
+                     alignment_params=args.head)
     written = result.write(args.out, column=args.column)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")

@@ -20,12 +20,14 @@ import numpy as np
 from torch import nn
 
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .audit import AuditReport, audit, value_cell
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
-from .measures import measure_names
+from .measures import BUDGETS, measure_names
 from .probe import Probe
 from .report import Report, Row, Section, fmt, save_figures
+from .surface import INTERPOLATION_BUFFERS
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
 DEFAULT_MEASURES = tuple(m for m in measure_names(optional=False) if m != "loss_surface")
@@ -78,6 +80,9 @@ class Comparison:
     lines: dict[str, Any] = field(default_factory=dict, repr=False)
     interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
     buffers: str = "interpolate"
+    # with `data_b`: name -> AlignmentResult of that minimum on data (a) against data_b (b)
+    across_data: dict[str, Any] = field(default_factory=dict)
+    data_names: tuple[str, str] = ("data", "data_b")
 
     @property
     def names(self) -> list[str]:
@@ -103,6 +108,8 @@ class Comparison:
             "table": to_jsonable(self.table()),
             "audits": {k: r.to_dict() for k, r in self.audits.items()},
             "pairs": [p.to_dict() for p in self.pairs],
+            "across_data": {k: r.to_dict() for k, r in self.across_data.items()},
+            "data_names": list(self.data_names),
         }
 
     def to_report(self) -> Report:
@@ -119,6 +126,10 @@ class Comparison:
         sections = [Section(columns=("measure", *names), rows=rows)]
         if self.pairs:
             sections.append(self._pairs_section())
+        if self.across_data:
+            from .compare_data import alignment_section
+
+            sections.append(alignment_section(self.across_data, self.data_names))
         return Report("Comparison of minima", summary, tuple(sections), self.to_dict())
 
     def _pairs_section(self) -> Section:
@@ -149,6 +160,7 @@ class Comparison:
         return [*self.to_report().write(out, "comparison", figures), *figures]
 
 
+@validate_params(buffers=OneOf(INTERPOLATION_BUFFERS), budget=OneOf(BUDGETS))
 def compare(
     minima: Mapping[str, Probe | str | os.PathLike | Mapping[str, Any] | nn.Module],
     *,
@@ -164,6 +176,9 @@ def compare(
     buffers: str = "interpolate",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    data_b: Any = None,
+    data_names: tuple[str, str] = ("data", "data_b"),
+    alignment_params: Any = None,
 ) -> Comparison:
     """Measure several minima the same way and compare them.
 
@@ -181,14 +196,19 @@ def compare(
             the fair barrier for BatchNorm networks, one more forward pass per point) or "keep".
         align: also report each pair's barriers after permutation alignment (Ainsworth et al.
             2023, `landscape.align_weights`), with the same buffer convention.
+        data_b: a second data set: each minimum is also measured on its own data (a) against
+            this one (b) by `hessian_alignment` (spectral norm of H_a - H_b, top eigenvalues,
+            gradient distance and cosine), reported in `Comparison.across_data`. One checkpoint
+            and `data_b` compare one minimum across two data sets (domains).
+        data_names: how the report names the two data sets.
+        alignment_params: the parameters `hessian_alignment` compares (e.g. the classifier
+            head, "fc"); None: all probed parameters.
 
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
     """
-    from .surface import INTERPOLATION_BUFFERS, interpolate
+    from .surface import interpolate
 
-    if buffers not in INTERPOLATION_BUFFERS:
-        raise LandscapeError(f"buffers must be one of {INTERPOLATION_BUFFERS}; got {buffers!r}.")
     if len(minima) < 1:
         raise LandscapeError("compare needs at least one minimum (a dict name -> checkpoint).")
     say = log or (lambda _line: None)
@@ -212,9 +232,16 @@ def compare(
             pair = _with_alignment(pair, probes[a], probes[b].model, alphas, buffers)
         pairs.append(pair)
         interpolations[f"{a} -> {b}"] = line
+    across = {}
+    if data_b is not None:
+        from .compare_data import align_across_data
+
+        across = align_across_data(probes, data_b, loss_fn=loss_fn, probe_kwargs=probe_kwargs,
+                                   params=alignment_params, seed=seed, progress=progress,
+                                   say=say)
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
-                      interpolations, buffers)
+                      interpolations, buffers, across, tuple(data_names))
 
 
 def _pair(a: str, b: str, line: Any) -> PairResult:

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._validate import OneOf
 from .compare import Comparison, compare
 from .data import digits_cnn, digits_tensors
 from .data.training import train
-from .errors import LandscapeError
 from .probe import Probe
 
 # name -> (batch size, optimizer, learning rate, epochs). Full-batch SGD takes as many epochs as
@@ -74,8 +74,7 @@ def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = Fa
     that an installation works, not a result). `column` sizes the figures ("single", "double"
     or inches; `landscape.plot.figure_size`).
     """
-    if budget not in DEMO_BUDGETS:
-        raise LandscapeError(f"demo budget must be one of {tuple(DEMO_BUDGETS)}; got {budget!r}.")
+    OneOf(tuple(DEMO_BUDGETS))("demo budget", budget)
     plan = DEMO_BUDGETS[budget]
     say = log or (lambda _line: None)
     paths = train_demo_models(out, seed=seed, log=log, epoch_fraction=plan["epoch_fraction"])

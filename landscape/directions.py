@@ -35,12 +35,14 @@ from torch import Tensor, nn
 
 from ._reduce import fdot, fnorm
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .checkpoint import read_state_dict
 from .errors import LandscapeError
 from .probe import Probe
 
 NORMALIZATIONS = ("filter", "layer", "model", None)
 IGNORE = ("biasbn", None)
+_direction_options = validate_params(normalization=OneOf(NORMALIZATIONS), ignore=OneOf(IGNORE))
 _EPS = 1e-10  # Li et al.'s guard against a zero filter of the random direction
 
 Checkpoint = Mapping[str, Any] | nn.Module | str | os.PathLike
@@ -91,6 +93,7 @@ def cosine(a: Direction | Tensor, b: Direction | Tensor) -> float:
     return fdot(va, vb) / denom if denom > 0 else float("nan")
 
 
+@_direction_options
 def random_direction(probe: Probe, *, normalization: str | None = "filter",
                      ignore: str | None = "biasbn", seed: int = 0) -> Direction:
     """A Gaussian random direction d ~ N(0, I), normalized (filter-wise by default).
@@ -114,7 +117,6 @@ def random_direction(probe: Probe, *, normalization: str | None = "filter",
         >>> torch.allclose(d.vector[:6].view(2, 3).norm(dim=1), lin.weight.norm(dim=1).detach())
         True
     """
-    _check_options(normalization, ignore)
     gen = torch.Generator().manual_seed(int(seed))
     raw = torch.randn(probe.num_params, generator=gen, dtype=torch.float64)
     raw = raw.to(device=probe.device, dtype=probe.dtype)
@@ -122,6 +124,7 @@ def random_direction(probe: Probe, *, normalization: str | None = "filter",
     return Direction(vec, normalization, ignore, int(seed), "random")
 
 
+@_direction_options
 def direction_from_vector(probe: Probe, v: Tensor, normalization: str | None = None, *,
                           ignore: str | None = None, source: str = "vector") -> Direction:
     """A direction from a flat tensor (a Hessian eigenvector, a gradient), optionally normalized.
@@ -133,12 +136,12 @@ def direction_from_vector(probe: Probe, v: Tensor, normalization: str | None = N
         ignore: as in `random_direction`; None (default) keeps every entry.
         source: a label stored with the direction ("vector", "eigenvector", ...).
     """
-    _check_options(normalization, ignore)
     vec = as_vector(probe, v, "v")
     vec = normalize(probe, vec.clone(), normalization=normalization, ignore=ignore)
     return Direction(vec, normalization, ignore, None, source)
 
 
+@_direction_options
 def direction_from_checkpoint(probe: Probe, other: Checkpoint, *,
                               normalization: str | None = None,
                               ignore: str | None = None) -> Direction:
@@ -152,16 +155,15 @@ def direction_from_checkpoint(probe: Probe, other: Checkpoint, *,
         normalization, ignore: as in `direction_from_vector` (None: the raw difference, so that
             a step of 1 reaches w_B).
     """
-    _check_options(normalization, ignore)
     diff = flat_from_checkpoint(probe, other) - probe.flat_params()
     vec = normalize(probe, diff, normalization=normalization, ignore=ignore)
     return Direction(vec, normalization, ignore, None, "checkpoint")
 
 
+@_direction_options
 def normalize(probe: Probe, d: Tensor, *, normalization: str | None = "filter",
               ignore: str | None = "biasbn") -> Tensor:
     """Scale the flat direction `d` in place by the rules in the module docstring; returns it."""
-    _check_options(normalization, ignore)
     w = probe.flat_params()
     for info in probe.param_info:
         di, wi = d[info.start:info.stop], w[info.start:info.stop]
@@ -223,11 +225,3 @@ def flat_from_checkpoint(probe: Probe, other: Checkpoint) -> Tensor:
         parts.append(t.detach().reshape(-1).to(device=probe.device, dtype=probe.dtype))
     return torch.cat(parts)
 
-
-def _check_options(normalization: str | None, ignore: str | None) -> None:
-    if normalization not in NORMALIZATIONS:
-        raise LandscapeError(
-            f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}."
-        )
-    if ignore not in IGNORE:
-        raise LandscapeError(f"ignore must be one of {IGNORE}; got {ignore!r}.")

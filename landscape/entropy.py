@@ -60,6 +60,7 @@ from ._checks import check_int, check_positive, check_positive_values
 from ._random import normal_like
 from ._reduce import fdot
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .errors import LandscapeError
 from .probe import Cost, Probe
 
@@ -129,6 +130,7 @@ class _Chain:
     acceptance: float
 
 
+@validate_params(sampler=OneOf(SAMPLERS))
 def local_entropy(
     probe: Probe,
     gammas: float | Sequence[float],
@@ -191,8 +193,6 @@ def local_entropy(
         temperature = 1.0 / probe.n_samples
     check_positive("temperature", temperature)
     check_positive("step_size", step_size)
-    if sampler not in SAMPLERS:
-        raise LandscapeError(f"sampler must be one of {SAMPLERS}; got {sampler!r}.")
     check_int("points_per_decade", points_per_decade, 1)
     check_int("burn_in", burn_in, 0)
     check_int("n_batches", n_batches, 2)

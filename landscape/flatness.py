@@ -3,7 +3,7 @@
 R1(w) = rho * max over ||delta||_2 <= rho of ||grad L(w + delta)||_2
 
 The inner maximum is solved by the same APGD-style projected gradient ascent as the worst-case
-sharpness (`landscape.sharpness.ascent`), on f(delta) = ||grad L(w + delta)||, whose gradient is
+sharpness (`landscape._ascent.ascent`), on f(delta) = ||grad L(w + delta)||, whose gradient is
 H(w + delta) grad L(w + delta) / ||grad L(w + delta)||: one gradient and one Hessian-vector
 product per step (`Probe.gradient_and_hvp`). A random start inside the ball is needed at an
 exact minimum (g = 0); the best point seen is kept, so R1 is a lower bound of the true value.
@@ -27,18 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_radii
+from ._ascent import PERTURB, ascent, passes, scaling, without_delta
+from ._checks import check_radii
 from ._model_prep import require_precision
 from ._reduce import fnorm
+from ._validate import Integer, OneOf, validate_params
 from .errors import LandscapeError
 from .probe import Probe
-from .sharpness import (
-    PERTURB,
-    _passes,
-    ascent,
-    scaling,
-    without_delta,
-)
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,7 @@ class FlatnessResult:
         return without_delta(self)
 
 
+@validate_params(perturb=OneOf(PERTURB), steps=Integer(1), restarts=Integer(1))
 def first_order_flatness(
     probe: Probe,
     rho: float | Sequence[float],
@@ -112,11 +108,7 @@ def first_order_flatness(
         0.03
     """
     rhos, many = check_radii(rho)
-    check_int("steps", steps, 1)
-    check_int("restarts", restarts, 1)
     require_precision(probe, "first-order flatness")
-    if perturb not in PERTURB:
-        raise LandscapeError(f"perturb must be one of {PERTURB}; got {perturb!r}.")
     c = scaling(probe, False, perturb=perturb)
     if not bool((c != 0).any()):
         raise LandscapeError(
@@ -144,7 +136,7 @@ def _flatness_one(probe: Probe, rho: float, c: Tensor, steps: int, restarts: int
     best, u = ascent(objective, c, rho, "l2", steps=steps, restarts=restarts, gen=gen,
                      value0=grad_norm, progress=progress)
     cost = meter.cost()
-    n_fwd, n_bwd = _passes(cost)
+    n_fwd, n_bwd = passes(cost)
     return FlatnessResult(rho=rho, value=rho * best, max_grad_norm=best, grad_norm=grad_norm,
                           loss=loss, perturb=perturb, steps=steps, restarts=restarts, seed=seed,
                           n_forward=n_fwd, n_backward=n_bwd, n_hvp=cost.n_hvp,

@@ -38,45 +38,20 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .probe import Probe
+from ._model_prep import cudnn_off_needed, recurrent_safe, twice_differentiable  # noqa: F401
+from .batch_pass import BatchPass
+from .probe_data import call_model, unpack
 
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
 UNCACHED = ("double_backward", "forward_over_reverse")
 # With at least this many batches "auto" times the two uncached methods on one batch (four
 # one-batch products, a small fraction of one full product); with fewer, double backward.
 MIN_BATCHES_TO_TIME = 8
-
-
-def twice_differentiable() -> contextlib.AbstractContextManager:
-    """Use the math attention kernel: the fused ones (flash, memory-efficient) have no double
-    backward, so Hessian-vector products through `scaled_dot_product_attention` would fail."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-def cudnn_off_needed(model: torch.nn.Module, device: torch.device) -> bool:
-    """True when `model` has a recurrent layer (LSTM, GRU, RNN) on CUDA: cuDNN's RNN backward
-    runs only in training mode and has no double backward, so measurements (in eval mode, with
-    Hessian-vector products) must use the native kernels."""
-    return device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase)
-                                         for m in model.modules())
-
-
-def recurrent_safe(model: torch.nn.Module, device: torch.device
-                   ) -> contextlib.AbstractContextManager:
-    """cuDNN switched off inside the block when `cudnn_off_needed`, else nothing."""
-    if cudnn_off_needed(model, device):
-        return torch.backends.cudnn.flags(enabled=False)
-    return contextlib.nullcontext()
 
 
 class SavedStorage:
@@ -141,8 +116,10 @@ class HvpEngine:
     when they change).
     """
 
-    def __init__(self, probe: Probe):
-        self.probe = probe
+    def __init__(self, passes: BatchPass, method: str, graph_bytes: int):
+        self.passes = passes
+        self.method = method
+        self.graph_bytes = graph_bytes
         self.chosen: str | None = None
         self.times: dict[str, float] = {}
         self.graph_bytes_measured: int | None = None
@@ -151,16 +128,16 @@ class HvpEngine:
 
     def product(self, v: Tensor, at_checkpoint: bool) -> tuple[Tensor, int]:
         """(sum over this rank's batches of n_b H_b v, number of samples)."""
-        p = self.probe
-        if p.hvp_method != "auto":
-            method = p.hvp_method
+        p = self.passes
+        if self.method != "auto":
+            method = self.method
             if method == "cached_graph" and not at_checkpoint:
                 method = "double_backward"
             if method == "cached_graph":
                 return self._cached(v)
             return self._batches(v, method)
         if self.chosen is None:
-            if p._comm.active or p._data.cache is None:
+            if p.comm.active or p.data.cache is None:
                 self.chosen = self._choose_collectively(v)
             elif at_checkpoint:
                 return self._first_product(v)
@@ -175,8 +152,8 @@ class HvpEngine:
     def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
         """d/dw <g(w), v> = H v from gradients computed with create_graph=True: one parameter
         list's gradients, or several batches' lists one after another (their sum)."""
-        p = self.probe
-        vs = p._split(v)
+        p = self.passes
+        vs = p.split(v)
         pairs = [(g, vs[i % len(vs)]) for i, g in enumerate(grads)
                  if g is not None and g.requires_grad]
         if not pairs:  # the loss is at most linear in the probed parameters: H = 0
@@ -184,7 +161,7 @@ class HvpEngine:
         out = torch.autograd.grad([g for g, _ in pairs], p.params,
                                   grad_outputs=[vi for _, vi in pairs], retain_graph=True,
                                   allow_unused=True)
-        return p._flat(out)
+        return p.flat(out)
 
     # ------------------------------------------------------------------ choosing
 
@@ -194,8 +171,8 @@ class HvpEngine:
         budget, drop it and finish this product (and all later ones) without a kept graph.
         Otherwise time the backward pass through it and keep it when a cached product is the
         fastest measured method (`choose_method`)."""
-        p = self.probe
-        data = p._data
+        p = self.passes
+        data = p.data
         saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         summed: list[Tensor | None] = [None] * len(p.params)
         n, t_build = 0, 0.0
@@ -207,7 +184,7 @@ class HvpEngine:
                 n += self._add_scaled_gradient(summed, batch)
             t_build += self._since(t0)
             kept = saved.total * data.n_local / max(n, 1)
-            if kept > p.graph_bytes:
+            if kept > self.graph_bytes:
                 # too large to keep: this product from the graphs built so far, the rest of
                 # the batches (and all later products) without a kept graph
                 total = self.vjp_of_grads(summed, v)
@@ -237,38 +214,38 @@ class HvpEngine:
     def _choose_collectively(self, v: Tensor) -> str:
         """Distributed or streamed data: every rank must pick the same method, so the graph size
         is estimated on one batch up front and the verdicts reduced over the ranks."""
-        p = self.probe
+        p = self.passes
         fits, error = False, None
         try:
-            fits = p._data.cache is not None and self._graph_bytes_estimate() <= p.graph_bytes
+            fits = p.data.cache is not None and self._graph_bytes_estimate() <= self.graph_bytes
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
-        (n_unfit,) = p._comm.reduce([0.0 if fits else 1.0], error=error)
+        (n_unfit,) = p.comm.reduce([0.0 if fits else 1.0], error=error)
         if n_unfit == 0:
             return "cached_graph"
-        if p._data.n_batches < MIN_BATCHES_TO_TIME:
+        if p.data.n_batches < MIN_BATCHES_TO_TIME:
             return "double_backward"
         return self._fastest_uncached(v)
 
     def _graph_bytes_estimate(self) -> int:
         """Bytes of the distinct storage saved by autograd for all batches' gradient graphs
         (one batch measured, scaled by samples)."""
-        p = self.probe
+        p = self.passes
         saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
-        batch = next(iter(p._data.batches()), None)
+        batch = next(iter(p.data.batches()), None)
         if batch is None:  # a rank without batches keeps no graph
             return 0
         with saved.counting():
-            loss, n_b, _ = p._compute_batch(batch)
+            loss, n_b, _ = p.compute(batch)
             grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
         del grads
-        return int(saved.total * p._data.n_local / max(n_b, 1))
+        return int(saved.total * p.data.n_local / max(n_b, 1))
 
     def _time_uncached(self, v: Tensor) -> dict[str, float]:
         """Seconds of one product on this rank's first batch by each uncached method (after a
         warm-up; math.inf for a method the model does not support), summed over the ranks."""
-        p = self.probe
-        batch = next(iter(p._data.batches()), None)
+        p = self.passes
+        batch = next(iter(p.data.batches()), None)
         timings = dict.fromkeys(UNCACHED, 0.0)  # a rank without batches does not vote
         for method in UNCACHED if batch is not None else ():
             try:
@@ -278,7 +255,7 @@ class HvpEngine:
                 timings[method] = self._since(t0)
             except Exception:  # noqa: BLE001 - a method the model does not support is skipped
                 timings[method] = math.inf
-        return dict(zip(UNCACHED, p._comm.reduce(list(timings.values()))))
+        return dict(zip(UNCACHED, p.comm.reduce(list(timings.values()))))
 
     def _fastest_uncached(self, v: Tensor) -> str:
         """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
@@ -287,8 +264,8 @@ class HvpEngine:
 
     def _since(self, t0: float) -> float:
         """Seconds since t0, after the device has finished its queued work."""
-        if self.probe.device.type == "cuda":
-            torch.cuda.synchronize(self.probe.device)
+        if self.passes.device.type == "cuda":
+            torch.cuda.synchronize(self.passes.device)
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ products
@@ -297,8 +274,8 @@ class HvpEngine:
         """summed[i] += the gradient of n_b * (mean loss of the batch), with its graph kept;
         returns n_b. The sum keeps one gradient (not one per batch): an addition saves
         nothing for backward."""
-        p = self.probe
-        loss, n_b, _ = p._compute_batch(batch)
+        p = self.passes
+        loss, n_b, _ = p.compute(batch)
         grads = torch.autograd.grad(loss * n_b, p.params, create_graph=True, allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
@@ -307,7 +284,7 @@ class HvpEngine:
 
     def _cached(self, v: Tensor) -> tuple[Tensor, int]:
         """One backward pass through the kept graphs of all batches."""
-        p = self.probe
+        p = self.passes
         versions = [q._version for q in p.params]
         if self._graph is None or self._graph[2] != versions:
             self._graph = None
@@ -315,7 +292,7 @@ class HvpEngine:
             saved = SavedStorage()
             n = 0
             with saved.counting():
-                for batch in p._data.batches():
+                for batch in p.data.batches():
                     n += self._add_scaled_gradient(summed, batch)
             release_values(summed, saved)
             self._graph = (summed, n, versions)
@@ -324,29 +301,61 @@ class HvpEngine:
 
     def _batches(self, v: Tensor, method: str, batches: Any = None) -> tuple[Tensor, int]:
         """(sum over the batches of n_b H_b v, number of samples), one batch at a time."""
-        p = self.probe
+        p = self.passes
         total = torch.zeros_like(v)
         n = 0
-        for batch in p._data.batches() if batches is None else batches:
+        for batch in p.data.batches() if batches is None else batches:
             hv, n_b = self._one_batch(batch, v, method)
             total.add_(hv, alpha=n_b)
             n += n_b
         return total, n
 
     def _one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:
-        p = self.probe
+        p = self.passes
         if method == "forward_over_reverse":
             from torch.func import functional_call, grad, jvp
 
             primals = {"model." + n: q.detach() for n, q in zip(p.param_names, p.params)}
-            tangents = {"model." + k: t for k, t in p.unflatten(v).items()}
+            tangents = {"model." + n: t for n, t in zip(p.param_names, p.split(v))}
 
             def loss_of(params):
-                return functional_call(p._loss_module, params, (batch,))
+                return functional_call(p.loss_module, params, (batch,))
 
             _, hv = jvp(grad(loss_of), (primals,), (tangents,))
-            n_b = p._batch_n_samples(batch)
+            n_b = p.n_samples(batch)
             return torch.cat([hv["model." + n].reshape(-1) for n in p.param_names]), n_b
-        loss, n_b, _ = p._compute_batch(batch)
+        loss, n_b, _ = p.compute(batch)
         grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
         return self.vjp_of_grads(grads, v), n_b
+
+
+def ggn_product_sum(bp: BatchPass, vs: list[Tensor], total: Tensor) -> int:
+    """The GGN engine: add sum over this rank's batches of n_b G_b v into `total` (`vs`: v
+    split by parameter); return the sample count."""
+    n = 0
+    for batch in bp.data.batches():
+        inputs, targets = unpack(batch)
+        outputs = call_model(bp.model, inputs)
+        bp.counts["n_batch_forward"] += 1
+        n_b = bp.n_samples(batch)
+        # J v by the double-vjp trick: d/du <J^T u, v> = J v.
+        u = torch.zeros_like(outputs, requires_grad=True)
+        jtu = torch.autograd.grad(outputs, bp.params, grad_outputs=u,
+                                  create_graph=True, allow_unused=True)
+        pairs = [(g, vi) for g, vi in zip(jtu, vs) if g is not None]
+        if not pairs:
+            n += n_b
+            continue
+        jv = torch.autograd.grad(sum((g * vi).sum() for g, vi in pairs), u)[0]
+        out = outputs.detach().requires_grad_(True)
+        loss = bp.loss_fn(out, targets)
+        dl = torch.autograd.grad(loss, out, create_graph=True)[0]
+        if dl.requires_grad:
+            h_jv = torch.autograd.grad(dl, out, grad_outputs=jv)[0]
+        else:
+            h_jv = torch.zeros_like(out)
+        jt = torch.autograd.grad(outputs, bp.params, grad_outputs=h_jv,
+                                 allow_unused=True)
+        total.add_(bp.flat(jt), alpha=n_b)
+        n += n_b
+    return n

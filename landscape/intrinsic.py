@@ -50,6 +50,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ._results import to_jsonable
+from ._validate import OneOf, validate_params
 from .errors import LandscapeError
 
 PROJECTIONS = ("auto", "dense", "sparse")
@@ -111,6 +112,8 @@ class IntrinsicDimResult:
         return to_jsonable(self)
 
 
+@validate_params(projection=OneOf(PROJECTIONS), metric=OneOf(METRICS),
+                 optimizer=OneOf(OPTIMIZERS))
 def intrinsic_dimension(
     model_fn: nn.Module | Callable[[], nn.Module],
     train_data: Any,
@@ -176,10 +179,6 @@ def intrinsic_dimension(
         (True, True)
     """
     start = time.perf_counter()
-    for name, value, allowed in (("projection", projection, PROJECTIONS),
-                                 ("metric", metric, METRICS), ("optimizer", optimizer, OPTIMIZERS)):
-        if value not in allowed:
-            raise LandscapeError(f"{name} must be one of {allowed}; got {value!r}.")
     if epochs < 1:
         raise LandscapeError(f"epochs must be at least 1; got {epochs}.")
     if not lr > 0:

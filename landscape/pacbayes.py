@@ -49,9 +49,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import check_int, check_positive
 from ._random import generator, normal_like
 from ._results import to_jsonable
+from ._validate import Integer, OneOf, Positive, validate_params
 from .errors import LandscapeError
 from .probe import Cost, Probe
 
@@ -121,6 +121,9 @@ class PacBayesResult:
         return out
 
 
+@validate_params(criterion=OneOf(CRITERIA), noise=OneOf(NOISES), target=Positive(),
+                 eps=Positive(), sigma0=Positive(), rtol=Positive(), confidence=Positive(1.0),
+                 n_samples=Integer(2), max_iter=Integer(2))
 def pac_bayes_flatness(
     probe: Probe,
     *,
@@ -175,14 +178,12 @@ def pac_bayes_flatness(
         >>> abs(r.value - (2 * 0.02 / 4) ** 0.5) < 0.01  # sigma^2 tr(H) / 2 = target
         True
     """
-    _check_options(target=target, criterion=criterion, noise=noise, eps=eps, n_samples=n_samples,
-                   sigma0=sigma0, rtol=rtol, max_iter=max_iter, confidence=confidence)
     settings = dict(target=target, criterion=criterion, noise=noise, eps=eps,
                     has_init=init is not None, n_samples=n_samples, sigma0=sigma0, rtol=rtol,
                     max_iter=max_iter, confidence=confidence)
     meter = probe.meter()
     w = probe.flat_params()
-    w0 = torch.zeros_like(w) if init is None else probe._check_vector(init, "init")
+    w0 = torch.zeros_like(w) if init is None else probe.batch_pass.check_vector(init, "init")
     base = _criterion(probe, None, criterion)
     gen = torch.Generator().manual_seed(seed)
     draw_seeds = torch.randint(0, 2**62, (n_samples,), generator=gen).tolist()
@@ -300,17 +301,3 @@ def _criterion(probe: Probe, delta: Tensor | None, criterion: str) -> float:
         )
     return 1.0 - ev.accuracy
 
-
-def _check_options(*, target, criterion, noise, eps, n_samples, sigma0, rtol, max_iter,
-                   confidence) -> None:
-    if criterion not in CRITERIA:
-        raise LandscapeError(f"criterion must be one of {CRITERIA}; got {criterion!r}.")
-    if noise not in NOISES:
-        raise LandscapeError(f"noise must be one of {NOISES}; got {noise!r}.")
-    check_positive("target", target)
-    check_positive("eps", eps)
-    check_positive("sigma0", sigma0)
-    check_positive("rtol", rtol)
-    check_positive("confidence", confidence, upper=1.0)
-    check_int("n_samples", n_samples, 2)
-    check_int("max_iter", max_iter, 2)

@@ -37,6 +37,7 @@ import numpy as np
 from cycler import cycler
 from matplotlib.ticker import MaxNLocator
 
+from ._validate import OneOf
 from .errors import LandscapeError
 from .surface import Line, Surface, TrajectoryPCA
 
@@ -99,9 +100,7 @@ def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[f
         (6.75, 2.7)
     """
     if isinstance(column, str):
-        if column not in COLUMN_WIDTHS:
-            raise LandscapeError(f"column must be one of {tuple(COLUMN_WIDTHS)} or a width in "
-                                 f"inches; got {column!r}.")
+        OneOf(tuple(COLUMN_WIDTHS), "a width in inches")("column", column)
         width = COLUMN_WIDTHS[column]
     else:
         width = float(column)

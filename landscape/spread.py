@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from ._checks import check_int
 from ._results import to_jsonable
@@ -84,7 +85,7 @@ def data_spread(
 ) -> DataSpread:
     """Evaluate a scalar estimator on `n_splits` disjoint random parts of the probe's samples.
 
-    The samples are assigned to parts by `Probe.partition(n_splits, seed)` (a random
+    The samples are assigned to parts by `partition(probe, n_splits, seed)` (a random
     permutation cut into pieces whose sizes differ by at most one); the estimator runs on each
     part with the same `kwargs` and the same `seed` (passed as `seed=` to the named estimators
     and to a callable that has a `seed` parameter), so the parts differ only by their data; the
@@ -125,7 +126,7 @@ def data_spread(
         kwargs = {**kwargs, "seed": seed}
     values, sizes, errors = [], [], []
     total = Cost()
-    for part in probe.partition(n_splits, seed):
+    for part in partition(probe, n_splits, seed):
         meter = part.meter()
         result = run(part, **kwargs)
         total = _add(total, meter.cost())
@@ -141,6 +142,25 @@ def data_spread(
         stderr=std / math.sqrt(n_splits), split_stderr=np.asarray(errors, dtype=float),
         n_splits=n_splits, seed=seed, cost=total,
     )
+
+
+def partition(probe: Probe, n_parts: int, seed: int = 0) -> list[Probe]:
+    """Probes over `n_parts` disjoint random parts of the probe's samples that together hold
+    all of them: the global sample indices are shuffled by `torch.randperm(n_samples)` from a
+    generator seeded with `seed`, cut into `n_parts` consecutive pieces whose sizes differ by
+    at most one (the first `n_samples % n_parts` pieces one larger, as `numpy.array_split`),
+    and each piece sorted (`Probe.sample_parts`; distributed as `Probe.sample_groups`).
+
+    Raises:
+        LandscapeError: n_parts is not in [1, n_samples].
+    """
+    total = probe.n_samples
+    if isinstance(n_parts, bool) or not isinstance(n_parts, int) or not 1 <= n_parts <= total:
+        raise LandscapeError(
+            f"n_parts must be an integer in [1, {total}] (the number of samples); got "
+            f"{n_parts!r}.")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return probe.sample_parts([piece.sort().values for piece in torch.tensor_split(order, n_parts)])
 
 
 def _resolve(estimator: str | Callable[..., Any]) -> tuple[str, Callable[..., Any]]:

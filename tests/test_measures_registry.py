@@ -76,7 +76,7 @@ def test_settings_are_what_the_estimator_was_given(probe):
     report = audit(probe, budget="quick", seed=4, measures=["hessian_eigenvalues"])
     m = report.measures["hessian_eigenvalues"]
     assert m.settings == {"k": 5, "which": "largest", "tol": 1e-3, "max_iter": 60, "seed": 4}
-    assert m.details["n_hvp"] <= 60 * 5 + 5 and m.error_bound == m.details["residuals"][0]
+    assert m.details["n_hvp"] <= 60 * 5 + 5 and m.error_bound == m.details["error_bounds"][0]
 
 
 def test_row_notes_render_under_the_table_in_markdown_and_html():

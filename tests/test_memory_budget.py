@@ -61,11 +61,13 @@ def test_top_eigenvalue_without_a_basis_matches_the_exact_hessian(which):
     res = hessian_eigenvalues(probe, k=1, which=which, tol=1e-8, max_vectors=3)
     full = hessian_eigenvalues(probe, k=1, which=which, tol=1e-8)
     want = evals[-1] if which == "largest" else evals[0]
-    assert res.stored_vectors == 2 and full.stored_vectors > 2
+    # two vectors while iterating, three in the second pass that forms the Ritz vector
+    assert res.stored_vectors == 3 and full.stored_vectors > 3
     assert res.converged and res.eigenvalues[0] == pytest.approx(want, rel=1e-7)
     assert res.residuals[0] <= 1e-8 * abs(want)
-    # the recurrence reaches the tolerance in about as many products as the full basis
-    assert res.n_hvp <= full.n_hvp + 3
+    # the recurrence reaches the tolerance in about as many steps as the full basis; its true
+    # residual costs a second pass of as many products
+    assert res.n_hvp <= 2 * full.n_hvp + 3
 
 
 def test_large_models_get_the_bounded_default(monkeypatch):

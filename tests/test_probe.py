@@ -51,7 +51,7 @@ def test_device_tensor_sums_equal_host_sums():
     x, y = tiny_data(37)
     host = Probe(model, DataLoader(TensorDataset(x, y), batch_size=10))
     device = Probe(model, DataLoader(TensorDataset(x, y), batch_size=10))
-    device._host_sums = False
+    device.batch_pass.host_sums = False
     a, b = host.evaluate(), device.evaluate()
     assert b.loss == pytest.approx(a.loss, rel=1e-14) and b.accuracy == a.accuracy
     d = torch.randn(host.num_params, dtype=torch.float64)

@@ -11,6 +11,7 @@ import torch
 from conftest import exact_hessian, tiny_data, tiny_mlp
 
 from landscape import DataSpread, LandscapeError, Probe, data_spread, hessian_trace
+from landscape.spread import partition
 
 
 def _parts(n_samples, n_splits, seed):
@@ -27,15 +28,15 @@ def _setup(n=42, batch_size=10):
 
 def test_partition_is_disjoint_and_covers_every_sample():
     model, x, y, probe = _setup()
-    parts = probe.partition(4, seed=3)
+    parts = partition(probe, 4, seed=3)
     assert [p.n_samples for p in parts] == [11, 11, 10, 10]
     weighted = sum(p.n_samples * p.loss() for p in parts) / probe.n_samples
     assert weighted == pytest.approx(probe.loss(), rel=1e-12)
     for part, idx in zip(parts, _parts(42, 4, 3)):
         exact = torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).item()
         assert part.loss() == pytest.approx(exact, rel=1e-12)
-    with pytest.raises(LandscapeError, match="n_parts must be in"):
-        probe.partition(43)
+    with pytest.raises(LandscapeError, match="n_parts must be an integer in"):
+        partition(probe, 43)
 
 
 def test_top_eigenvalue_per_part_matches_the_dense_hessian_of_that_part():
@@ -84,7 +85,7 @@ def test_any_callable_and_the_named_zeroth_and_first_order_measures():
     # the seed reaches the estimator: the same draws on every part as called by hand
     noisy = data_spread(probe, "trace", n_splits=2, seed=5, n_hvp=6, method="hutchinson")
     by_hand = [hessian_trace(p, n_hvp=6, method="hutchinson", seed=5).estimate
-               for p in probe.partition(2, seed=5)]
+               for p in partition(probe, 2, seed=5)]
     np.testing.assert_allclose(noisy.values, by_hand, rtol=1e-12)
     assert np.all(noisy.split_stderr > 0)
     one = data_spread(probe, "trace", n_splits=1, n_hvp=6)
@@ -99,3 +100,19 @@ def test_bad_estimators_are_refused_with_the_fix():
         data_spread(probe, lambda p: "no number", n_splits=2)
     with pytest.raises(LandscapeError, match="n_splits must be an integer"):
         data_spread(probe, "trace", n_splits=0)
+
+
+def test_audit_reports_the_data_spread_of_its_headline_measures_when_asked():
+    from landscape import audit
+    from landscape.audit import DEFAULT_MEASURES
+
+    assert "top_eigenvalue_data_spread" not in DEFAULT_MEASURES  # optional: quick stays quick
+    _, _, _, probe = _setup(n=40)
+    report = audit(probe, budget="quick", seed=2,
+                   measures=["top_eigenvalue_data_spread", "trace_data_spread"])
+    top = report.measures["top_eigenvalue_data_spread"]
+    direct = data_spread(probe, "top_eigenvalue", n_splits=4, seed=2, tol=1e-3, max_iter=60)
+    np.testing.assert_allclose(top.details["values"], direct.values, rtol=1e-9)
+    assert top.value == pytest.approx(direct.std, rel=1e-9)
+    assert report.measures["trace_data_spread"].details["n_samples"] == [10, 10, 10, 10]
+    assert "top_eigenvalue_data_spread" in report.to_markdown()

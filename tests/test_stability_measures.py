@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -205,3 +206,139 @@ def test_alignment_refuses_two_models():
         hessian_alignment(Probe(model, a), Probe(tiny_mlp(seed=5), b))
     with pytest.raises(LandscapeError, match="measure different parameters"):
         hessian_alignment(Probe(model, a, params="0"), Probe(model, b))
+
+
+# ---------------------------------------------------------------- figure
+
+
+def test_batch_spectrum_figure_is_log_log_with_the_full_data_line(mlp_and_data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from figure_checks import text_problems
+
+    from landscape.plot_batch import plot_batch_spectrum
+
+    model, x, y, _ = mlp_and_data
+    spectrum = batch_size_spectrum(Probe(model, (x, y)), [2, 6, 18], max_batches=None)
+    ax = plot_batch_spectrum(spectrum)
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    full = [line for line in ax.get_lines() if np.allclose(line.get_ydata(),
+                                                           spectrum.full_value)]
+    assert full, "the full-data value is drawn as a horizontal line"
+    means = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert np.allclose(means[0].get_ydata(), [r.mean for r in spectrum.rows])
+    assert not text_problems(ax.figure)
+    plt.close(ax.figure)
+    negative = type(spectrum)(**{**spectrum.__dict__, "full_value": -1.0})
+    with pytest.raises(LandscapeError, match="needs positive top eigenvalues"):
+        plot_batch_spectrum(negative)
+
+
+# ---------------------------------------------------------------- audit entries
+
+
+def test_audit_reports_frobenius_and_the_trace_ratio_with_a_learning_rate(mlp_and_data,
+                                                                         tmp_path):
+    from landscape import audit
+
+    model, x, y, H = mlp_and_data
+    probe = Probe(model, (x, y))
+    report = audit(probe, budget="quick", measures=["hessian_trace", "hessian_frobenius"],
+                   lr=0.3)
+    frob, ratio = report.measures["hessian_frobenius"], report.measures["trace_ratio"]
+    trace = report.measures["hessian_trace"]
+    # n = 57 > 30 products: both are estimates, within a few standard errors of the dense values
+    assert abs(frob.value - float(torch.linalg.matrix_norm(H))) <= 4 * frob.stderr
+    assert ratio.value == pytest.approx(trace.value * 0.3 / 2)
+    assert ratio.stderr == pytest.approx(trace.stderr * 0.3 / 2)
+    assert ratio.cost == {"shared_with": "hessian_trace"}  # the trace is not measured twice
+    assert abs(ratio.value - float(torch.trace(H)) * 0.15) <= 4 * ratio.stderr
+    assert "trace_ratio" in report.to_markdown() and "hessian_frobenius" in report.to_markdown()
+    # without the trace measure, trace_ratio measures the trace itself
+    alone = audit(probe, budget="quick", measures=["trace_ratio"], lr=0.3)
+    assert alone.measures["trace_ratio"].cost["n_hvp"] > 0
+    assert "trace_ratio" not in audit(probe, budget="quick", measures=["loss"]).measures
+    with pytest.warns(RuntimeWarning, match="trace_ratio failed"):
+        failed = audit(probe, budget="quick", measures=["trace_ratio"]).measures["trace_ratio"]
+    assert "needs the learning rate" in failed.error["message"] and math.isnan(failed.value)
+    with pytest.raises(LandscapeError, match="lr must be a number"):
+        audit(probe, budget="quick", measures=["loss"], lr=-1.0)
+
+
+def test_audit_batch_spectrum_entry_and_figure(mlp_and_data, tmp_path):
+    from landscape import audit
+
+    model, x, y, _ = mlp_and_data
+    report = audit(Probe(model, (x, y)), budget="quick", measures=["loss"],
+                   batch_sizes=[4, 12])
+    m = report.measures["batch_spectrum"]
+    spectrum = report.results["batch_spectrum"]
+    assert m.value == spectrum.rows[0].mean and m.stderr == spectrum.rows[0].stderr
+    assert m.settings["batch_sizes"] == [4, 12] and m.settings["max_batches"] == 8
+    assert [r["batch_size"] for r in m.details["rows"]] == [4, 12]
+    written = report.write(tmp_path)
+    assert (tmp_path / "batch_spectrum.png").exists() and tmp_path / "batch_spectrum.png" in written
+    with pytest.raises(LandscapeError, match="batch_sizes must be a non-empty list"):
+        audit(Probe(model, (x, y)), measures=["loss"], batch_sizes=[])
+
+
+# ---------------------------------------------------------------- compare across data sets
+
+
+def test_compare_one_checkpoint_on_two_data_sets():
+    from landscape import compare
+
+    model, a, b = _domains()
+    result = compare({"net": Probe(model, a)}, measures=["hessian_eigenvalues"], data_b=b,
+                     data_names=("source", "target"), alignment_params="2")
+    direct = hessian_alignment(Probe(model, a), Probe(model, b), params="2")
+    got = result.across_data["net"]
+    assert got.hessian_distance == pytest.approx(direct.hessian_distance, rel=1e-8)
+    assert got.gradient_cosine == pytest.approx(direct.gradient_cosine, rel=1e-10)
+    assert got.params == ["2.weight", "2.bias"]
+    text = result.to_markdown()
+    assert "One checkpoint on two data sets (a = source, b = target)" in text
+    assert f"{got.hessian_distance:.4g}" in text
+    assert result.to_dict()["across_data"]["net"]["gradient_distance"] == got.gradient_distance
+    assert compare({"net": Probe(model, a)}, measures=["loss"]).across_data == {}
+
+
+def test_cli_audit_lr_and_batch_sizes_and_compare_data_b(tmp_path, capsys):
+    from landscape.cli import main
+    from landscape.data import digits_mlp
+
+    torch.save(digits_mlp(hidden=16, seed=0).state_dict(), tmp_path / "net.pt")
+    (tmp_path / "net.py").write_text(
+        "from landscape.data import digits_mlp\n\ndef make():\n    return digits_mlp(hidden=16)\n")
+    (tmp_path / "small.py").write_text(
+        "from landscape.data import digits_tensors\n\n"
+        "def load():\n    x, y = digits_tensors('train')\n    return x[:120], y[:120]\n"
+        "def other():\n    x, y = digits_tensors('test')\n    return x[:80], y[:80]\n")
+    model = ["--model", f"{tmp_path}/net.py:make", "--data", f"{tmp_path}/small.py:load",
+             "--no-progress"]
+    code = main(["audit", *model, "--checkpoint", str(tmp_path / "net.pt"), "--out",
+                 str(tmp_path / "audit"), "--budget", "quick", "--measures",
+                 "hessian_trace,hessian_frobenius", "--lr", "0.2", "--batch-sizes", "16,32"])
+    assert code == 0
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    measures = report["measures"]
+    assert measures["trace_ratio"]["value"] == pytest.approx(
+        measures["hessian_trace"]["value"] * 0.1)
+    assert measures["batch_spectrum"]["settings"]["batch_sizes"] == [16, 32]
+    assert measures["hessian_frobenius"]["value"] > 0
+    assert (tmp_path / "audit" / "batch_spectrum.png").exists()
+    code = main(["compare", *model, str(tmp_path / "net.pt"), "--out", str(tmp_path / "cmp"),
+                 "--measures", "hessian_trace", "--data-b", f"{tmp_path}/small.py:other",
+                 "--head", "4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "One checkpoint on two data sets" in out and "4.weight, 4.bias" in out
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["across_data"]["net"]["n_samples_b"] == 80
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", *model, "--checkpoint", str(tmp_path / "net.pt"), "--out",
+              str(tmp_path / "x"), "--batch-sizes", "16,a"])
+    assert exc.value.code == 2
+    assert "not a comma-separated list of integers" in capsys.readouterr().err

@@ -38,9 +38,9 @@ def _row(markdown, name):
 
 @pytest.fixture()
 def starved(monkeypatch):
-    """A quick budget too small to converge: 6 Lanczos products for the top 5 eigenvalues, a
+    """A quick budget too small to converge: 16 Lanczos products for the top 5 eigenvalues, a
     trace and density whose standard errors must be within 0.01% of their values."""
-    monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "eig_max_iter": 6,
+    monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "eig_max_iter": 16,
                                           "trace_hvp": 6, "rel_stderr": 1e-4})
     with pytest.warns(RuntimeWarning, match="did not converge"):
         return audit(_probe(), budget="quick", measures=CURVATURE)
@@ -109,7 +109,7 @@ def test_converged_numbers_carry_no_mark(monkeypatch):
 
 
 def test_compare_marks_on_the_line(monkeypatch):
-    monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "eig_max_iter": 6})
+    monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "eig_max_iter": 16})
     with pytest.warns(RuntimeWarning, match="did not converge"):
         result = compare({"a": _probe(0), "b": _probe(1)}, measures=["hessian_eigenvalues"],
                          align=False)
@@ -129,7 +129,7 @@ def test_track_puts_the_note_beside_the_number(monkeypatch, tmp_path):
     track_module = importlib.import_module("landscape.track")
 
     starved = ("hessian_eigenvalues", lambda t: {"k": 1, "tol": t["tol"], "seed": t["seed"],
-                                                  "max_iter": 2})
+                                                  "max_iter": 3})
     monkeypatch.setitem(track_module._FROM_REGISTRY, "top_eigenvalue", starved)
     for step in (1, 2):
         torch.save(digits_mlp(hidden=16, seed=step).state_dict(), tmp_path / f"s_{step}.pt")
@@ -140,13 +140,24 @@ def test_track_puts_the_note_beside_the_number(monkeypatch, tmp_path):
     header, *rows = [line for line in csv.reader(io.StringIO(result.to_csv()))]
     assert header.index("top_eigenvalue_note") == header.index("top_eigenvalue") + 1
     for row in rows:
-        assert row[header.index("top_eigenvalue_note")].startswith("not converged after 2")
+        assert row[header.index("top_eigenvalue_note")].startswith("not converged after 3")
+
+
+def test_fewer_eigenvalues_than_asked_are_said_so(monkeypatch):
+    monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "eig_max_iter": 6})
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        report = audit(_probe(), budget="quick", measures=["hessian_eigenvalues"])
+    found = len(report.results["hessian_eigenvalues"].eigenvalues)
+    assert found < 5
+    row = _row(report.to_markdown(), "hessian_eigenvalues")
+    assert f"only {found} of the 5 eigenvalues asked for were found" in row["uncertainty"]
+    assert UNCONVERGED_MARK in row["value"]
 
 
 def test_layer_results_table_marks_unconverged_blocks():
     probe = _probe()
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        layers = hessian_eigenvalues(probe, k=2, by="layer", max_iter=3)
+        layers = hessian_eigenvalues(probe, k=2, by="layer", max_iter=5)
     assert isinstance(layers, LayerResults)
     table = rendered_cells(layers.to_markdown())
     for row, (_, r) in zip(table[1:], layers.items()):
@@ -158,7 +169,7 @@ def test_cli_audit_prints_the_marks(tmp_path):
     script = (
         "import sys\n"
         "from landscape.measures import EFFORT\n"
-        "EFFORT['quick'] = {**EFFORT['quick'], 'eig_max_iter': 6}\n"
+        "EFFORT['quick'] = {**EFFORT['quick'], 'eig_max_iter': 16}\n"
         "from landscape.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     (tmp_path / "net.py").write_text("from landscape.data import digits_mlp\n"

@@ -49,7 +49,8 @@ def test_audit_reports_every_default_measure_and_leaves_the_model(trained, data,
 
 def test_audit_optional_measures_beyond_the_peers(trained, data):
     report = audit(Probe(trained[0], data), budget="quick",
-                   measures=["hessian_eigenvalues", "hessian_trace", *OPTIONAL_MEASURES])
+                   measures=["hessian_eigenvalues", "hessian_trace", *OPTIONAL_MEASURES],
+                   lr=0.1)  # trace_ratio needs the learning rate
     m = report.measures
     assert m["pac_bayes_flatness"].value > 0 and m["pac_bayes_flatness"].stderr > 0
     assert math.isfinite(m["local_entropy"].value) and m["local_entropy"].stderr > 0

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def hessian_alignment(
         seed: seeds the Lanczos start vectors.
         max_vectors: memory budget of the Lanczos run on D in parameter-sized vectors (it
             stores one per step, without restarts); None: max_iter + 1 when they fit in 1 GiB,
-            else 10. A run that fills its budget stops there, converged=False.
+            else 8. A run that fills its budget stops there, converged=False.
         progress: show a progress bar over products with D.
 
     Returns:
@@ -178,8 +178,8 @@ def hessian_alignment(
     meters = pa.meter(), pb.meter()
     ga, gb = pa.gradient(), pb.gradient()
     eig = dict(k=k, tol=tol, seed=seed)
-    top_a, top_b = hessian_eigenvalues(pa, **eig), hessian_eigenvalues(pb, **eig)
-    assert isinstance(top_a, EigenResult) and isinstance(top_b, EigenResult)
+    top_a = cast(EigenResult, hessian_eigenvalues(pa, **eig))  # by=None: one result
+    top_b = cast(EigenResult, hessian_eigenvalues(pb, **eig))
 
     def difference(v: Tensor) -> Tensor:
         return pa.hvp(v) - pb.hvp(v)

@@ -6,10 +6,8 @@ small matrix) is copied to the host for the stopping test, where its eigenproble
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.linalg
@@ -19,11 +17,14 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator
-from .._reduce import accumulation_dtype, dot, fdot, fnorm, norm, normalize_
+from .._reduce import accumulation_dtype, fdot, fnorm, norm, normalize_
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import MatVec, operator, per_group, select
+from ._eigs import Eigs
+from ._ritz import error_bounds, rayleigh_residuals
+from .power import power_eigs
 from .results import EigenResult, LayerResults
 
 WHICH = ("largest", "smallest")
@@ -56,10 +57,16 @@ def hessian_eigenvalues(
 
         ||H y_i - theta_i y_i|| <= tol * |theta_i|,
 
-    the residual estimated without extra products as beta_m |s_mi| (s_i the eigenvector of the
-    projected matrix). Near the roundoff level the bound is floored at 100 eps max_j |theta_j|
-    (eps of the probe's dtype), so zero eigenvalues can converge. Since eigenvalue errors are
-    about residual^2 / gap, the eigenvalues themselves are usually far more accurate than `tol`.
+    first with the residual estimated without extra products as beta_m |s_mi| (s_i the
+    eigenvector of the projected matrix), then, since that estimate assumes an orthonormal basis
+    in exact arithmetic, with the true residual: each wanted Ritz vector y_i is formed and
+    multiplied once more, theta_i is replaced by its Rayleigh quotient and r_i = ||H y_i -
+    theta_i y_i|| (unit y_i, inner products in float64) is what `residuals` reports and what
+    `converged` is decided on. If a true residual misses the tolerance the iteration continues
+    (while products are left) from the restarted basis. Near the roundoff level the bound is
+    floored at 100 eps max_j |theta_j| (eps of the probe's dtype), so zero eigenvalues can
+    converge. `error_bounds` = min(r_i, r_i^2 / gap_i) bounds the eigenvalue error (see
+    `EigenResult`); it is usually far below `tol`.
 
     Args:
         probe: the model, data and loss.
@@ -67,8 +74,9 @@ def hessian_eigenvalues(
         which: "largest" (largest algebraic: the sharpest directions) or "smallest" (most
             negative: is it really a minimum?).
         tol: relative residual tolerance (see above).
-        max_iter: maximum number of Hessian-vector products; None means 1000 for Lanczos and
-            1000 per eigenvalue for power iteration.
+        max_iter: maximum number of Hessian-vector products, the k of the final residual check
+            included (k + 1 at least); None means 1000 for Lanczos and 1000 per eigenvalue for
+            power iteration.
         seed: seeds the start vector.
         return_vectors: also return the unit eigenvectors (rows of a (k, num_params) tensor).
         method: "lanczos" or "power" (PyHessian's power iteration with deflation, kept as a
@@ -85,11 +93,13 @@ def hessian_eigenvalues(
             holds max_vectors - 1 vectors before a thick restart; fewer vectors mean more
             products (about 22 products for the top eigenvalue of a trained network with a
             basis of 40, a few more with 9). For k=1 without `return_vectors`, max_vectors=2
-            or 3 uses the three-term recurrence instead: 2 vectors and no restarts (its
-            vectors lose orthogonality, which leaves the extreme eigenvalue and its residual
-            reliable but may cost more products; see `recurrence_eig`). None: the full basis
-            (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors. The vectors are
-            allocated as the basis grows. `EigenResult.stored_vectors` reports what was stored.
+            or 3 uses the three-term recurrence instead: 2 vectors and no restarts, then a
+            second pass of as many products with 3 vectors to form the Ritz vector whose true
+            residual is checked (its vectors lose orthogonality, which leaves the extreme
+            eigenvalue reliable but may cost more products; see `recurrence_eig`). None: the
+            full basis (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors. The
+            vectors are allocated as the basis grows. `EigenResult.stored_vectors` reports
+            what was stored.
         progress: show a progress bar over products.
 
     Returns:
@@ -153,7 +163,13 @@ def hessian_eigenvalues(
                 budget = max_iter if max_iter is not None else 1000
                 m, _ = _plan(p, k, return_vectors, max_basis, max_vectors)
                 if m == 0:
-                    out = recurrence_eig(counted, v0.pop(), which, tol, budget)
+                    v0.clear()
+
+                    def start() -> Tensor:  # the same start vector, for both passes
+                        return torch.randn(p.num_params, generator=generator(seed),
+                                           dtype=p.dtype).to(p.device)
+
+                    out = recurrence_eig(counted, start, which, tol, budget)
                 else:
                     out = lanczos_eigs(counted, v0.pop(), k, which, tol, budget, m, gen,
                                        return_vectors)
@@ -171,22 +187,13 @@ def hessian_eigenvalues(
         return EigenResult(
             eigenvalues=out.values, eigenvectors=out.vectors if return_vectors else None,
             stored_vectors=out.n_vectors,
-            residuals=out.residuals, n_hvp=cost.n_hvp, converged=out.converged,
+            residuals=out.residuals, error_bounds=out.bounds, n_hvp=cost.n_hvp,
+            converged=out.converged,
             seconds=cost.seconds, which=which, method=method, curvature=curvature, tol=tol,
             seed=seed,
         )
 
     return per_group(probe, by, estimate)
-
-
-@dataclass
-class _Eigs:
-    values: np.ndarray
-    residuals: np.ndarray
-    vectors: Tensor | None
-    converged: bool
-    n_matvec: int
-    n_vectors: int  # parameter-sized vectors stored (beyond the product)
 
 
 def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
@@ -250,23 +257,44 @@ def _stop_test(theta: np.ndarray, S: np.ndarray, b: float, k: int, which: str, t
     return want, res, ok, breakdown
 
 
+def _restart(basis: Basis, T: Tensor, theta: np.ndarray, S: np.ndarray, b: float,
+             keep: np.ndarray, size: int, next_row: bool) -> int:
+    """Thick restart in place: rows[:p] become the Ritz vectors of `keep` (p = len(keep)), row p
+    the last Lanczos vector (row `size`, when `next_row`), T their projection. Returns p."""
+    p = len(keep)
+    basis.transform_in_place(torch.as_tensor(S[:, keep], device=basis.device, dtype=basis.dtype))
+    if next_row and p < size:
+        basis.set(p, basis.row(size))
+    T.zero_()
+    T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=T.device, dtype=T.dtype))
+    coupling = torch.as_tensor(b * S[-1, keep], device=T.device, dtype=T.dtype)
+    T[p, :p] = coupling
+    T[:p, p] = coupling
+    return p
+
+
 def lanczos_eigs(
     matvec: MatVec, v0: Tensor, k: int, which: str, tol: float, max_iter: int, max_basis: int,
     gen: torch.Generator, return_vectors: bool = True,
-) -> _Eigs:
+) -> Eigs:
     """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above).
 
-    Stores at most max_basis + 1 vectors (allocated as the basis grows) besides the product.
+    When the residual estimates pass (or the budget is spent) the basis is restarted onto the
+    wanted Ritz vectors and each is checked with one product (`rayleigh_residuals`); if a true
+    residual misses the tolerance and products are left, the iteration goes on from there,
+    trusting the estimates only by the factor they were off. At most max_iter products, the
+    checks included (k + 1 when max_iter is smaller). Stores at most max_basis + 1 vectors
+    (allocated as the basis grows) besides the product.
     """
     n = v0.numel()
     m = min(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
-    device, dtype = v0.device, v0.dtype
-    basis = Basis(n, m + 1, device, dtype)
-    T = torch.zeros(m + 1, m + 1, device=device, dtype=accumulation_dtype(device))
+    basis = Basis(n, m + 1, v0.device, v0.dtype)
+    T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=accumulation_dtype(v0.device))
     basis.set(0, normalize_(v0))
     del v0
-    j, n_mv = 0, 0
+    limit = max(1, max_iter - k)  # products for the iteration; the final check takes k more
+    j, n_mv, trust = 0, 0, 1.0
     while True:
         w, beta = lanczos_step(matvec, basis, T, j)
         n_mv += 1
@@ -276,14 +304,31 @@ def lanczos_eigs(
         b = float(Tc[size, size - 1])
         Tc = Tc[:size, :size]
         theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
-        want, res, ok, breakdown = _stop_test(theta, S, b, k, which, tol, eps)
-        done = size >= k and (ok or breakdown or size >= n)
-        if done or n_mv >= max_iter:
-            vectors = None
-            if return_vectors:
-                coeffs = torch.as_tensor(S[:, want].T.copy(), device=device, dtype=dtype)
-                vectors = basis.combine(coeffs)
-            return _Eigs(theta[want], res, vectors, bool(done), n_mv, basis.allocated)
+        want, res, ok, breakdown = _stop_test(theta, S, b, k, which, tol * trust, eps)
+        invariant = breakdown or size >= n
+        if (size >= k and (ok or invariant)) or n_mv >= limit:
+            if not breakdown:
+                basis.set(size, w.div_(beta))
+            del w
+            p = size if size <= k else min(size - 1, k + (size - k) // 2)
+            j = _restart(basis, T, theta, S, b, _wanted(theta, p, which), size, not breakdown)
+            values, true_res = rayleigh_residuals(matvec, [basis.row(i) for i in range(len(want))])
+            n_mv += len(want)
+            scale = max(float(np.max(np.abs(theta))), float(np.max(np.abs(values))))
+            ok = size >= k and bool(np.all(true_res <= np.maximum(tol * np.abs(values),
+                                                                  100 * eps * scale)))
+            if ok or invariant or n_mv + 1 + k > max_iter:
+                rest = np.setdiff1d(np.arange(len(theta)), want)
+                bounds = error_bounds(values, true_res, theta[rest], b * np.abs(S[-1, rest]))
+                vectors = None
+                if return_vectors:
+                    vectors = torch.stack([basis.row(i) for i in range(len(want))])
+                    for v in vectors:
+                        normalize_(v)
+                return Eigs(values, true_res, vectors, ok, n_mv, basis.allocated, bounds)
+            # the estimates passed but the vectors did not: believe them only that far
+            trust = min(trust, float(np.min(res / np.maximum(true_res, 1e-300))))
+            continue
         if breakdown:  # invariant subspace with fewer than k vectors: continue orthogonally
             T[size, size - 1] = 0
             T[size - 1, size] = 0
@@ -296,20 +341,15 @@ def lanczos_eigs(
             continue
         # thick restart: keep the wanted Ritz vectors and their nearest neighbours
         p = min(m - 1, k + (m - k) // 2)
-        keep = _wanted(theta, p, which)
-        basis.transform_in_place(torch.as_tensor(S[:, keep], device=device, dtype=dtype))
-        basis.set(p, basis.row(m))
-        T.zero_()
-        T[:p, :p] = torch.diag(torch.as_tensor(theta[keep], device=device, dtype=T.dtype))
-        coupling = torch.as_tensor(b * S[-1, keep], device=device, dtype=T.dtype)
-        T[p, :p] = coupling
-        T[:p, p] = coupling
-        j = p
+        j = _restart(basis, T, theta, S, b, _wanted(theta, p, which), m, True)
 
 
-def three_term_steps(matvec: MatVec, v0: Tensor) -> Iterator[tuple[float, float]]:
+def three_term_steps(matvec: MatVec, v0: Tensor,
+                     on_vector: Callable[[Tensor], None] | None = None,
+                     ) -> Iterator[tuple[float, float]]:
     """(alpha_j, beta_j) of the Lanczos three-term recurrence from v0, one product a step,
     storing two vectors (v0 is normalized in place: the caller should hold no other copy).
+    `on_vector(v_j)` is called with each Lanczos vector before its product.
 
     beta_j is the norm of the remainder after step j (its next off-diagonal). Each step is
     orthogonalized once more against the current vector, for stability; nothing else is
@@ -320,6 +360,8 @@ def three_term_steps(matvec: MatVec, v0: Tensor) -> Iterator[tuple[float, float]
     v_prev: Tensor | None = None
     beta_prev = 0.0
     while True:
+        if on_vector is not None:
+            on_vector(v)
         w = matvec(v)
         alpha = fdot(v, w)
         w.sub_(v, alpha=alpha)
@@ -334,22 +376,30 @@ def three_term_steps(matvec: MatVec, v0: Tensor) -> Iterator[tuple[float, float]
 
 
 def recurrence_eig(
-    matvec: MatVec, v0: Tensor, which: str, tol: float, max_iter: int,
-) -> _Eigs:
-    """The extreme eigenvalue by the Lanczos three-term recurrence, storing two vectors.
+    matvec: MatVec, start: Callable[[], Tensor], which: str, tol: float, max_iter: int,
+) -> Eigs:
+    """The extreme eigenvalue by the Lanczos three-term recurrence, storing two vectors, then
+    a second pass that forms its Ritz vector (three vectors) for the true residual.
 
     Without reorthogonalization the Lanczos vectors lose orthogonality once a Ritz value
     converges, and copies ("ghosts") of converged eigenvalues appear; a converged Ritz value and
-    its residual estimate beta |s_mi| stay reliable (Paige 1980). The run stops when a Ritz value
-    equal to the extreme one within the tolerance has a residual within it (a ghost copy next to
-    it may not have converged yet), so for one eigenvalue nothing is lost but the eigenvector,
-    which would need the basis.
+    its residual estimate beta |s_mi| stay reliable in exact arithmetic (Paige 1980). The first
+    pass stops when a Ritz value equal to the extreme one within the tolerance has an estimated
+    residual within it (a ghost copy next to it may not have converged yet). The second pass
+    repeats the recurrence from the same start vector (`start()` must return it again) and
+    accumulates y = sum_j s_j v_j; the returned value is y's Rayleigh quotient and the residual
+    ||H y - theta y|| / ||y|| is computed with one more product, so converged is decided on the
+    vector, at 2 m + 1 products for m steps (the first pass gets (max_iter - 1) // 2).
     """
+    v0 = start()
     eps = torch.finfo(v0.dtype).eps
     n = v0.numel()
+    limit = max(1, (max_iter - 1) // 2)
     alphas: list[float] = []
     betas: list[float] = []
-    for alpha, beta in three_term_steps(matvec, v0):
+    steps = three_term_steps(matvec, v0)
+    del v0
+    for alpha, beta in steps:
         alphas.append(alpha)
         theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(alphas), np.asarray(betas))
         want, res, ok, breakdown = _stop_test(theta, S, beta, 1, which, tol, eps)
@@ -362,47 +412,28 @@ def recurrence_eig(
             close = np.abs(theta - theta[want[0]]) <= bound
             good = np.flatnonzero(close & (all_res <= bound))
             if len(good):
-                want, res, ok = good[:1], all_res[good[:1]], True
-        if ok or breakdown or len(alphas) >= max_iter or len(alphas) >= n:
-            done = ok or breakdown or len(alphas) >= n
-            return _Eigs(theta[want], res, None, bool(done), len(alphas), 2)
+                want, ok = good[:1], True
+        if ok or breakdown or len(alphas) >= limit or len(alphas) >= n:
+            break
         betas.append(beta)
-    raise AssertionError("unreachable: the recurrence never ends by itself")
+    steps.close()  # frees the recurrence's vectors
+    coeffs = S[:, want[0]]
+    state: dict = {"j": 0, "y": None}
 
+    def accumulate(v: Tensor) -> None:  # y += s_j v_j
+        if state["y"] is None:
+            state["y"] = torch.zeros_like(v)
+        if state["j"] < len(coeffs):
+            state["y"].add_(v, alpha=float(coeffs[state["j"]]))
+        state["j"] += 1
 
-def power_eigs(
-    matvec: MatVec, v0: Tensor, k: int, tol: float, max_iter: int, gen: torch.Generator,
-) -> _Eigs:
-    """Power iteration with deflation (PyHessian's method) stopped on the residual rule."""
-    n = v0.numel()
-    found: list[Tensor] = []
-    values, residuals = [], []
-    n_mv, converged = 0, True
-    v = v0
-    for i in range(k):
-        if i:
-            v = torch.randn(n, generator=gen, dtype=v0.dtype).to(v0.device)
-        theta, r = math.nan, math.inf
-        done = False
-        while n_mv < max_iter:
-            for u in found:
-                v = v - dot(u, v).to(v.dtype) * u
-            v = v / norm(v).to(v.dtype)
-            w = matvec(v)
-            n_mv += 1
-            for u in found:
-                w = w - dot(u, w).to(w.dtype) * u
-            theta = fdot(v, w)
-            r = fnorm(w - theta * v)
-            if r <= max(tol * abs(theta), 100 * torch.finfo(v.dtype).eps * abs(theta)):
-                done = True
-                break
-            v = w
-        converged = converged and done
-        found.append(v)
-        values.append(theta)
-        residuals.append(r)
-    order = np.argsort(values)[::-1]
-    vectors = torch.stack(found)[torch.as_tensor(order.copy(), device=v0.device)]
-    return _Eigs(np.asarray(values)[order], np.asarray(residuals)[order], vectors, converged,
-                 n_mv, k + 1)
+    second = three_term_steps(matvec, start(), accumulate)
+    for _ in range(len(alphas)):
+        next(second)
+    second.close()
+    values, true_res = rayleigh_residuals(matvec, [state["y"]])
+    scale = max(float(np.max(np.abs(theta))), abs(float(values[0])))
+    ok = bool(true_res[0] <= max(tol * abs(values[0]), 100 * eps * scale))
+    rest = np.setdiff1d(np.arange(len(theta)), want)
+    bounds = error_bounds(values, true_res, theta[rest], beta * np.abs(S[-1, rest]))
+    return Eigs(values, true_res, None, ok, 2 * len(alphas) + 1, 3, bounds)

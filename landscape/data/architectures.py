@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import LandscapeError
-from .models import _seeded
+from .models import seeded
 
 __all__ = ["gpt2_lm", "causal_lm_loss", "token_data", "vit", "convnext", "resnet",
            "lstm_classifier", "lstm_lm", "image_data"]
@@ -126,7 +126,7 @@ def gpt2_lm(vocab_size: int = 64, context: int = 16, width: int = 32, depth: int
         dropout: dropout rate in training mode (the Probe measures in eval mode: no dropout).
         seed: seed of the initialization.
     """
-    return _seeded(seed, lambda: GPT2LM(vocab_size, context, width, depth, heads, dropout))
+    return seeded(seed, lambda: GPT2LM(vocab_size, context, width, depth, heads, dropout))
 
 
 def causal_lm_loss(model: nn.Module, batch: Tensor | dict[str, Tensor]) -> Tensor:
@@ -195,7 +195,7 @@ def vit(image_size: int = 16, patch_size: int = 4, channels: int = 3, width: int
     Parameters: about depth * 12 width^2 for the blocks, plus channels * patch_size^2 * width
     for the patch embedding and width * n_classes for the head.
     """
-    return _seeded(seed, lambda: ViT(image_size, patch_size, channels, width, depth, heads,
+    return seeded(seed, lambda: ViT(image_size, patch_size, channels, width, depth, heads,
                                      mlp_ratio, n_classes))
 
 
@@ -263,7 +263,7 @@ def convnext(channels: int = 3, dims: tuple[int, ...] = (16, 32), depths: tuple[
 
     `layer_scale` is the initial value of each block's per-channel scale (ConvNeXt's 1e-6).
     """
-    return _seeded(seed, lambda: ConvNeXt(channels, tuple(dims), tuple(depths), n_classes,
+    return seeded(seed, lambda: ConvNeXt(channels, tuple(dims), tuple(depths), n_classes,
                                           layer_scale))
 
 
@@ -350,7 +350,7 @@ def resnet(channels: int = 3, widths: tuple[int, ...] = (16, 32), blocks: tuple[
     blocks[i] blocks, stride 2 at the start of every stage but the first), or with
     `bottleneck=True` of bottleneck blocks (widths[i] inner channels, 4 widths[i] out:
     widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3) is ResNet-50)."""
-    return _seeded(seed, lambda: ResNet(channels, tuple(widths), tuple(blocks), n_classes,
+    return seeded(seed, lambda: ResNet(channels, tuple(widths), tuple(blocks), n_classes,
                                         bottleneck))
 
 
@@ -378,7 +378,7 @@ def lstm_classifier(vocab_size: int = 50, embed: int = 16, hidden: int = 16, lay
     Parameters: vocab_size * embed + 4 hidden (embed + hidden + 2) for the first layer
     (4 hidden (2 hidden + 2) for each further one) + (hidden + 1) n_classes.
     """
-    return _seeded(seed, lambda: LSTMClassifier(vocab_size, embed, hidden, layers, n_classes))
+    return seeded(seed, lambda: LSTMClassifier(vocab_size, embed, hidden, layers, n_classes))
 
 
 class LSTMLM(nn.Module):
@@ -404,4 +404,4 @@ def lstm_lm(vocab_size: int = 50, embed: int = 16, hidden: int = 16, layers: int
     Parameters: vocab_size * embed + 4 hidden (embed + hidden + 2) for the first layer
     (4 hidden (2 hidden + 2) for each further one) + (hidden + 1) vocab_size.
     """
-    return _seeded(seed, lambda: LSTMLM(vocab_size, embed, hidden, layers))
+    return seeded(seed, lambda: LSTMLM(vocab_size, embed, hidden, layers))

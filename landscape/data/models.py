@@ -22,7 +22,7 @@ def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int | None = None) -> 
         >>> bool((a[0].weight == b[0].weight).all())
         False
     """
-    return _seeded(seed, lambda: _mlp(hidden, depth))
+    return seeded(seed, lambda: _mlp(hidden, depth))
 
 
 def _mlp(hidden: int, depth: int) -> nn.Sequential:
@@ -49,7 +49,7 @@ def digits_cnn(channels: int = 8, *, seed: int | None = None) -> nn.Sequential:
             nn.Flatten(), nn.Linear(2 * c * 4 * 4, 10),
         )
 
-    return _seeded(seed, build)
+    return seeded(seed, build)
 
 
 class _Block(nn.Module):
@@ -88,10 +88,10 @@ def digits_resnet(channels: int = 8, n_blocks: int = 3, *, skip: bool = True,
 
     `seed` fixes the initialization; None (default) draws it from torch's global generator.
     """
-    return _seeded(seed, lambda: DigitsResNet(channels, n_blocks, skip))
+    return seeded(seed, lambda: DigitsResNet(channels, n_blocks, skip))
 
 
-def _seeded(seed: int | None, build):
+def seeded(seed: int | None, build):
     """Build a model under a fixed seed without touching the caller's global RNG state; with
     seed None, from the global generator (as `torch.nn` does)."""
     if seed is None:

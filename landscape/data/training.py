@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..errors import LandscapeError
+from .._validate import OneOf, validate_params
 
 OPTIMIZERS = ("sgd", "adam", "sam")
 
 
+@validate_params(optimizer=OneOf(OPTIMIZERS))
 def train(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -33,8 +34,6 @@ def train(
     Randomness (dropout, the loader's shuffling if its generator is unset) runs under a forked RNG
     seeded by `seed`, so the caller's global RNG is left alone.
     """
-    if optimizer not in OPTIMIZERS:
-        raise LandscapeError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
     if optimizer in ("sgd", "sam"):
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)

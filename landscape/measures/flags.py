@@ -29,7 +29,10 @@ def eigen_flags(result: Any, settings: dict[str, Any]) -> tuple[list[bool], str 
     """Marks for the eigenvalues of an `EigenResult` (see the module docstring)."""
     values = np.asarray(result.eigenvalues, dtype=float)
     residuals = np.asarray(result.residuals, dtype=float)
-    if result.converged:
+    asked = int(settings.get("k", len(values)))
+    missing = (f"only {len(values)} of the {asked} eigenvalues asked for were found; "
+               if len(values) < asked else "")
+    if result.converged and not missing:
         return [False] * len(values), None
     tol = float(settings.get("tol", result.tol))
     over = [not (r <= tol * abs(v)) for v, r in zip(values, residuals)]
@@ -39,8 +42,8 @@ def eigen_flags(result: Any, settings: dict[str, Any]) -> tuple[list[bool], str 
              for i, (v, r, bad) in enumerate(zip(values, residuals, over)) if bad]
     budget = settings.get("max_iter")
     spent = f"after {result.n_hvp} products" + (f" (max_iter={budget})" if budget else "")
-    note = (f"{NOT_CONVERGED} {spent}: {'; '.join(which)}. Raise max_iter (or the audit "
-            f"budget), or loosen tol={tol:g}.")
+    note = (f"{NOT_CONVERGED} {spent}: {missing}{'; '.join(which)}. Raise max_iter (or the "
+            f"audit budget), or loosen tol={tol:g}.")
     return over, note
 
 

@@ -60,11 +60,11 @@ class Measure:
 
     `stderr` is the standard error of a Monte Carlo estimate (None when the value is not a
     sample mean); `error_bound` a deterministic bound on |value - truth| where one is known
-    (for a Lanczos eigenvalue the residual norm ||H v - theta v||, which bounds the distance to
-    the nearest true eigenvalue). Worst-case sharpness and flatness are lower bounds of a
-    maximum and carry neither. `error` is None when the measure ran; when it raised, it is
-    `{"type": exception class name, "message": its message}`, `value` is NaN and `cost` what was
-    spent before the failure.
+    (for a Lanczos eigenvalue `EigenResult.error_bounds`: min(r, r^2 / gap) from the true
+    residual r = ||H v - theta v|| of the returned vector). Worst-case sharpness and flatness
+    are lower bounds of a maximum and carry neither. `error` is None when the measure ran; when
+    it raised, it is `{"type": exception class name, "message": its message}`, `value` is NaN
+    and `cost` what was spent before the failure.
 
     `values` lists every number asked for where there are several (all k eigenvalues, `value`
     being the first), else None. `unconverged` marks, per number (`values`, or the one
@@ -105,6 +105,8 @@ class MeasureContext:
     results: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None
     has_accuracy: bool = False
+    # the caller's options some measures need: "lr" (trace_ratio), "batch_sizes" (batch_spectrum)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

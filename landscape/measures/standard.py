@@ -35,7 +35,7 @@ def _eigenvalues(ctx: MeasureContext, s: Settings, name: str = "hessian_eigenval
     r = hessian_eigenvalues(ctx.probe, progress=ctx.progress, **s)
     ctx.results[name] = r
     m = from_result(name, float(r.eigenvalues[0]), None, r, s,
-                    error_bound=float(r.residuals[0]))
+                    error_bound=float(r.error_bounds[0]))
     marked, note = eigen_flags(r, s)
     return replace(m, values=[float(x) for x in r.eigenvalues], unconverged=marked, note=note)
 

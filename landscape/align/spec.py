@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import LandscapeError
+from ..errors import LandscapeError
 
 Factor = str | int
 Segment = tuple[Factor, ...]
