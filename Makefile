@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test docs package-check venv clean
+.PHONY: demo test test-fast lint-imports docs package-check venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,11 +19,18 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/landscape demo --out demo-output
 
-# The tests (they also run every example of README.md and docs/ and build the site), then the
-# installed-wheel check.
-test: venv
+# The import contracts (.importlinter: the layers of docs/architecture.md), the tests (they also
+# run every example of README.md and docs/ and build the site), then the installed-wheel check.
+test: venv lint-imports
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory package-check
+
+# The tests not marked slow (pytest -m "not slow"): under 2 minutes, for the edit-test loop.
+test-fast: venv lint-imports
+	$(PY) -m pytest -m "not slow"
+
+lint-imports: venv
+	$(VENV)/bin/lint-imports --config .importlinter
 
 # Wheel and sdist built, the wheel installed into a fresh venv outside the repository and used.
 package-check: venv

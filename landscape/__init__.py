@@ -41,6 +41,7 @@ from .entropy import LocalEntropyResult, local_entropy
 from .errors import LandscapeError
 from .flatness import FlatnessResult, first_order_flatness
 from .intrinsic import IntrinsicDimResult, intrinsic_dimension
+from .monitor import CurvatureMonitor
 from .pacbayes import PacBayesResult, pac_bayes_flatness
 from .probe import Cost, Evaluation, ParamInfo, Probe
 from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
@@ -113,6 +114,7 @@ __all__ = [
     "PairResult",
     "track",
     "Track",
+    "CurvatureMonitor",
     # beyond the peers
     "pac_bayes_flatness",
     "PacBayesResult",

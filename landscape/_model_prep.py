@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import param_select
 from .errors import LandscapeError
+from .wrapped import refuse_sharded, unwrap_parallel
 
 COMPUTE_DTYPES = (None, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -33,7 +35,9 @@ _COMPILED_NAME = "_orig_mod"  # the attribute and state-dict component of torch.
 def prepare_model(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """The module the probe measures: `model` uncompiled (`uncompiled`), then converted to `dtype`
     as a copy (`compute_copy`)."""
-    return compute_copy(uncompiled(model), dtype)
+    model = unwrap_parallel(uncompiled(model))  # DDP / DataParallel: the module inside
+    refuse_sharded(model)  # FSDP: shards cannot be measured as a model
+    return compute_copy(model, dtype)
 
 
 def is_compiled_wrapper(module: nn.Module) -> bool:
@@ -165,38 +169,9 @@ class ParamInfo:
 
 
 def select_params(model: nn.Module, selection: ParamSelection) -> list[tuple[str, nn.Parameter]]:
-    named = list(model.named_parameters())
-    trainable = [(n, p) for n, p in named if p.requires_grad]
-    if not trainable:
-        raise LandscapeError(
-            "the model has no trainable parameters (all have requires_grad=False); unfreeze the "
-            "ones to measure with p.requires_grad_(True)."
-        )
-    if selection is None:
-        return trainable
-    if callable(selection):
-        chosen = [(n, p) for n, p in trainable if selection(n, p)]
-        if not chosen:
-            raise LandscapeError("the params= predicate selected no trainable parameter.")
-        return chosen
-    if isinstance(selection, str):
-        selection = [selection]
-    frozen = {n for n, p in named if not p.requires_grad}
-    chosen_names: set[str] = set()
-    for want in selection:
-        hits = [n for n, _ in trainable if n == want or n.startswith(want + ".")]
-        if not hits:
-            if want in frozen:
-                raise LandscapeError(
-                    f"parameter {want!r} is frozen (requires_grad=False) and cannot be probed; "
-                    "unfreeze it or leave it out."
-                )
-            raise LandscapeError(
-                f"no trainable parameter is named {want!r} (or starts with {want + '.'!r}); "
-                f"available: {[n for n, _ in trainable]}."
-            )
-        chosen_names.update(hits)
-    return [(n, p) for n, p in trainable if n in chosen_names]
+    """(name, parameter) of the selected trainable parameters: names, module prefixes or glob
+    patterns, or a predicate (`landscape.param_select`)."""
+    return param_select.select_params(model, selection)
 
 
 def check_placement(params: Sequence[nn.Parameter], device: torch.device | str | None

@@ -193,6 +193,7 @@ class BatchPass:
         """Sum of the leaf modules' output bytes for the largest cached batch (with
         `evaluation`, the largest batch of a no-grad evaluation, merged or not), in eval mode
         without gradients (what one inference of that batch keeps alive, at most)."""
+        self.prepare()  # the cache is filled on first use (a sub-probe's, say)
         data = self.data
         if data.cache is None or not data.cache:
             return 2**62  # data streamed from the loader

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "draw filter-normalized 1D/2D loss surfaces of a checkpoint",
     "track": "follow chosen measures over a series of training checkpoints",
     "demo": "train four small CNNs on the built-in digits data and compare their minima",
+    "plot-track": "draw sharpness against step and the loss from CurvatureMonitor logs",
 }
 
 
@@ -403,6 +404,22 @@ def _plot(args: argparse.Namespace) -> int:
 
 _ADD_ARGS["plot"] = _plot_args
 _HANDLERS["plot"] = _plot
+
+
+def _plot_track_args(p: argparse.ArgumentParser) -> None:
+    from .cli_plot_track import add_arguments
+
+    add_arguments(p)
+
+
+def _plot_track(args: argparse.Namespace) -> int:
+    from .cli_plot_track import run
+
+    return run(args)
+
+
+_ADD_ARGS["plot-track"] = _plot_track_args
+_HANDLERS["plot-track"] = _plot_track
 
 
 @contextlib.contextmanager

@@ -494,6 +494,14 @@ def _edge_of_stability(ax: Any, values: np.ndarray, edge: float, log: bool) -> N
             transform=ax.transAxes, ha="left", va="top", color="0.25", fontsize=7)
 
 
+def track_figure(source: Any, **kwargs: Any) -> Any:
+    """Sharpness against the training step with its edge of stability, loss below: the figure
+    of a `CurvatureMonitor` log. See `landscape.track_plot.track_figure` for the arguments."""
+    from .track_plot import track_figure as draw
+
+    return draw(source, **kwargs)
+
+
 def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
                zmax: float | None = None) -> None:
     """Write the surface as VTK XML PolyData (`.vtp`) for ParaView.
@@ -589,3 +597,9 @@ def _fonts(*axes: Any) -> None:
 def _xy_labels(ax: Any, surface: Surface) -> None:
     ax.set_xlabel(r"$\alpha$ (direction $d_1$)")
     ax.set_ylabel(r"$\beta$ (direction $d_2$)")
+
+
+
+
+# re-exported: it draws with the helpers above
+from .plot_blocks import block_spectra_figure  # noqa: E402, F401

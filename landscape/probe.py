@@ -39,7 +39,8 @@ from ._validate import OneOf
 from .batch_pass import BatchPass, Cost, Evaluation, Meter, add_all
 from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
-from .hvp import HVP_METHODS, HvpEngine, ggn_product_sum
+from .hvp import HvpEngine, ggn_product_sum
+from .hvp_choice import PRODUCT_METHODS, HvpCheck, Products
 from .probe_data import ProbeData, default_budget, gather_samples
 
 __all__ = ["BatchLossFn", "Cost", "Evaluation", "LossFn", "Meter", "ParamInfo", "ParamSelection",
@@ -64,9 +65,11 @@ class Probe:
             cross-entropy. Ignored when `batch_loss` is given.
         batch_loss: `batch_loss(model, batch) -> scalar` mean loss of a batch, for models that
             compute their own loss (language models, dict batches).
-        params: which parameters to probe: None (all trainable ones), a list of names or module
-            prefixes (`"fc1"` selects `fc1.weight` and `fc1.bias`), or a predicate
-            `(name, parameter) -> bool`. Frozen parameters (`requires_grad=False`) are left out.
+        params: which parameters to probe: None (all trainable ones), a list of names, module
+            prefixes (`"fc1"` selects `fc1.weight` and `fc1.bias`) or glob patterns matched
+            with `fnmatch` against the full names (`"h.*.attn.*"`; a pattern matching nothing
+            is an error naming the closest names), or a predicate `(name, parameter) -> bool`.
+            Frozen parameters (`requires_grad=False`) are left out.
         device: optional check: the device the model must be on. The probe never moves the model.
         batch_size: batch size when `data` is a tensor pair.
         check_data: on first use, evaluate the loss twice over the data and refuse data that is
@@ -77,7 +80,16 @@ class Probe:
             re-run the loader.
         hvp_method: "auto" (measure and pick), "cached_graph" (double backward on the gradient
             graph kept from the previous call; memory: all batches' graphs), "double_backward"
-            (from scratch, one batch of activations) or "forward_over_reverse" (`torch.func`).
+            (from scratch, one batch of activations), "forward_over_reverse" (`torch.func`) or
+            "finite_difference" (central difference of two gradients, for models without a
+            usable double backward; `landscape.hvp_fd` states its step and error). "auto" falls
+            back to "finite_difference", with a warning, when double backward raises or fails
+            the self-check (`landscape.hvp_choice`).
+        check_hvp: under "auto", check the first exact product against the finite difference
+            on one random vector (one product and 2 gradients, on first use) and switch to
+            finite differences, with a warning, when they disagree beyond its error bound
+            (double backward silently wrong, as through a `once_differentiable` function).
+            The outcome is `probe.hvp_check`.
         graph_bytes: memory budget for the kept gradient graphs of "cached_graph" (default as
             `cache_bytes`).
         n_samples_fn: `n_samples_fn(batch) -> int` for batches whose sample count is not the
@@ -142,11 +154,12 @@ class Probe:
         distributed: bool | str | Any = "auto",
         dtype: torch.dtype | None = None,
         rebatch: bool = True,
+        check_hvp: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise LandscapeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         model = prepare_model(model, dtype)  # torch.compile unwrapped; a copy in `dtype` if asked
-        OneOf(HVP_METHODS)("hvp_method", hvp_method)
+        OneOf(PRODUCT_METHODS)("hvp_method", hvp_method)
         if batch_size < 1:
             raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
         self.model = model
@@ -158,6 +171,7 @@ class Probe:
             raise LandscapeError(f"rebatch must be True or False; got {rebatch!r}.")
         self.rebatch = rebatch
         self.hvp_method = hvp_method
+        self.check_hvp = bool(check_hvp)
         self._selection = params
 
         named = select_params(model, params)
@@ -181,6 +195,8 @@ class Probe:
             model, self.params, self.param_names, self.param_info, self.loss_fn, batch_loss,
             n_samples_fn, data, comm, check_data=check_data, rebatch=rebatch)
         self._hvp = HvpEngine(self.batch_pass, hvp_method, self.graph_bytes)
+        #: Internal: which Hessian-vector product is used (`landscape.hvp_choice`).
+        self.products = Products(self.batch_pass, self._hvp, hvp_method, self.check_hvp)
 
     # ------------------------------------------------------------------ public: structure
 
@@ -209,7 +225,14 @@ class Probe:
     @property
     def hvp_method_used(self) -> str | None:
         """The HVP method picked by "auto" (None before the first HVP)."""
+        if self.products.use_fd:
+            return "finite_difference"
         return self._hvp.chosen if self.hvp_method == "auto" else self.hvp_method
+
+    @property
+    def hvp_check(self) -> HvpCheck | None:
+        """The self-check of the first product under "auto" (None when it did not run)."""
+        return self.products.check
 
     def flat_params(self) -> Tensor:
         """A detached copy of the probed parameters as one flat vector (the point w)."""
@@ -297,8 +320,7 @@ class Probe:
             loss_sum, n, error = 0.0, 0, None
             try:
                 for batch in self.batch_pass.data.batches():
-                    loss, n_b, _ = self.batch_pass.compute(batch)
-                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                    loss, n_b, grads = self.products.fd.gradients.batch(batch)
                     add_all(views, grads, n_b)
                     loss_sum += float(loss.detach()) * n_b
                     n += n_b
@@ -316,16 +338,10 @@ class Probe:
         otherwise the faster of double backward and forward-over-reverse, timed on one batch.
         """
         v = self.batch_pass.check_vector(v, "v")
-        with self.batch_pass.session(delta), twice_differentiable():
-            out, n, error = None, 0, None
-            try:  # no placeholder output while the product runs: one vector less at the peak
-                out, n = self._hvp.product(v, at_checkpoint=delta is None)
-            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-                error = e
-            out = torch.zeros_like(v) if out is None else out
-            (n,) = self.batch_pass.comm.reduce([n], [out], error)
+        with self.batch_pass.session(delta):
+            out = self.products.hvp(v, at_checkpoint=delta is None)
             self.batch_pass.counts["n_hvp"] += 1
-            return out.div_(n)
+            return out
 
     def gradient_and_hvp(
         self, v: Tensor | None = None, delta: Tensor | None = None
@@ -336,6 +352,11 @@ class Probe:
         """
         if v is not None:
             v = self.batch_pass.check_vector(v, "v")
+        with self.batch_pass.session(delta):
+            self.products.settle(at_checkpoint=delta is None)
+        if self.products.use_fd:  # one gradient, then the product by finite differences
+            loss, g = self.loss_and_gradient(delta)
+            return loss, g, self.hvp(g if v is None else v, delta)
         with self.batch_pass.session(delta), twice_differentiable():
             g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
             loss_sum, n, graphs, error = 0.0, 0, [], None
@@ -377,11 +398,18 @@ class Probe:
                 "the Gauss-Newton matrix needs the model outputs and loss_fn separately; it is not "
                 "available with batch_loss=. Use curvature='hessian' instead."
             )
-        with self.batch_pass.session(delta), twice_differentiable():
+        with self.batch_pass.session(delta):
+            self.products.settle(at_checkpoint=delta is None)
+        fd = self.products.use_fd
+        exact = contextlib.nullcontext() if fd else twice_differentiable()
+        with self.batch_pass.session(delta), exact:
             total = torch.zeros_like(v)
             n, error = 0, None
             try:
-                n = ggn_product_sum(self.batch_pass, self.batch_pass.split(v), total)
+                if fd:
+                    n = self.products.fd.ggn_sum(self.batch_pass.split(v), total)
+                else:
+                    n = ggn_product_sum(self.batch_pass, self.batch_pass.split(v), total)
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
             (n,) = self.batch_pass.comm.reduce([n], [total], error)
@@ -451,13 +479,14 @@ class Probe:
             loss_fn=self.loss_fn, batch_loss=self.batch_loss, params=self.param_names,
             check_data=self.check_data, cache_bytes=self.batch_pass.data.cache_bytes,
             hvp_method=self.hvp_method, graph_bytes=self.graph_bytes,
-            n_samples_fn=self.n_samples_fn, rebatch=self.rebatch,
+            n_samples_fn=self.n_samples_fn, rebatch=self.rebatch, check_hvp=self.check_hvp,
         )
         data = overrides.pop("data", None)
         kwargs.update(overrides)
         # Gathered data is already this rank's share: no sharding, but the same process group.
         new = Probe(self.model, [] if data is None else data, distributed=False, **kwargs)
         new.batch_pass.comm = self.batch_pass.comm
+        new.products.inherit(self.products)
         if data is not None and self.batch_pass.comm.active:
             new.batch_pass.data.given = None  # this rank's share of the samples, not all of them
         if data is None:  # share the data and the result of its checks

@@ -24,7 +24,7 @@ import torch
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tests")]  # this checkout's landscape and test helper
-from distributed_util import run_on_ranks  # noqa: E402
+from helpers.distributed import run_on_ranks  # noqa: E402
 
 from landscape import Probe, hessian_eigenvalues, loss_surface, random_direction  # noqa: E402
 from landscape.data import digits_cnn, digits_tensors  # noqa: E402

@@ -13,8 +13,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
-from test_sharpness import DUMMY, F64, LAMS, Quadratic, quad_probe, spd
+from helpers.models import tiny_data, tiny_mlp
+from helpers.quadratics import DUMMY, F64, LAMS, Quadratic, quad_probe, spd
 from torch import nn
 
 from landscape import AgreementResult, LandscapeError, Probe, quadratic_agreement

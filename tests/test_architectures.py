@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ModelSnapshot, tiny_data, tiny_mlp
+from helpers.models import ModelSnapshot, tiny_data, tiny_mlp
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
@@ -43,6 +43,7 @@ from landscape.data.architectures import (
     vit,
 )
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
+from helpers.models import tiny_data, tiny_mlp
 from torch import nn
 
 from landscape import LandscapeError, Probe, interpolate, loss_line, loss_surface
@@ -80,25 +80,38 @@ def test_vmap_surface_equals_loop_in_float64(kind, snapshot):
 
 def test_vmap_interpolation_with_batchnorm_buffers_equals_loop(snapshot):
     x, y = digits_tensors("train", image=True, dtype=torch.float64)
-    model, other = _bn_cnn(), digits_cnn(channels=4, seed=9).double()
+    model = Counting(_bn_cnn())
+    other = Counting(digits_cnn(channels=4, seed=9).double())
     probe = Probe(model, (x[:100], y[:100]), batch_size=64)
+    probe.loss()
     snap = snapshot(model)
     alphas = np.linspace(-0.5, 1.5, 9)
+    before = model.calls
     loop = interpolate(probe, other, alphas, batched=False)
+    loop_calls, before = model.calls - before, model.calls
     vm = interpolate(probe, other, alphas, batched=True)
+    # one call per point in the loop (the two batches merged); under vmap one for the chunk
+    # (and one measuring the activations that size it)
+    assert loop_calls == 9 and model.calls - before <= 2
     np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-6)
     assert vm.barrier == pytest.approx(loop.barrier, rel=1e-6, abs=1e-9)
     snap.assert_unchanged()
 
 
 def test_vmap_with_max_samples_equals_loop(snapshot):
-    model = tiny_mlp()
+    model = Counting(tiny_mlp())
     probe = Probe(model, tiny_data(80), batch_size=16)
+    probe.loss()
     snap = snapshot(model)
     d1, _ = _directions(probe, seed=2)
     alphas = np.linspace(-2, 2, 7)
+    before = model.calls
     loop = loss_line(probe, d1, alphas, max_samples=40, seed=3, batched=False)
+    loop_calls, before = model.calls - before, model.calls
     vm = loss_line(probe, d1, alphas, max_samples=40, seed=3, batched=True)
+    # 8 subsets: the loop calls the model for every point and batch of each, vmap once per
+    # subset's chunk and batch (its first use measures the activations too)
+    assert loop_calls >= 7 * 8 and model.calls - before < loop_calls / 2
     np.testing.assert_allclose(vm.loss, loop.loss, rtol=1e-6)
     np.testing.assert_allclose(vm.loss_stderr, loop.loss_stderr, rtol=1e-5, atol=1e-12)
     snap.assert_unchanged()

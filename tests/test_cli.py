@@ -14,6 +14,8 @@ from landscape import Probe, audit
 from landscape.data import digits_loaders, digits_mlp, digits_tensors
 from landscape.data.training import train
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
+
 MEASURES = "hessian_eigenvalues,hessian_trace,sharpness_worst_l2,loss_line"
 
 

@@ -11,13 +11,15 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
-from distributed_util import assert_close as _close
-from distributed_util import run_on_ranks
+from helpers.distributed import assert_close as _close
+from helpers.distributed import run_on_ranks
+from helpers.models import tiny_data, tiny_mlp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from landscape import LandscapeError, Probe
 from landscape.data import digits_cnn, digits_tensors
+
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
 WORLD = 2

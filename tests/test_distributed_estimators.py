@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
-from distributed_util import assert_close as _close
-from distributed_util import run_on_ranks
+from helpers.distributed import assert_close as _close
+from helpers.distributed import run_on_ranks
+from helpers.models import tiny_data, tiny_mlp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from landscape import (
@@ -31,6 +31,8 @@ from landscape import (
     sharpness,
 )
 from landscape.storage import read
+
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 WORLD = 2
 XS, YS = np.linspace(-1.0, 1.0, 3), np.linspace(-0.5, 1.5, 4)  # 12 points: 6 per rank

@@ -1,10 +1,10 @@
 """Every figure the package and its scripts write is clean and in the paper style.
 
 Each command that writes figures (`plot`, `audit`, `compare`, `track`, the demo and
-scripts/make_figures.py) runs in-process with `savefig` wrapped (tests/figure_checks.py): every
-file it saves is rendered with its text boxes measured, and none may stick out of the canvas or
-overlap another. The runs are small (a 16-unit digits MLP, few points), the drawing code is the
-one users get.
+scripts/make_figures.py) runs in-process with `savefig` wrapped
+(tests/helpers/figure_checks.py): every file it saves is rendered with its text boxes measured,
+and none may stick out of the canvas or overlap another. The runs are small (a 16-unit digits
+MLP, few points), the drawing code is the one users get.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from figure_checks import checked_savefig, text_problems  # noqa: E402
-from figure_data import bowl_surface, eigenvalue_track, parabola_lines  # noqa: E402
+from helpers.figure_checks import checked_savefig, text_problems  # noqa: E402
+from helpers.figure_data import bowl_surface, eigenvalue_track, parabola_lines  # noqa: E402
 
 from landscape import LandscapeError, Probe, audit, compare  # noqa: E402
 from landscape import plot as lp  # noqa: E402
 from landscape.data import digits_mlp, digits_tensors  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 ROOT = Path(__file__).resolve().parents[1]
 # a single-column PNG at 300 dpi is 3.25 in * 300 = 975 px wide
@@ -141,7 +143,7 @@ def test_track_axis_fits_the_data_when_two_over_lr_is_far_above():
 
 
 def test_density_axis_fits_the_peak():
-    from figure_data import Density
+    from helpers.figure_data import Density
 
     result = Density()
     ax = lp.plot_density(result, log=True)

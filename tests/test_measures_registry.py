@@ -1,15 +1,12 @@
 """The measure registry and the report layer: a registered measure reaches audit's report, cost
-estimates come before any work, rows carry notes, and the library never picks a backend."""
+estimates come before any work, and rows carry notes."""
 
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 
-import landscape
 from landscape import Probe, audit
 from landscape.data import digits_mlp, digits_tensors
 from landscape.measures import (
@@ -89,9 +86,3 @@ def test_row_notes_render_under_the_table_in_markdown_and_html():
     assert "<td><code>b</code></td>" in page and "Note on b: not converged" in page
     assert json.loads(report.to_json()) == {"x": 1}
 
-
-def test_library_never_switches_the_matplotlib_backend():
-    root = Path(landscape.__file__).parent
-    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
-                 if p.name != "cli.py" and re.search(r"matplotlib\.use\(", p.read_text())]
-    assert offenders == []

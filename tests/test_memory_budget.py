@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
-from test_curvature import SPECTRUM, designed, quad_probe
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
+from helpers.spectra import SPECTRUM, designed, quad_probe
 
 from landscape import LandscapeError, Probe, hessian_density, hessian_eigenvalues, hessian_trace
 from landscape.curvature import _basis
@@ -126,8 +126,9 @@ def test_hutchpp_in_a_small_budget_is_unbiased_and_exact_at_low_rank():
 def _probe(graph_bytes=None, hvp_method="auto", batch_size=10):
     model = tiny_mlp()
     x, y = tiny_data(90)
+    # the self-check (landscape.hvp_choice) is switched off: these tests count the engine's passes
     return Probe(model, (x, y), batch_size=batch_size, hvp_method=hvp_method,
-                 graph_bytes=graph_bytes)
+                 graph_bytes=graph_bytes, check_hvp=False)
 
 
 def test_auto_keeps_the_graph_when_it_fits_and_drops_it_when_not():

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
-from test_sharpness import F64, LAMS, Quadratic, quad_probe, spd
+from helpers.models import tiny_data, tiny_mlp
+from helpers.quadratics import F64, LAMS, Quadratic, quad_probe, spd
 
 from landscape import LandscapeError, PacBayesResult, Probe, pac_bayes_flatness
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
+from helpers.models import tiny_data, tiny_mlp
 from torch.utils.data import DataLoader, TensorDataset
 
 from landscape import LandscapeError, Probe, loss_surface, random_direction
@@ -44,6 +44,10 @@ def test_surfaces_are_the_same_in_chunks(snapshot):
     s2 = loss_surface(kept, d1, d2, xs, ys)
     np.testing.assert_allclose(s1.loss, s2.loss, rtol=1e-12)
     np.testing.assert_allclose(s1.accuracy, s2.accuracy)
+    # the same values from far fewer forward passes: 12 points of 12 batches, or of one chunk
+    # (both also pay the first-use checks, two passes of 12 batches)
+    assert s2.cost.n_batch_forward == 12 * 12 + 2 * 12
+    assert s1.cost.n_batch_forward <= 12 + 2 * 12 + 1  # +1: a measure of the activations
     snap.assert_unchanged()
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
 
 from landscape import (
     LandscapeError,
@@ -116,6 +116,7 @@ def test_batch_spectrum_each_batch_against_its_dense_hessian(mlp_and_data, snaps
         assert row.stable_lr == pytest.approx(2 / row.mean)
 
 
+@pytest.mark.slow
 def test_batch_spectrum_mean_is_at_least_the_full_value(mlp_and_data):
     """Jensen: lambda_max is convex and H is the mean of the batch Hessians."""
     model, x, y, _ = mlp_and_data
@@ -216,7 +217,7 @@ def test_batch_spectrum_figure_is_log_log_with_the_full_data_line(mlp_and_data):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from figure_checks import text_problems
+    from helpers.figure_checks import text_problems
 
     from landscape.plot_batch import plot_batch_spectrum
 
@@ -267,6 +268,7 @@ def test_audit_reports_frobenius_and_the_trace_ratio_with_a_learning_rate(mlp_an
         audit(probe, budget="quick", measures=["loss"], lr=-1.0)
 
 
+@pytest.mark.slow
 def test_audit_batch_spectrum_entry_and_figure(mlp_and_data, tmp_path):
     from landscape import audit
 
@@ -305,6 +307,7 @@ def test_compare_one_checkpoint_on_two_data_sets():
     assert compare({"net": Probe(model, a)}, measures=["loss"]).across_data == {}
 
 
+@pytest.mark.slow
 def test_cli_audit_lr_and_batch_sizes_and_compare_data_b(tmp_path, capsys):
     from landscape.cli import main
     from landscape.data import digits_mlp
@@ -342,3 +345,28 @@ def test_cli_audit_lr_and_batch_sizes_and_compare_data_b(tmp_path, capsys):
               str(tmp_path / "x"), "--batch-sizes", "16,a"])
     assert exc.value.code == 2
     assert "not a comma-separated list of integers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- monitor measures
+
+
+def test_monitor_frobenius_and_trace_ratio(mlp_and_data):
+    from landscape import CurvatureMonitor
+
+    model, x, y, H = mlp_and_data
+    opt = torch.optim.SGD(model.parameters(), lr=0.04)
+    monitor = CurvatureMonitor(model, (x, y), optimizer=opt,
+                               measures=("trace", "trace_ratio", "frobenius"), n_hvp=100)
+    row = monitor.measure(0)
+    # n = 57 <= 100 products: both exact
+    assert row["frobenius"] == pytest.approx(float(torch.linalg.matrix_norm(H)), rel=1e-10)
+    assert row["trace"] == pytest.approx(float(torch.trace(H)), rel=1e-10)
+    assert row["trace_ratio"] == pytest.approx(float(torch.trace(H)) * 0.04 / 2, rel=1e-10)
+    assert row["lr"] == 0.04 and row["frobenius_stderr"] == 0.0
+    assert row["n_hvp"] == row["trace_n_hvp"] + row["frobenius_n_hvp"]  # one trace for both
+    small = CurvatureMonitor(model, (x, y), optimizer=opt, measures=("frobenius",), n_hvp=20,
+                             seed=3).measure(0)
+    assert abs(small["frobenius"] - float(torch.linalg.matrix_norm(H))) <= \
+        4.5 * small["frobenius_stderr"]
+    with pytest.raises(LandscapeError, match="trace_ratio' needs the training learning rate"):
+        CurvatureMonitor(model, (x, y), measures=("trace_ratio",))

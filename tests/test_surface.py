@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
+from helpers.models import tiny_data, tiny_mlp
 from torch import nn
 
 from landscape import (

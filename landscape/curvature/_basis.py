@@ -42,8 +42,10 @@ def default_budget(n: int, dtype: torch.dtype, wanted: int) -> int:
 class Basis:
     """Up to `capacity` vectors of length n, stored as rows; `rows[i]` set by `set(i, x)`."""
 
-    def __init__(self, n: int, capacity: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, n: int, capacity: int, device: torch.device, dtype: torch.dtype,
+                 pin: bool = False):
         self.n, self.capacity, self.device, self.dtype = n, capacity, device, dtype
+        self.pin = pin  # host rows in pinned memory (fast copies to and from CUDA)
         self._blocks: list[Tensor] = []
 
     @property
@@ -61,7 +63,8 @@ class Basis:
             raise IndexError(f"basis row {i} beyond its capacity {self.capacity}")
         while i >= self.allocated:
             rows = min(_BLOCK_ROWS, self.capacity - self.allocated)
-            self._blocks.append(torch.empty(rows, self.n, device=self.device, dtype=self.dtype))
+            self._blocks.append(torch.empty(rows, self.n, device=self.device, dtype=self.dtype,
+                                            pin_memory=self.pin))
         self.row(i).copy_(x)
 
     def _spans(self, size: int):

@@ -11,10 +11,10 @@ from .._checks import check_option
 from .._model_prep import require_precision
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
+from .blocks import groups
 from .results import LayerResults
 
 CURVATURES = ("hessian", "ggn")
-GROUPINGS = (None, "layer", "parameter")
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -38,17 +38,13 @@ def select(probe: Probe, params: ParamSelection) -> Probe:
     return probe if params is None else probe.restricted(params)
 
 
-def per_group(probe: Probe, by: str | None, estimate: Callable[[Probe], Any]) -> Any:
-    """`estimate(probe)` for the whole probe (by=None) or a LayerResults over its groups."""
-    check_option("by", by, GROUPINGS)
+def per_group(probe: Probe, by: str | dict | None, estimate: Callable[[Probe], Any]) -> Any:
+    """`estimate(probe)` for the whole probe (by=None) or a LayerResults over its groups
+    ("layer", "parameter", or a dict of block name -> names or glob patterns)."""
     if by is None:
         return estimate(probe)
-    if by == "layer":
-        groups = {name: [i.name for i in infos] for name, infos in probe.layers().items()}
-    else:
-        groups = {i.name: [i.name] for i in probe.param_info}
     results, sizes = {}, {}
-    for name, names in groups.items():
+    for name, names in groups(probe, by).items():
         sub = probe.restricted(names)
         results[name] = estimate(sub)
         sizes[name] = sub.num_params

@@ -43,10 +43,11 @@ def hessian_eigenvalues(
     method: str = "lanczos",
     curvature: str = "hessian",
     params: ParamSelection = None,
-    by: str | None = None,
+    by: str | dict | None = None,
     max_basis: int | None = None,
     max_vectors: int | None = None,
     progress: bool = False,
+    basis_device: str | torch.device | None = None,
 ) -> EigenResult | LayerResults[EigenResult]:
     """The k largest (or smallest) algebraic eigenvalues of the Hessian of L at w.
 
@@ -84,8 +85,10 @@ def hessian_eigenvalues(
             which="largest" is accepted, and it stops on the same residual rule).
         curvature: "hessian" or "ggn" (the generalized Gauss-Newton matrix, PSD).
         params: restrict to a subset of the probed parameters (their Hessian block); None: all.
-        by: None, "layer" (one result per module: the diagonal block of its parameters) or
-            "parameter" (one per parameter tensor); returns a `LayerResults` then.
+        by: None, "layer" (one result per module: the diagonal block of its parameters),
+            "parameter" (one per parameter tensor) or a dict of block name -> parameter names
+            or glob patterns (`{"attention": "*.attn.*", "mlp": "*.mlp.*"}`: one per block);
+            returns a `LayerResults` then.
         max_basis: Lanczos basis size before a restart; None: min(n, max(50, 4k)), within
             `max_vectors`.
         max_vectors: memory budget, in parameter-sized vectors stored beyond the model, one
@@ -101,6 +104,12 @@ def hessian_eigenvalues(
             vectors are allocated as the basis grows. `EigenResult.stored_vectors` reports
             what was stored.
         progress: show a progress bar over products.
+        basis_device: where the Lanczos basis (and the start vector, the Ritz vectors and the
+            eigenvectors returned) live: None, the probe's device; "cpu" keeps them in host
+            memory (pinned when the probe is on CUDA), so the device holds the model and two
+            vectors (the one being multiplied and its product). Each product then moves two
+            vectors between host and device, and the orthogonalization (about 4 m n flops for
+            a basis of m vectors) runs on the host CPU. The results are the same.
 
     Returns:
         EigenResult (eigenvalues descending for "largest", ascending for "smallest"), or a
@@ -142,6 +151,7 @@ def hessian_eigenvalues(
     gen_check = generator(seed)  # validates seed
     del gen_check
     probe = select(probe, params)
+    home_of = _basis_home(basis_device)
 
     def estimate(p: Probe) -> EigenResult:
         if k > p.num_params:
@@ -153,11 +163,12 @@ def hessian_eigenvalues(
         gen = generator(seed)
         # the start vector is handed over without a name here, so the estimator's copy of it
         # is the only one alive (its memory counts in stored_vectors)
-        v0 = [torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)]
+        home, pin = home_of(p)
+        v0 = [_on(torch.randn(p.num_params, generator=gen, dtype=p.dtype), home, pin)]
         with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
             def counted(v: Tensor) -> Tensor:
                 bar.update(1)
-                return matvec(v)
+                return matvec(v).to(home)  # the probe moves v to its own device
 
             if method == "lanczos":
                 budget = max_iter if max_iter is not None else 1000
@@ -166,8 +177,8 @@ def hessian_eigenvalues(
                     v0.clear()
 
                     def start() -> Tensor:  # the same start vector, for both passes
-                        return torch.randn(p.num_params, generator=generator(seed),
-                                           dtype=p.dtype).to(p.device)
+                        return _on(torch.randn(p.num_params, generator=generator(seed),
+                                               dtype=p.dtype), home, pin)
 
                     out = recurrence_eig(counted, start, which, tol, budget)
                 else:
@@ -194,6 +205,30 @@ def hessian_eigenvalues(
         )
 
     return per_group(probe, by, estimate)
+
+
+def _basis_home(basis_device: str | torch.device | None):
+    """`home_of(probe) -> (device of the basis, pinned)` for the `basis_device` option."""
+    if basis_device is not None:
+        try:
+            want = torch.device(basis_device)
+        except (RuntimeError, TypeError):
+            want = None
+        if want is None or want.type != "cpu":
+            raise LandscapeError(
+                f"basis_device must be None (the probe's device) or 'cpu'; got {basis_device!r}.")
+
+    def home_of(p: Probe) -> tuple[torch.device, bool]:
+        if basis_device is None:
+            return p.device, False
+        return torch.device("cpu"), p.device.type == "cuda"
+
+    return home_of
+
+
+def _on(x: Tensor, device: torch.device, pin: bool) -> Tensor:
+    """`x` on `device` (in pinned host memory with `pin`)."""
+    return x.pin_memory() if pin else x.to(device)
 
 
 def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
@@ -289,7 +324,7 @@ def lanczos_eigs(
     n = v0.numel()
     m = min(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
-    basis = Basis(n, m + 1, v0.device, v0.dtype)
+    basis = Basis(n, m + 1, v0.device, v0.dtype, pin=v0.is_pinned())
     T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=accumulation_dtype(v0.device))
     basis.set(0, normalize_(v0))
     del v0

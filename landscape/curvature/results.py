@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -115,6 +116,12 @@ class DensityResult:
             product (the memory); reorthogonalized: whether the Lanczos vectors were fully
             reorthogonalized (False: the three-term recurrence, chosen when the basis did not
             fit the budget).
+        trace: n * mean (n = num_params), Hutchinson's unbiased estimate of tr(H) with the
+            n_vectors start vectors as samples (each run's mean is v^T H v exactly).
+        trace_stderr: its standard error: n * (standard deviation of the runs' means) /
+            sqrt(n_vectors); with one vector, sqrt(2 n v^T H^2 v) from the run's second moment
+            (the Rademacher variance bound 2 tr(H^2), estimated). A few vectors give a large
+            error on trained networks: compare it with `hessian_trace` through both errors.
     """
 
     grid: np.ndarray
@@ -133,12 +140,14 @@ class DensityResult:
     num_params: int = 0
     stored_vectors: int = 0
     reorthogonalized: bool = True
+    trace: float = math.nan
+    trace_stderr: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 
 
-R = TypeVar("R", EigenResult, TraceResult)
+R = TypeVar("R", EigenResult, TraceResult, DensityResult)
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,14 @@ class LayerResults(Generic[R]):
         return {name: {"num_params": self.sizes.get(name), **r.to_dict()}
                 for name, r in self.results.items()}
 
+    def js_distances(self, sigma: float | None = None, grid: int = 2000) -> Any:
+        """Pairwise Jensen-Shannon distances between the groups' spectral densities (results
+        of `hessian_density(..., by=...)`), each re-broadened with one common width `sigma`
+        (stated in the returned `BlockDistances`); see `landscape.curvature.blocks`."""
+        from .blocks import js_distances
+
+        return js_distances(self.results, sigma, grid)
+
     def to_markdown(self) -> str:
         """A markdown table: one row per group (the caller prints it)."""
         rows = ["| group | params | value | error | HVPs | seconds |",
@@ -175,6 +192,8 @@ class LayerResults(Generic[R]):
         for name, r in self.results.items():
             if isinstance(r, TraceResult):
                 value, err = f"{r.estimate:.6g}", f"{r.stderr:.2g}"
+            elif isinstance(r, DensityResult):  # the density's mean eigenvalue
+                value, err = f"mean {r.mean:.6g}", f"{r.mean_stderr:.2g}"
             else:
                 value = ", ".join(f"{x:.6g}" for x in r.eigenvalues)
                 if not r.converged:  # on the line of the numbers, never only in the JSON

@@ -30,7 +30,7 @@ def hessian_trace(
     rtol: float | None = None,
     curvature: str = "hessian",
     params: ParamSelection = None,
-    by: str | None = None,
+    by: str | dict | None = None,
     max_vectors: int | None = None,
     progress: bool = False,
 ) -> TraceResult | LayerResults[TraceResult]:
@@ -63,7 +63,8 @@ def hessian_trace(
             Not available for "xtrace", whose estimate needs all its vectors at once.
         curvature: "hessian" or "ggn".
         params: restrict to a subset of the probed parameters (the trace of their block).
-        by: None, "layer" or "parameter": one estimate per group (n_hvp products each).
+        by: None, "layer", "parameter" or a dict of block name -> parameter names or glob
+            patterns: one estimate per group (n_hvp products each).
         max_vectors: memory budget of "hutch++", in parameter-sized vectors stored beyond the
             model, one gradient and one product: its sketch has s = min(n_hvp // 3,
             max_vectors - 1) vectors (plus one test vector); products the sketch cannot use

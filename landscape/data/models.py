@@ -6,12 +6,14 @@ import torch
 from torch import Tensor, nn
 
 
-def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int | None = None) -> nn.Sequential:
+def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int | None = None,
+               activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """A ReLU MLP 64 -> hidden (x depth) -> 10 for flattened digits.
 
     Args:
         hidden: width of each hidden layer.
         depth: number of hidden layers.
+        activation: the nonlinearity's class (nn.Tanh for the edge-of-stability runs).
         seed: fixes the initialization; None (default) draws it from torch's global generator,
             as `torch.nn` layers do, so `torch.manual_seed` decides it.
 
@@ -22,14 +24,14 @@ def digits_mlp(hidden: int = 32, depth: int = 2, *, seed: int | None = None) -> 
         >>> bool((a[0].weight == b[0].weight).all())
         False
     """
-    return seeded(seed, lambda: _mlp(hidden, depth))
+    return seeded(seed, lambda: _mlp(hidden, depth, activation))
 
 
-def _mlp(hidden: int, depth: int) -> nn.Sequential:
+def _mlp(hidden: int, depth: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = 64
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        layers += [nn.Linear(width, hidden), activation()]
         width = hidden
     layers.append(nn.Linear(width, 10))
     return nn.Sequential(*layers)

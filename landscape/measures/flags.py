@@ -11,8 +11,8 @@ an estimator's result and the settings it ran with, and returns `(marked, note)`
 Tolerances: a Lanczos eigenvalue has converged when its residual ||H v - lambda v|| is within
 `tol` |lambda| (the estimator's own rule; `EigenResult.converged`). A stochastic trace or
 density mean has reached its tolerance when its standard error is within `rel_stderr` of its
-absolute value (the budget's target, `EFFORT[budget]["rel_stderr"]`); a density from one vector
-has no standard error at all, which is marked too.
+absolute value (the budget's target, `EFFORT[budget]["rel_stderr"]`); an estimate without a
+standard error (NaN) is marked too.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def trace_flags(result: Any, settings: dict[str, Any],
 
 def density_flags(result: Any, settings: dict[str, Any],
                   rel_stderr: float | None) -> tuple[list[bool], str | None]:
-    """Marks for a `DensityResult`, judged by its mean (tr(H)/n) and that mean's error."""
-    return stderr_flag("the density's mean", float(result.mean), float(result.mean_stderr),
-                       rel_stderr, f"raise n_vectors (was {result.n_vectors})")
+    """Marks for a `DensityResult`, judged by its mean (tr(H)/n) and that mean's standard
+    error (`trace_stderr / n` where the result has it, else `mean_stderr`)."""
+    trace_stderr = getattr(result, "trace_stderr", None)
+    stderr = (float(trace_stderr) / max(result.num_params, 1) if trace_stderr is not None
+              else float(result.mean_stderr))
+    return stderr_flag("the density's mean", float(result.mean), stderr, rel_stderr,
+                       f"raise n_vectors (was {result.n_vectors})")

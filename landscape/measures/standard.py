@@ -61,7 +61,10 @@ def _density(ctx: MeasureContext, s: Settings) -> Measure:
     r = hessian_density(ctx.probe, progress=ctx.progress, **_estimator_settings(s))
     ctx.results["hessian_density"] = r
     mean = float((r.nodes * r.weights).sum() / max(r.weights.sum(), 1e-300))
-    m = from_result("hessian_density", mean, None, r, s, keep=False)
+    # the mean's standard error (DensityResult.trace_stderr / n: over the runs, or with one run
+    # the Rademacher variance bound), so a report can set n * mean against the trace
+    stderr = r.trace_stderr / max(r.num_params, 1)
+    m = from_result("hessian_density", mean, stderr, r, s, keep=False)
     marked, note = density_flags(r, s, s.get("rel_stderr"))
     return replace(m, unconverged=marked, note=note)
 

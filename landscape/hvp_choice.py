@@ -1,0 +1,201 @@
+"""Which Hessian-vector product a probe uses: exact, or finite differences of gradients.
+
+`hvp_method="finite_difference"` always uses the central difference (`landscape.hvp_fd`).
+`hvp_method="auto"` uses an exact method (chosen by `landscape.hvp.HvpEngine`) unless its first
+product shows that double backward cannot be trusted through this model:
+
+* Fallback: the exact product raises (reentrant activation checkpointing, a kernel without a
+  derivative for its backward, a function that refuses to be differentiated twice). The probe
+  warns once, naming the error, and uses finite differences from then on.
+* Self-check (`Probe(check_hvp=True)`, the default): double backward can also be *silently*
+  wrong, e.g. through a `torch.autograd.Function` marked `once_differentiable`, whose backward
+  runs without a graph so its second derivative is dropped. On the first product the probe
+  multiplies one random Gaussian vector r (seeded, the same on every rank) both ways and
+  compares: when ||H_exact r - H_fd r|| exceeds the finite difference's error bound
+  (`hvp_fd.error_bound`, an a-priori estimate), it measures the finite difference's error: it
+  computes H_fd r once more with half the step, and since the truncation error scales as the
+  step squared, the error of the first is about (4/3) ||H_fd(h) r - H_fd(h/2) r||
+  (`HvpCheck.step_error`). Only when the exact product differs by more than `CONFIRM` (10)
+  times bound + step_error does the probe conclude that double backward is wrong, warn (naming
+  the check) and use finite differences. A gradient that is not smooth at the step's scale
+  (ReLU or max-pooling kinks) makes the two finite differences disagree, so the exact product
+  is kept there, without a warning; so is a finite difference slightly less accurate than
+  the a-priori bound. A wrong double backward whose error is within that margin (a few percent
+  in float32) is not detected.
+
+The check costs one exact product and two gradients on first use (two more when the first
+comparison fails); they are not counted in the
+estimators' `n_hvp`/`n_gradient` and are reported in `Probe.hvp_check`. The decision applies to
+every later product of the probe, Gauss-Newton products included (their Jacobian-vector
+product goes through the same double backward).
+
+Distributed: every decision is reduced over the ranks, so all ranks take the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
+from .hvp_fd import FiniteDifference, error_bound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch_pass import BatchPass
+
+FINITE_DIFFERENCE = "finite_difference"
+PRODUCT_METHODS = (*HVP_METHODS, FINITE_DIFFERENCE)
+CHECK_SEED = 21  # seeds the self-check's random vector
+CONFIRM = 10.0  # switch when exact and finite difference differ by this many times its error
+
+
+@dataclass(frozen=True)
+class HvpCheck:
+    """The self-check of the first product under `hvp_method="auto"`.
+
+    `difference`: ||H_exact r - H_fd r|| for a Gaussian r; `bound`: the finite difference's error
+    bound for it (a priori); `product_norm`: ||H_fd r||; `passed`: difference <= bound;
+    `step_error`: when it did not pass, the finite difference's error measured by halving the
+    step, (4/3) ||H_fd(h) r - H_fd(h/2) r|| (large for a gradient with kinks; NaN when not
+    measured); `error`: the exact product's error message when it raised (then the numbers are
+    NaN); `uses_finite_difference`: the probe's products are finite differences from then on.
+    """
+
+    difference: float
+    bound: float
+    product_norm: float
+    passed: bool
+    step_error: float = float("nan")
+    error: str | None = None
+    uses_finite_difference: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class Products:
+    """The probe's Hessian-vector products (divided by the sample count, reduced over ranks)."""
+
+    def __init__(self, passes: BatchPass, engine: HvpEngine, method: str, check: bool):
+        self.passes, self.engine = passes, engine
+        self.method, self.check_first = method, check
+        self.fd = FiniteDifference(passes)
+        self.use_fd = method == FINITE_DIFFERENCE
+        self.settled = method != "auto"
+        self.check: HvpCheck | None = None
+
+    def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
+        """H v at the probe's current parameters (inside its session)."""
+        if not self.settled:
+            return self._first(v, at_checkpoint)
+        if self.use_fd:
+            return self.finite_difference(v)
+        out = self.exact(v, at_checkpoint, tolerant=False)
+        assert out is not None
+        return out
+
+    def inherit(self, other: Products) -> None:
+        """Take over a settled decision of another probe of the same model (a sub-probe)."""
+        if other.settled and self.method == other.method:
+            self.use_fd, self.settled, self.check = other.use_fd, True, other.check
+
+    def settle(self, at_checkpoint: bool) -> None:
+        """Make the "auto" decision now (before a product that bypasses `hvp`)."""
+        if not self.settled:
+            self._first(self._random_vector(), at_checkpoint)
+
+    def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool) -> Tensor | None:
+        """The exact product; with `tolerant`, None (on every rank) when it raised a
+        RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
+        p = self.passes
+        out, n, error, failure = None, 0, None, None
+        with twice_differentiable():
+            try:  # no placeholder output while the product runs: one vector less at the peak
+                out, n = self.engine.product(v, at_checkpoint)
+            except (RuntimeError, NotImplementedError) as e:
+                if tolerant:
+                    failure = e
+                else:
+                    error = e
+            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+                error = e
+        out = torch.zeros_like(v) if out is None else out
+        n, n_failed = p.comm.reduce([n, float(failure is not None)], [out], error)
+        if n_failed:
+            text = str(failure).strip().splitlines()[0] if failure is not None else ""
+            self._reason = f"{type(failure).__name__}: {text}" if failure is not None \
+                else "double backward failed on another rank"
+            return None
+        return out.div_(n)
+
+    def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
+        """The central-difference product (2 gradients), step times `shrink`."""
+        p = self.passes
+        out, n, size, error = torch.zeros_like(v), 0, 0.0, None
+        try:
+            out, n, size = self.fd.hvp_sum(v, shrink)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        n, size = p.comm.reduce([n, size], [out], error)
+        self._grad_size = size / max(n, 1)
+        return out.div_(n)
+
+    def _random_vector(self) -> Tensor:
+        p = self.passes
+        gen = torch.Generator().manual_seed(CHECK_SEED)
+        return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
+
+    def _first(self, v: Tensor, at_checkpoint: bool) -> Tensor:
+        """The first product under "auto": fallback on error, then (check_hvp) the self-check."""
+        p = self.passes
+        r = self._random_vector() if self.check_first else v
+        exact_r = self.exact(r, at_checkpoint, tolerant=True)
+        if exact_r is None:
+            out = self.finite_difference(v)  # a data error raises here, before any warning
+            self.check = HvpCheck(float("nan"), float("nan"), float("nan"), False,
+                                  error=self._reason, uses_finite_difference=True)
+            self._switch(
+                f"hvp_method='auto': double backward is unavailable through this model "
+                f"({self._reason}); using finite-difference Hessian-vector products "
+                "(2 gradients each). Pass hvp_method='finite_difference' to choose it.")
+            return out
+        if not self.check_first:
+            self.settled = True
+            return exact_r
+        fd_r = self.finite_difference(r)
+        fd_norm = float(torch.linalg.vector_norm(fd_r))
+        diff = float(torch.linalg.vector_norm(exact_r - fd_r))
+        bound = error_bound(fd_norm, self._grad_size, float(torch.linalg.vector_norm(r)),
+                            self.fd.norm(p.params), p.dtype)
+        del exact_r
+        step_error = float("nan")
+        if diff > bound:  # wrong double backward, or a finite difference less accurate?
+            half = self.finite_difference(r, shrink=0.5)
+            step_error = 4 / 3 * float(torch.linalg.vector_norm(half - fd_r))
+            del half
+        del fd_r
+        switch = diff > CONFIRM * (bound + step_error)  # False while step_error is NaN
+        self.check = HvpCheck(diff, bound, fd_norm, diff <= bound, step_error,
+                              uses_finite_difference=switch)
+        if not switch:
+            self.settled = True
+            return self.exact(v, at_checkpoint, tolerant=False)  # type: ignore[return-value]
+        self._switch(
+            f"Hessian-vector product self-check (check_hvp) failed: the exact product (double "
+            f"backward) and the finite difference differ by {diff / max(fd_norm, 1e-300):.3g} "
+            f"relative on a random vector, over {CONFIRM:g} times the finite difference's "
+            f"error ({(bound + step_error) / max(fd_norm, 1e-300):.2g}); double backward is "
+            "wrong through some part of the model (a once_differentiable autograd Function?). "
+            "Using finite-difference products (2 gradients each); pass "
+            "hvp_method='finite_difference' to choose it, or check_hvp=False to skip the check.")
+        return self.finite_difference(v)
+
+    def _switch(self, message: str) -> None:
+        self.use_fd = True
+        self.settled = True
+        warnings.warn(message, RuntimeWarning, stacklevel=5)

@@ -1,0 +1,226 @@
+"""Hessian-vector and Gauss-Newton-vector products from first derivatives alone.
+
+For models that have no usable double backward (a `torch.autograd.Function` marked
+`once_differentiable`, reentrant activation checkpointing, fused attention kernels, Triton
+kernels), the Hessian-vector product is the central difference of two gradients:
+
+    H v ~ (g(w + eps v) - g(w - eps v)) / (2 eps),        g = grad L.
+
+Step rule. With u the unit roundoff of the dtype (2^-24 for float32, 2^-53 for float64) and
+s = max(||w||, 1) the scale of the probed parameters,
+
+    eps = u^(1/3) s / ||v||,
+
+so the step eps v has the length h = u^(1/3) s whatever the norm of v (a step that does not
+scale with v is what makes other implementations wrong for vectors of large or small norm).
+
+Error. Truncation: the odd terms cancel, leaving (eps^2 / 6) D^3 g[v, v, v], of order
+u^(2/3) ||H v|| when the curvature changes on the scale of w. Rounding: each gradient carries an
+error of about u G (G the size of the per-batch gradients), divided by 2 eps: u G ||v|| / h =
+u^(2/3) G ||v|| / s. The step balances the two, so both are O(u^(2/3)): about 1.5e-5 relative in
+float32, 2e-11 in float64 (`error_bound` states the bound the self-check uses).
+
+The rule assumes a gradient that is smooth at the scale of the step. Where it is not (ReLU and
+max-pooling kinks: a sample whose pre-activation changes sign between w - eps v and w + eps v
+adds a jump divided by 2 eps), the central difference measures a smoothed Hessian, not the
+Hessian of the current linear region that double backward returns; keep an exact method for
+such models when it is available.
+
+Cost: 2 gradients per product (no graph kept); memory: one parameter-sized copy of w (restored
+bitwise afterwards, also when a gradient raises) beside the product.
+
+The Gauss-Newton product G v = J^T H_out J v takes J v from the central difference of the
+outputs, (f(w + eps v) - f(w - eps v)) / (2 eps) (two forward passes), H_out J v by double
+backward through the loss alone, and J^T by one backward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .probe_data import call_model, unpack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch_pass import BatchPass
+
+# The self-check's bound is this many times the finite difference's error estimate: the
+# estimate's constants (third derivative, gradient rounding) are known only in order.
+SAFETY = 100.0
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps / 2 of the dtype (2^-24 for float32, 2^-53 for float64)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def step_length(w_norm: float, dtype: torch.dtype) -> float:
+    """h = u^(1/3) max(||w||, 1): the length of the step eps v."""
+    return unit_roundoff(dtype) ** (1 / 3) * max(w_norm, 1.0)
+
+
+def error_bound(hv_norm: float, grad_size: float, v_norm: float, w_norm: float,
+                dtype: torch.dtype) -> float:
+    """SAFETY * u^(2/3) (||H v|| + G ||v|| / s): a bound on ||FD - H v|| (see the module)."""
+    u23 = unit_roundoff(dtype) ** (2 / 3)
+    return SAFETY * u23 * (hv_norm + grad_size * v_norm / max(w_norm, 1.0))
+
+
+def is_reentrant_checkpoint_error(error: BaseException) -> bool:
+    """True for the error `torch.autograd.grad` raises through reentrant checkpointing."""
+    return isinstance(error, RuntimeError) and "use_reentrant=True" in str(error)
+
+
+@contextlib.contextmanager
+def grads_kept(model: torch.nn.Module) -> Iterator[None]:
+    """`.grad` of every parameter set aside inside the block and put back on exit, so a
+    `loss.backward()` inside leaves the user's gradients (the same objects) untouched."""
+    params = list(model.parameters())
+    saved = [q.grad for q in params]
+    try:
+        for q in params:
+            q.grad = None
+        yield
+    finally:
+        for q, g in zip(params, saved):
+            q.grad = g
+
+
+class Gradients:
+    """Per-batch gradients of the probe's loss, by `torch.autograd.grad`, or, through reentrant
+    activation checkpointing (which refuses `.grad()`), by `loss.backward()` with the model's
+    `.grad` fields set aside and restored (`grads_kept`)."""
+
+    def __init__(self, passes: BatchPass):
+        self.passes = passes
+        self.by_backward = False
+
+    def batch(self, batch: Any) -> tuple[Tensor, int, Sequence[Tensor | None]]:
+        """(mean loss, n samples, gradient of the mean loss per probed parameter)."""
+        p = self.passes
+        loss, n_b, _ = p.compute(batch)
+        if not self.by_backward:
+            try:
+                return loss, n_b, torch.autograd.grad(loss, p.params, allow_unused=True)
+            except RuntimeError as e:
+                if not is_reentrant_checkpoint_error(e):
+                    raise
+                self.by_backward = True
+                loss, n_b, _ = p.compute(batch)  # the failed pass freed its graph
+        with grads_kept(p.model):
+            loss.backward()
+            grads = [q.grad for q in p.params]
+        return loss, n_b, grads
+
+
+def _add_scaled(dst: Sequence[Tensor], src: Sequence[Tensor | None], alpha: float) -> None:
+    for d, t in zip(dst, src):
+        if t is not None:
+            d.add_(t, alpha=alpha)
+
+
+class FiniteDifference:
+    """Central-difference Hessian- and Gauss-Newton-vector products over a probe's batches."""
+
+    def __init__(self, passes: BatchPass):
+        self.passes = passes
+        self.gradients = Gradients(passes)
+        # parameters and vectors split over the ranks (FSDP): norms are reduced over them
+        self.sharded = False
+
+    def norm(self, tensors: Sequence[Tensor]) -> float:
+        """The 2-norm of a list of tensors (over all ranks' shards when `sharded`)."""
+        local = sum(float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64)) ** 2
+                    for t in tensors)
+        if self.sharded:
+            (local,) = self.passes.comm.reduce([local])
+        return local ** 0.5
+
+    def step(self, v: Tensor, shrink: float = 1.0) -> tuple[float, float, float]:
+        """(eps, ||w||, ||v||) for the product with v (eps times `shrink`)."""
+        w_norm = self.norm(self.passes.params)
+        v_norm = self.norm([v])
+        h = shrink * step_length(w_norm, self.passes.dtype)
+        return (h / v_norm if v_norm > 0 else 0.0), w_norm, v_norm
+
+    @contextlib.contextmanager
+    def displaced(self) -> Iterator[Any]:
+        """Yields `move(sign, vs, eps)`, which writes w + sign eps v into the parameters; w is
+        restored bitwise on exit (one stored copy of w)."""
+        params = self.passes.params
+        backup = [q.detach().clone() for q in params]
+
+        def move(sign: float, vs: Sequence[Tensor], eps: float) -> None:
+            with torch.no_grad():
+                for q, b, d in zip(params, backup, vs):
+                    q.copy_(b).add_(d, alpha=sign * eps)
+
+        try:
+            yield move
+        finally:
+            with torch.no_grad():
+                for q, b in zip(params, backup):
+                    q.copy_(b)
+
+    def hvp_sum(self, v: Tensor, shrink: float = 1.0) -> tuple[Tensor, int, float]:
+        """(sum over this rank's batches of n_b H_b v, number of samples, sum of n_b times the
+        batch gradient norms at the two points / 2), by central differences (2 gradients),
+        with the step of the rule times `shrink`."""
+        p = self.passes
+        eps, _, v_norm = self.step(v, shrink)
+        out = torch.zeros_like(v)
+        if v_norm == 0:
+            return out, p.data.n_local, 0.0
+        views, vs = p.split(out), p.split(v)
+        n, size = 0, 0.0
+        with self.displaced() as move:
+            for sign in (1.0, -1.0):
+                move(sign, vs, eps)
+                n = 0
+                for batch in p.data.batches():
+                    _, n_b, grads = self.gradients.batch(batch)
+                    _add_scaled(views, grads, sign * n_b / (2 * eps))
+                    size += n_b * self.norm_local(grads) / 2
+                    n += n_b
+        return out, n, size
+
+    @staticmethod
+    def norm_local(tensors: Sequence[Tensor | None]) -> float:
+        return float(sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+                         for t in tensors if t is not None)) ** 0.5
+
+    def ggn_sum(self, vs: list[Tensor], total: Tensor) -> int:
+        """Add sum over this rank's batches of n_b G_b v into `total` (J v by central
+        differences of the outputs); return the number of samples."""
+        p = self.passes
+        v = torch.cat([t.reshape(-1) for t in vs])
+        eps, _, v_norm = self.step(v)
+        if v_norm == 0:
+            return p.data.n_local
+        views = p.split(total)
+        n = 0
+        with self.displaced() as move:
+            for batch in p.data.batches():
+                inputs, targets = unpack(batch)
+                n_b = p.n_samples(batch)
+                with torch.no_grad():
+                    move(1.0, vs, eps)
+                    plus = call_model(p.model, inputs)
+                    move(-1.0, vs, eps)
+                    jv = (plus - call_model(p.model, inputs)).div_(2 * eps)
+                    move(0.0, vs, eps)
+                p.counts["n_batch_forward"] += 2
+                outputs = call_model(p.model, inputs)
+                p.counts["n_batch_forward"] += 1
+                out = outputs.detach().requires_grad_(True)
+                dl = torch.autograd.grad(p.loss_fn(out, targets), out, create_graph=True)[0]
+                h_jv = (torch.autograd.grad(dl, out, grad_outputs=jv)[0] if dl.requires_grad
+                        else torch.zeros_like(out))
+                jt = torch.autograd.grad(outputs, p.params, grad_outputs=h_jv, allow_unused=True)
+                _add_scaled(views, jt, n_b)
+                n += n_b
+        return n
