@@ -82,6 +82,7 @@ def test_spec_of_cnn_flatten_blocks():
     assert spec.axes["4.running_mean"] == {0: (("3",),)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_permuted_copy_computes_same_function(name):
     build, image = BUILDERS[name]
@@ -95,6 +96,7 @@ def test_permuted_copy_computes_same_function(name):
     torch.testing.assert_close(other(x), model(x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_alignment_recovers_permutation(name, trained, snapshot):
     model = trained[name]

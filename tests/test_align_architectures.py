@@ -32,6 +32,7 @@ from landscape.data.sequence import (
     trained_tiny_gpt,
 )
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 @pytest.fixture(autouse=True)
 def one_thread():

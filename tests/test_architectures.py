@@ -42,6 +42,7 @@ from landscape.data.architectures import (
     vit,
 )
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -93,6 +93,7 @@ def test_a_pattern_matching_nothing_names_the_closest_names(gpt):
         hessian_eigenvalues(Probe(model, (idx, targets), loss_fn=lm_loss), by={"mlp": "*.mpl.*"})
 
 
+@pytest.mark.slow
 def test_eigenvalues_and_traces_by_block_equal_dense_block_hessians(gpt):
     model, idx, targets = gpt
     probe = Probe(model, (idx, targets), loss_fn=lm_loss)
@@ -111,6 +112,7 @@ def test_eigenvalues_and_traces_by_block_equal_dense_block_hessians(gpt):
         assert tr[name].estimate == pytest.approx(float(torch.trace(H)), rel=1e-8)
 
 
+@pytest.mark.slow
 def test_density_by_block_and_js_distances(gpt):
     model, idx, targets = gpt
     probe = Probe(model, (idx, targets), loss_fn=lm_loss)
@@ -155,6 +157,7 @@ def test_js_distance_is_the_formula_on_the_common_grid():
         js_distances({"a": a})
 
 
+@pytest.mark.slow
 def test_block_spectra_figure(gpt, tmp_path):
     import matplotlib
 

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from landscape import LandscapeError, Probe
 from landscape.data import digits_cnn, digits_tensors
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
+
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
 WORLD = 2
 

@@ -15,6 +15,8 @@ import torch
 from landscape.data import digits_loaders, digits_mlp
 from landscape.data.training import train
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
+
 MEASURES = "hessian_eigenvalues,hessian_trace"
 ROOT = Path(__file__).resolve().parents[1]  # this checkout's landscape, also in the subprocesses
 

@@ -32,6 +32,8 @@ from landscape import (
 )
 from landscape.storage import read
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
+
 WORLD = 2
 XS, YS = np.linspace(-1.0, 1.0, 3), np.linspace(-0.5, 1.5, 4)  # 12 points: 6 per rank
 

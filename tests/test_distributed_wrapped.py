@@ -15,6 +15,7 @@ from helpers.models import tiny_data, tiny_mlp
 
 from landscape import LandscapeError, Probe, hessian_eigenvalues, hessian_trace
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 def _single() -> dict:
     x, y = tiny_data(37)

@@ -43,6 +43,7 @@ def exact(gamma: float, T: float) -> tuple[float, float, float]:
 GRID_ERROR = 0.03  # trapezoid in log gamma (4 nodes per decade) and the tail closure
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T", [1.0, 0.2])
 def test_mala_matches_the_gaussian_integral(T):
     gammas = [0.3, 1.0, 3.0]
@@ -63,6 +64,7 @@ def test_mala_matches_the_gaussian_integral(T):
     assert set(gammas) <= set(r.nodes) and r.nodes[-1] == 300.0
 
 
+@pytest.mark.slow
 def test_low_temperature_gives_the_mean_and_the_paper_gradient():
     T = 0.01
     r = local_entropy(probe_off_minimum(), [0.5, 2.0], temperature=T, seed=2)
@@ -73,6 +75,7 @@ def test_low_temperature_gives_the_mean_and_the_paper_gradient():
         assert abs(r.local_energy[i] - energy) < 4 * r.local_energy_stderr[i] + 1e-3
 
 
+@pytest.mark.slow
 def test_unadjusted_langevin_with_a_small_step():
     T = 0.5
     r = local_entropy(probe_off_minimum(), [1.0], temperature=T, sampler="langevin",
@@ -82,6 +85,7 @@ def test_unadjusted_langevin_with_a_small_step():
     assert abs(r.value[0] - phi) < 4 * r.stderr[0] + 0.05
 
 
+@pytest.mark.slow
 def test_stderr_matches_the_spread_over_seeds():
     probe = probe_off_minimum()
     runs = [local_entropy(probe, 1.0, temperature=1.0, gamma_max=30.0, n_steps=100,

@@ -11,6 +11,7 @@ from torch import nn
 
 from landscape.monitor import CurvatureMonitor
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 def _tiny_classification(n=64, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -338,6 +338,7 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
         run.finish()
 
 
+@pytest.mark.slow
 def test_import_landscape_does_not_import_the_integrations():
     code = ("import sys, landscape, landscape.monitor; bad = [m for m in ('lightning', "
             "'transformers', 'tensorboard', 'wandb', 'torch.utils.tensorboard') "

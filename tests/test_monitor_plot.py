@@ -16,6 +16,7 @@ from landscape.data.edge_of_stability import gradient_descent_run  # noqa: E402
 from landscape.plot import track_figure  # noqa: E402
 
 
+@pytest.mark.slow
 def test_gradient_descent_hovers_at_the_edge_of_stability():
     """Full-batch GD at lr = 2 (2 / lr = 1): the sharpness starts near 0.5, rises, and over the
     last third of 600 steps stays within [0.8, 1.25] x 2 / lr (about 10 s)."""

@@ -51,6 +51,7 @@ def _png(ax, tmp_path, name):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_every_plot_renders_to_png(results, tmp_path):
     surface, lines, pca = results
     _png(lp.plot_line(lines, labels=["d1", "d2"]), tmp_path, "line")
@@ -116,6 +117,7 @@ def test_export_vtp(results, tmp_path):
     assert np.isnan(loss[0]) and loss[8] == pytest.approx(surface.loss[1, 3])
 
 
+@pytest.mark.slow
 def test_cli_plot_writes_figures_and_resumable_file(tmp_path, capsys):
     from landscape.cli import main
 

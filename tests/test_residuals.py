@@ -38,6 +38,7 @@ def _check(res, H: np.ndarray, exact: np.ndarray, which: str) -> None:
     np.testing.assert_allclose(norms, 1.0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tol", [1e-2, 1e-5, 1e-9])
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 @pytest.mark.parametrize("seed, hidden", [(0, 6), (3, 10)])

@@ -116,6 +116,7 @@ def test_batch_spectrum_each_batch_against_its_dense_hessian(mlp_and_data, snaps
         assert row.stable_lr == pytest.approx(2 / row.mean)
 
 
+@pytest.mark.slow
 def test_batch_spectrum_mean_is_at_least_the_full_value(mlp_and_data):
     """Jensen: lambda_max is convex and H is the mean of the batch Hessians."""
     model, x, y, _ = mlp_and_data
@@ -267,6 +268,7 @@ def test_audit_reports_frobenius_and_the_trace_ratio_with_a_learning_rate(mlp_an
         audit(probe, budget="quick", measures=["loss"], lr=-1.0)
 
 
+@pytest.mark.slow
 def test_audit_batch_spectrum_entry_and_figure(mlp_and_data, tmp_path):
     from landscape import audit
 
@@ -305,6 +307,7 @@ def test_compare_one_checkpoint_on_two_data_sets():
     assert compare({"net": Probe(model, a)}, measures=["loss"]).across_data == {}
 
 
+@pytest.mark.slow
 def test_cli_audit_lr_and_batch_sizes_and_compare_data_b(tmp_path, capsys):
     from landscape.cli import main
     from landscape.data import digits_mlp

@@ -13,6 +13,7 @@ from landscape.audit import DEFAULT_MEASURES, OPTIONAL_MEASURES
 from landscape.data import digits_loaders, digits_mlp, digits_tensors
 from landscape.data.training import train
 
+pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
 @pytest.fixture(scope="module")
 def trained():
