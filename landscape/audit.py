@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._validate import OneOf, validate_params
+from .audit_resume import AuditProgress, audit_key
 from .errors import LandscapeError
 from .measures import (
     BUDGETS,
@@ -134,13 +135,13 @@ class AuditReport:
         return self.to_report(title).to_html(figures)
 
     def write(self, out: str | Path, title: str | None = None,
-              column: str | float = "single") -> list[Path]:
+              column: str | float = "single", log: bool = True) -> list[Path]:
         """Write report.json, report.md, report.html and the figures (PDF and 300 dpi PNG) to
         `out`; `column` sizes the figures ("single", "double" or inches, see
-        `landscape.plot.figure_size`)."""
+        `landscape.plot.figure_size`); `log=False` draws linear loss scales and contours."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = audit_figures(self.results, out, column)
+        figures = audit_figures(self.results, out, column, log)
         return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
@@ -157,6 +158,7 @@ def audit(
     data_name: str | None = None,
     lr: float | None = None,
     batch_sizes: Sequence[int] | None = None,
+    resume: str | Path | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -177,6 +179,10 @@ def audit(
             linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
         batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
             sizes beside the full data's (with its figure).
+        resume: a JSON file where each measure is saved as soon as it finishes (replaced
+            atomically), so an interrupted or failed audit keeps what it measured. A rerun with
+            the same file, weights, data, budget and seed takes the saved measures instead of
+            measuring them again (see `landscape.audit_resume`). None: nothing saved.
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -200,10 +206,21 @@ def audit(
     gradient_seconds = time.perf_counter() - started
     context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
                              options={"lr": lr, "batch_sizes": batch_sizes})
+    saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
     for key in known:  # in the registry's order: later measures may reuse earlier results
-        if key in chosen:
-            spec = REGISTRY[key]
-            out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
+        if key not in chosen:
+            continue
+        if key in saved:
+            say(f"{key}: taken from {resume} (measured before with the same settings)")
+            out[key] = saved.measure(key, Measure)
+            figure = saved.figure_result(key, seed)
+            if figure is not None:
+                context.results[key] = figure
+            continue
+        spec = REGISTRY[key]
+        out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
+        if out[key].error is None:  # kept on disk at once: an interruption loses nothing of it
+            saved.save(key, out[key], context.results.get(key))
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
                        probe.n_samples, context.results, name=name, data_name=data_name,
                        plan=plan, gradient_seconds=gradient_seconds)
@@ -249,16 +266,24 @@ def value_cell(m: Measure, uncertainty: bool = False) -> str:
     return value_text(m.value)
 
 
-def audit_figures(results: dict[str, Any], out: Path,
-                  column: str | float = "single") -> list[Path]:
-    """The audit's figures from its raw results: the 1D line, the 2D contour and the
-    log-scale spectral density, each where it was measured."""
+def audit_figures(results: dict[str, Any], out: Path, column: str | float = "single",
+                  log: bool = True) -> list[Path]:
+    """The audit's figures from its raw results: the 1D line, the 2D contour (log-spaced levels
+    above the minimum unless `log=False`) and the log-scale spectral density, each where it was
+    measured, titled in the one style of `landscape.plot.set_title`."""
     from . import plot
 
+    def titled(ax: Any, title: str) -> Any:
+        plot.set_title(ax.figure, title)
+        return ax.figure
+
     drawers = {
-        "loss_line": lambda r: plot.plot_line(r, column=column).figure,
-        "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
-        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
+        "loss_line": lambda r: titled(plot.plot_line(r, column=column, log=log),
+                                      "Loss along a filter-normalized direction"),
+        "loss_surface": lambda r: titled(plot.plot_contour(r, column=column, log=log),
+                                         "Loss on a filter-normalized plane"),
+        "hessian_density": lambda r: titled(plot.plot_density(r, log=True, column=column),
+                                            "Hessian eigenvalue density"),
         "batch_spectrum": lambda r: _batch_figure(r, column),
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))

@@ -171,7 +171,7 @@ class Products:
         fd_norm = float(torch.linalg.vector_norm(fd_r))
         diff = float(torch.linalg.vector_norm(exact_r - fd_r))
         bound = error_bound(fd_norm, self._grad_size, float(torch.linalg.vector_norm(r)),
-                            self.fd.norm(p.params), p.dtype)
+                            self.fd.scale(r), p.dtype)
         del exact_r
         step_error = float("nan")
         if diff > bound:  # wrong double backward, or a finite difference less accurate?

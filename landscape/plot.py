@@ -140,7 +140,9 @@ def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE
     """Save `fig` as vector PDF and a `dpi` PNG (or `formats`): `path` without its suffix.
 
     `save_figure(fig, "out/contour")` writes out/contour.pdf and out/contour.png. The figure keeps
-    its size (no tight bounding box), so a single-column figure stays exactly column wide.
+    its size (no tight bounding box), so a single-column figure stays exactly column wide. Each
+    file is written atomically: to a temporary file in the same folder, then renamed over the
+    target, so an interruption never leaves a broken image (an older one stays as it was).
 
     Returns:
         The paths written, in the order of `formats`.
@@ -152,21 +154,36 @@ def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE
     written = []
     for fmt in formats:
         target = stem.parent / f"{stem.name}.{fmt}"
-        with plt.rc_context(STYLE):
-            fig.savefig(target, dpi=dpi)
+        tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{fmt}"
+        try:
+            with plt.rc_context(STYLE):
+                fig.savefig(tmp, dpi=dpi, format=fmt)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         written.append(target)
     return written
+
+
+def set_title(target: Any, text: str) -> None:
+    """The one title style of the package's figures: the figure's title (`suptitle`) in the
+    style's 8 pt, not bold, for a figure or the figure of an Axes."""
+    fig = getattr(target, "figure", target) if not hasattr(target, "suptitle") else target
+    with plt.rc_context(STYLE):
+        fig.suptitle(text, fontsize=STYLE["figure.titlesize"], fontweight="normal")
 
 
 def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
               labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
               stderr: bool = True, xlabel: str = r"$\alpha$",
+              accuracy_range: tuple[float, float] | None = (0.0, 1.0),
               column: str | float = "single") -> Any:
     """Loss along one or several lines; accuracy in its own panel.
 
     With `ax=None` and accuracy to draw, the new figure has two panels sharing the alpha axis:
-    loss above, accuracy below, each y range fitted to its curves (so several accuracies near
-    1.0 stay apart), and the legend below the panels, outside the data.
+    loss above, accuracy below on a fixed [0, 1] axis (so rounding noise near 1.0 does not
+    look like a barrier), and the legend below the panels, outside the data.
 
     Args:
         lines: a `Line` or a sequence of them (compared on one axes).
@@ -177,6 +194,8 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         log: logarithmic loss axis.
         stderr: shade +- 1 standard error for lines evaluated with `max_samples=`.
         xlabel: label of the alpha axis.
+        accuracy_range: the accuracy axis' limits (default [0, 1]); None fits the curves, and
+            the axis label then says "zoomed".
         column: width of a new figure: "single", "double" or inches.
 
     Returns:
@@ -225,12 +244,15 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         ax.set_ylabel("loss")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         if acc_ax is not None:
+            zoom = "" if accuracy_range is not None else ", zoomed"
+            if accuracy_range is not None:
+                acc_ax.set_ylim(*accuracy_range)
             if twin:
                 acc_ax.spines["right"].set_visible(True)
-                acc_ax.set_ylabel("accuracy (dashed)")
+                acc_ax.set_ylabel(f"accuracy (dashed{zoom})")
                 ax.set_xlabel(xlabel)
             else:
-                acc_ax.set_ylabel("accuracy")
+                acc_ax.set_ylabel(f"accuracy{' (zoomed)' if zoom else ''}")
                 acc_ax.set_xlabel(xlabel)
                 ax.tick_params(labelbottom=False)
         else:
@@ -261,37 +283,75 @@ def _legend_outside(ax: Any, below: Any = None) -> None:
                   borderaxespad=0.0)
 
 
-def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[float] = 20,
-                 log: bool = False, filled: bool = False, label_levels: bool = False,
-                 column: str | float = "single") -> Any:
+def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[float] = 12,
+                 log: bool = True, filled: bool = False, label_levels: bool = True,
+                 floor: float | None = None, column: str | float = "single") -> Any:
     """Contour lines of the loss (filled contours with `filled=True`), with a colorbar.
 
-    The colorbar names the quantity and scale ("loss" or "log10 loss"); when explicit `levels`
-    do not cover the data, its ends are pointed (values beyond the last level exist).
+    With `log=True` (default) the levels are log-spaced above the minimum: the contours are
+    those of loss - m (m the lowest loss of the surface, or `floor`) at `levels` values spread
+    evenly in log10 over the three decades below the largest rise, so the basin of a trained
+    model (a loss near 0 inside, large on the rim) is resolved and not one colour. The colorbar
+    (log scale) is labelled "loss - m" with m's value. With `log=False` the levels are evenly
+    spaced in the loss. The colorbar names its quantity; when explicit `levels` do not cover the
+    data, its ends are pointed (values beyond the last level exist).
 
     Args:
         surface: the `Surface`; x along d1, y along d2.
         ax: Axes to draw on (a new figure when None).
-        levels: number of levels or their values (in log10 units when `log=True`).
-        log: contour log10(loss), so the levels are log-spaced in the loss.
+        levels: number of levels, or their values in loss units (with `log=True`, those at or
+            below the minimum are dropped).
+        log: log-spaced levels above the minimum (default) or evenly spaced ones.
         filled: filled contours instead of lines.
-        label_levels: also write the level values on the lines (ignored when filled).
+        label_levels: write the level values on every other line (ignored when filled).
+        floor: the m that log levels are measured from (default: the surface's lowest loss);
+            give the same one to panels that must share levels.
         column: width of a new figure: "single", "double" or inches.
     """
-    z = _z(surface, log)
+    z = np.asarray(surface.loss, dtype=float)
+    finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        raise LandscapeError("the surface has no finite loss to draw.")
+    norm, label, fmt, auto = None, "loss", "%.3g", isinstance(levels, int)
+    if log:
+        m = float(finite.min()) if floor is None else float(floor)
+        with np.errstate(invalid="ignore"):
+            z = np.where(z - m > 0, z - m, np.nan)  # the minimum itself has no log level
+        rise = float(np.nanmax(z))
+        if not rise > 0:
+            raise LandscapeError("the surface is flat (every loss equal): nothing to contour; "
+                                 "draw it with log=False.")
+        if isinstance(levels, int):
+            levels = list(rise * np.logspace(-3, 0, levels))
+        else:
+            levels = [v - m for v in levels if v - m > 0]
+            if not levels:
+                raise LandscapeError("no level lies above the minimum: give levels in loss "
+                                     "units, above the lowest loss.")
+        from matplotlib.colors import LogNorm
+
+        norm = LogNorm(vmin=min(levels), vmax=max(levels))
+        label, fmt = f"loss − {m:.3g} (log scale)", "%.2g"
     with plt.rc_context(STYLE):
         ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
-        extend = _extend(z, levels)
+        extend = "neither" if auto else _extend(z, levels)
         if filled:
-            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP, extend=extend)
+            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP, extend=extend, norm=norm)
         else:
-            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8, extend=extend)
+            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8, extend=extend,
+                            norm=norm)
             if label_levels:
-                ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
-        cbar = ax.figure.colorbar(cs, ax=ax, label=_zlabel(log), extend=extend)
+                ax.clabel(cs, cs.levels[1::2], inline=True, fontsize=5, fmt=fmt)
+        cbar = ax.figure.colorbar(cs, ax=ax, label=label, extend=extend)
         if not filled:
             cbar.ax.tick_params(length=0)
+        if log:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+            cbar.ax.yaxis.set_minor_formatter(NullFormatter())
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
@@ -327,8 +387,8 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
 
     Nothing is clipped by default. With `zmax`, points above it are not drawn (left as holes,
     never flattened into a plateau the landscape does not have), the z axis stops at `zmax`, and
-    the z label states the clip and the share of points above it, e.g.
-    "log10 loss / clipped at 1.5 (12% above)".
+    a note above the axes states the clip and the share of points above it, e.g.
+    "clipped at 1.5 (12% of the points above)" (`ax.clip_note` holds it, None without a clip).
 
     Args:
         surface: the `Surface`.
@@ -339,15 +399,21 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         column: width of a new figure: "single", "double" or inches.
     """
     z = _z(surface, log)
-    zlabel = _zlabel(log)
+    zlabel, note = _zlabel(log), None
+    finite = z[np.isfinite(z)]
+    if zmax is not None and finite.size and not zmax > finite.min():
+        raise LandscapeError(
+            f"zmax={zmax:.4g} is at or below the lowest point drawn ({finite.min():.4g}"
+            f"{', in log10 loss' if log else ''}): nothing would be left to draw; give a zmax "
+            "above it, or none.")
     if zmax is not None:
         above = np.isfinite(z) & (z > zmax)
         if above.any():
-            zlabel += f"\nclipped at {zmax:.3g} ({above.mean():.0%} above)"
+            note = f"clipped at {zmax:.3g} ({above.mean():.0%} of the points above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
         if ax is None:
-            fig = plt.figure(figsize=figure_size(column, 0.9), layout="constrained")
+            fig = plt.figure(figsize=figure_size(column, 0.8), layout="constrained")
             ax = fig.add_subplot(projection="3d")
         elif getattr(ax, "name", "") != "3d":
             raise LandscapeError(
@@ -367,13 +433,17 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
         ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
-        ax.set_box_aspect(None, zoom=0.8)
+        ax.set_box_aspect(None, zoom=0.92)
+        ax.clip_note = note
+        if note is not None:
+            ax.text2D(0.5, 1.0, note, transform=ax.transAxes, ha="center", va="top",
+                      fontsize=STYLE["legend.fontsize"], color="0.25")
     _fonts(ax)
     return ax
 
 
 def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any = None, *,
-                    levels: int | Sequence[float] = 20, log: bool = False,
+                    levels: int | Sequence[float] = 12, log: bool = True,
                     column: str | float = "single") -> Any:
     """An optimization path over the contour of the PCA plane (Li et al. 2018, figure 9).
 

@@ -41,6 +41,7 @@ from .distributed import Comm, full_source, resolve_comm
 from .errors import LandscapeError
 from .hvp import HvpEngine, ggn_product_sum
 from .hvp_choice import PRODUCT_METHODS, HvpCheck, Products
+from .loss_reduction import check_reduction
 from .probe_data import ProbeData, default_budget, gather_samples
 
 __all__ = ["BatchLossFn", "Cost", "Evaluation", "LossFn", "Meter", "ParamInfo", "ParamSelection",
@@ -164,6 +165,8 @@ class Probe:
             raise LandscapeError(f"batch_size must be positive; got {batch_size}.")
         self.model = model
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        if batch_loss is None:
+            check_reduction(self.loss_fn)
         self.batch_loss = batch_loss
         self.n_samples_fn = n_samples_fn
         self.check_data = check_data
