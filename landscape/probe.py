@@ -429,12 +429,11 @@ class Probe:
         Distributed: the samples are drawn by global index (the same on every rank and as in one
         process); each rank keeps those in its own batches, and the sub-probe reduces as this one.
         """
-        batches, starts, total = self.batch_pass.sample_batches()
+        total = self.n_samples
         if not 1 <= n_samples <= total:
             raise LandscapeError(f"n_samples must be in [1, {total}]; got {n_samples}.")
-        gen = torch.Generator().manual_seed(seed)
-        chosen = torch.randperm(total, generator=gen)[:n_samples].sort().values
-        return self._clone(data=gather_samples(batches, starts, chosen), check_data=False)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        return self.sample_parts([order[:n_samples].sort().values])[0]
 
     def sample_groups(self, m: int) -> list[Probe]:
         """Probes over consecutive groups of `m` samples (the last may be smaller), for m-sharpness.
@@ -443,14 +442,15 @@ class Probe:
         (a rank holding none of its samples contributes zero to the sums), so every rank gets
         the same list of probes with the same values.
         """
-        batches, starts, total = self.batch_pass.sample_batches()
+        total = self.n_samples
         if not 1 <= m <= total:
             raise LandscapeError(f"m must be in [1, {total}] (the number of samples); got {m}.")
-        return [
-            self._clone(data=gather_samples(batches, starts, torch.arange(s, min(s + m, total))),
-                        check_data=False)
-            for s in range(0, total, m)
-        ]
+        return self.sample_parts([torch.arange(s, min(s + m, total)) for s in range(0, total, m)])
+
+    def sample_parts(self, parts: Sequence[Tensor]) -> list[Probe]:
+        """Probes over parts of the samples, each a sorted tensor of global sample indices."""
+        b, starts, _ = self.batch_pass.sample_batches()
+        return [self._clone(data=gather_samples(b, starts, i), check_data=False) for i in parts]
 
     def _clone(self, **overrides: Any) -> Probe:
         kwargs = dict(
