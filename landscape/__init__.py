@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .pacbayes import PacBayesResult, pac_bayes_flatness
     from .probe import Cost, Evaluation, ParamInfo, Probe
     from .sharpness import LayerSharpnessResult, SharpnessResult, adaptive_sharpness, sharpness
+    from .spread import DataSpread, data_spread
     from .surface import (
         Line,
         Surface,
@@ -119,6 +120,8 @@ _EXPORTS: dict[str, str] = {
     "SharpnessResult": ".sharpness",
     "adaptive_sharpness": ".sharpness",
     "sharpness": ".sharpness",
+    "DataSpread": ".spread",
+    "data_spread": ".spread",
     "Line": ".surface",
     "Surface": ".surface",
     "TrajectoryPCA": ".surface",
@@ -163,6 +166,9 @@ __all__ = [
     "SharpnessResult",
     "LayerSharpnessResult",
     "FlatnessResult",
+    # how much the data decides
+    "data_spread",
+    "DataSpread",
     # directions and surfaces
     "Direction",
     "random_direction",

@@ -25,6 +25,7 @@ from .measures import (
     MeasureContext,
     base_measures,
     descriptions,
+    estimated_cost,
     measure_names,
     run_measure,
 )
@@ -36,13 +37,22 @@ from .report import (
     Section,
     cost_text,
     error_line,
+    marked_values_text,
     save_figures,
     uncertainty_text,
     value_text,
+    value_with_uncertainty,
+    with_note,
 )
 
 __all__ = ["BUDGETS", "DEFAULT_MEASURES", "DESCRIPTIONS", "MEASURES", "OPTIONAL_MEASURES",
-           "AuditReport", "Measure", "audit", "error_line"]
+           "AuditReport", "Measure", "audit", "error_line", "value_cell"]
+
+# Time of one Hessian-vector product and of one forward pass, in gradients, for the plan an
+# audit states up front (docs/guides/large-models.md: a product costs 1.2-3 gradients measured,
+# more on recurrent and small-spatial convolutional models; a forward pass about a third).
+HVP_GRADIENTS = 3.0
+FORWARD_GRADIENTS = 1 / 3
 
 # The names below are read at import time; measures registered later are found through
 # `landscape.measures.REGISTRY`, which `audit` reads at call time.
@@ -69,6 +79,15 @@ class AuditReport:
     name: str | None = None
     data_name: str | None = None
     provenance: dict[str, Any] | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+    gradient_seconds: float | None = None
+
+    @property
+    def spent_gradients(self) -> float | None:
+        """The audit's wall time in gradients (`seconds / gradient_seconds`)."""
+        if not self.gradient_seconds:
+            return None
+        return self.seconds / self.gradient_seconds
 
     @property
     def title(self) -> str:
@@ -80,25 +99,32 @@ class AuditReport:
         what = self.name or "an unnamed checkpoint (pass name= to audit)"
         data = f"{self.data_name} ({self.n_samples} samples)" if self.data_name \
             else f"{self.n_samples} samples"
-        return (f"Checkpoint: {what}. Data: {data}. {self.n_params} parameters, budget "
+        line = (f"Checkpoint: {what}. Data: {data}. {self.n_params} parameters, budget "
                 f"{self.budget}, seed {self.seed}, {self.seconds:.1f} s.")
+        if self.plan:
+            line += f" {plan_text(self.plan)}"
+        if self.spent_gradients is not None:
+            line += (f" Spent {self.spent_gradients:.0f} gradients of time (one gradient: "
+                     f"{self.gradient_seconds:.3g} s).")
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "data": self.data_name,
             "budget": self.budget, "seed": self.seed, "seconds": self.seconds,
             "n_params": self.n_params, "n_samples": self.n_samples,
+            "plan": self.plan, "gradient_seconds": self.gradient_seconds,
+            "spent_gradients": self.spent_gradients,
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
             "provenance": self.provenance,
         }
 
     def to_report(self, title: str | None = None) -> Report:
         """The report's content: one table row per measure (value, uncertainty, meaning, cost)."""
-        rows = tuple(Row((f"`{m.name}`", value_text(m.value, m.error),
-                          "exact" if m.name in EXACT else uncertainty_text(m.stderr,
-                                                                           m.error_bound),
-                          m.description,
-                          cost_text(m.cost))) for m in self.measures.values())
+        rows = tuple(Row((f"`{m.name}`", value_cell(m),
+                          "exact" if m.name in EXACT else
+                          with_note(uncertainty_text(m.stderr, m.error_bound), m.note),
+                          m.description, cost_text(m.cost))) for m in self.measures.values())
         table = Section(columns=("measure", "value", "uncertainty", "what it means", "cost"),
                         rows=rows)
         sections = (table, provenance_section(self.provenance))
@@ -184,8 +210,13 @@ def audit(
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
     say = log or (lambda _line: None)
+    plan = audit_plan([m for m in known if m in chosen], budget, seed)
+    say(plan_text(plan))
     t0 = time.perf_counter()
     out, loss = base_measures(probe)
+    started = time.perf_counter()
+    probe.gradient()  # timed once the probe is warm: the unit of the time spent
+    gradient_seconds = time.perf_counter() - started
     context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
                              options={"lr": lr, "batch_sizes": batch_sizes})
     saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
@@ -207,7 +238,48 @@ def audit(
     info = provenance(probe, seed=seed, budget=budget, data=data_name, checkpoints=files)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
                        probe.n_samples, context.results, name=name, data_name=data_name,
+                       plan=plan, gradient_seconds=gradient_seconds,
                        provenance=info)
+
+
+def audit_plan(names: Sequence[str], budget: str, seed: int = 0) -> dict[str, Any]:
+    """What an audit of `names` at `budget` will spend at most, before it runs: products,
+    gradients and forward passes (`landscape.measures.estimated_cost`, summed; one evaluation
+    and two gradients for the loss, accuracy, gradient norm and the time unit), and their time
+    in gradients at `HVP_GRADIENTS` a product and `FORWARD_GRADIENTS` a forward pass."""
+    costs = estimated_cost(tuple(names), budget, seed)
+    total = {key: sum(int(c.get(key, 0)) for c in costs.values())
+             for key in ("n_hvp", "n_gradient", "n_forward")}
+    total["n_gradient"] += 2
+    total["n_forward"] += 1
+    gradients = (total["n_gradient"] + HVP_GRADIENTS * total["n_hvp"]
+                 + FORWARD_GRADIENTS * total["n_forward"])
+    return {**total, "gradients": round(gradients), "hvp_gradients": HVP_GRADIENTS}
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The plan in words: its budget in gradients first."""
+    return (f"Planned: about {plan['gradients']} gradients of time ({plan['n_hvp']} "
+            f"Hessian-vector products at about {plan['hvp_gradients']:g} gradients each, "
+            f"{plan['n_gradient']} gradients, {plan['n_forward']} forward passes).")
+
+
+def value_cell(m: Measure, uncertainty: bool = False) -> str:
+    """A measure's numbers as a report shows them: every number asked for (all k
+    eigenvalues), each that did not reach its tolerance marked `(not converged)`; with
+    `uncertainty`, also its standard error or bound and its note (for one-cell views)."""
+    if m.error is not None:
+        return value_text(m.value, m.error)
+    if m.values is not None and len(m.values) > 1 or not m.converged:
+        text = marked_values_text(m.values or [m.value], m.unconverged)
+        if uncertainty:
+            text = with_note(with_note(text, uncertainty_text(m.stderr, m.error_bound)
+                                       if m.stderr is not None or m.error_bound is not None
+                                       else None), m.note)
+        return text
+    if uncertainty:
+        return value_with_uncertainty(m.value, m.stderr, m.error_bound)
+    return value_text(m.value)
 
 
 def audit_figures(results: dict[str, Any], out: Path, column: str | float = "single",

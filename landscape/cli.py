@@ -14,183 +14,23 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from .cli_checks import (
+from .cli_args import (  # noqa: F401 - the option values stay importable from here
     AUDIT_MEASURES,
     BUDGETS,
     DEMO_BUDGETS,
     INTERPOLATION_BUFFERS,
+    SUBCOMMANDS,
     TRACK_MEASURES,
-    check_args,
-    in_cli_terms,
-    int_at_least,
-    positive_float,
-    seed_value,
-    tidy_out,
-    words_for_warnings,
+    Parser,
+    audit_args,
+    compare_args,
+    demo_args,
+    plot_args,
+    track_args,
 )
 from .errors import LandscapeError
-
-SUBCOMMANDS: dict[str, str] = {
-    "audit": "measure one checkpoint by every standard measure and write a report",
-    "compare": "compare the minima of several checkpoints side by side",
-    "plot": "draw filter-normalized 1D/2D loss surfaces of a checkpoint",
-    "track": "follow chosen measures over a series of training checkpoints",
-    "demo": "train four small CNNs on the built-in digits data and compare their minima",
-    "plot-track": "draw sharpness against step and the loss from CurvatureMonitor logs",
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="PATH.py:FUNCTION or package.module:FUNCTION that builds the model, or "
-                        "a built-in model: digits_mlp, digits_cnn, digits_resnet, "
-                        "digits_resnet_noskip")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (built-in train split; also 'digits:train', 'digits:test', "
-                        "'digits:all'), a .pt/.pth file holding an (inputs, targets) pair of "
-                        "tensors, or PATH.py:FUNCTION or package.module:FUNCTION returning a "
-                        "DataLoader, a list of batches or an (inputs, targets) pair "
-                        "(default: digits)")
-    p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
-    p.add_argument("--seed", type=seed_value, default=0,
-                   help="seed of every estimator, 0 or more (default: 0)")
-    _add_progress_debug(p)
-
-
-def _add_progress_debug(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="hide progress (bars on a terminal, plain lines when redirected)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-
-
-def _add_scale(p: argparse.ArgumentParser) -> None:
-    scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--log", dest="log", action="store_true", default=True,
-                       help="log scale (default): contour levels log-spaced above the minimum "
-                            "and labelled; heatmaps and 3D views in log10 of the loss")
-    scale.add_argument("--linear", dest="log", action="store_false",
-                       help="linear scale: evenly spaced contour levels, the loss as it is")
-
-
-def _add_column(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--column", choices=("single", "double"), default="single",
-                   help="figure width for a journal: single column (3.25 in) or double column "
-                        "(6.75 in); figures are written as PDF and 300 dpi PNG "
-                        "(default: single)")
-
-
-def _measure_list(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(
-            f"names no measure (got {text!r}); leave it out to measure the defaults"
-        )
-    return names
-
-
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(m) for m in text.split(",") if m.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
-                                         "(e.g. 16,64,256)") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
-    return sizes
-
-
-def _audit_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file: a state dict in .pt/.pth (read with "
-                        "weights_only=True; {'state_dict': ...}, {'model': ...} and DDP's "
-                        "'module.' prefix are unwrapped) or .safetensors")
-    p.add_argument("--out", required=True,
-                   help="output folder for report.json/.md/.html and figures (created; an "
-                        "existing folder is written into)")
-    p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="effort: quick, standard or thorough (default: standard; `compare` "
-                        "defaults to quick because it audits every checkpoint)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
-                        "and batch_spectrum)")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
-                        "linearly stable at a minimum only if it is <= 1)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
-                   help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
-                        "the top eigenvalue of mini-batch Hessians, and its figure")
-    _add_scale(p)
-    _add_column(p)
-
-
-def _compare_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint files (.pt, .pth or .safetensors state dicts)")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="names of the checkpoints (default: their file names)")
-    p.add_argument("--out", required=True,
-                   help="output folder for comparison.json/.md/.html and figures")
-    p.add_argument("--budget", choices=BUDGETS, default="quick",
-                   help="effort per checkpoint: quick, standard or thorough (default: quick; "
-                        "`audit` defaults to standard)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but loss_surface and the three costly optional ones)")
-    p.add_argument("--buffers", choices=("auto", *INTERPOLATION_BUFFERS), default="auto",
-                   help="BatchNorm statistics along the interpolation paths: auto (default: "
-                        "recompute when the model has BatchNorm, else interpolate), recompute "
-                        "(re-estimated at each point, the 'repair' of Git Re-Basin: the fair "
-                        "barrier for BatchNorm networks), interpolate or keep")
-    p.add_argument("--data-b", default=None,
-                   help="a second data set (same forms as --data): each checkpoint is also "
-                        "compared on --data against --data-b (spectral norm of H_a - H_b, "
-                        "gradient distance and cosine); one checkpoint compares two domains")
-    p.add_argument("--head", type=_measure_list, default=None,
-                   help="with --data-b: comma-separated parameter names or module prefixes "
-                        "to compare across the data sets, e.g. the classifier head "
-                        "(default: all parameters)")
-    _add_scale(p)
-    _add_column(p)
-
-
-def _track_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
-                   help="a folder of checkpoints (.pt, .pth, .safetensors; sorted by the step "
-                        "in their names) or the checkpoint files in order")
-    p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
-                   help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
-                        "(default: top_eigenvalue)")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (positive): draws the edge of stability 2/lr on the "
-                        "eigenvalue plot")
-    p.add_argument("--out", required=True,
-                   help="output folder (track.json, track.csv, track.png); reruns resume")
-    _add_column(p)
-
-
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--budget", choices=DEMO_BUDGETS, default="full",
-                   help="full: the four optimizers trained to convergence and compared with "
-                        "the quick audit budget (default); smoke: a few epochs and a few "
-                        "measures, to check an installation")
-    p.add_argument("--seed", type=seed_value, default=0, help="random seed, 0 or more (default: 0)")
-    _add_scale(p)
-    _add_column(p)
-    _add_progress_debug(p)
 
 
 def _log(line: str) -> None:
@@ -203,6 +43,19 @@ def _bars(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+# Library messages name Python keywords; on the command line the same fix is an option.
+_CLI_TERMS = (("max_samples=", "--max-samples"), ("measures=", "--measures"),
+              ("budget=", "--budget"), ("buffers=", "--buffers"), ("another out= path",
+              "another --out folder"), ("out=", "--out"), ("seed=", "--seed"),
+              ("pass name= to audit", "the CLI names it after --checkpoint"))
+
+
+def _in_cli_terms(message: str) -> str:
+    for python, cli in _CLI_TERMS:
+        message = message.replace(python, cli)
+    return message
+
+
 def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     from .factories import build_data, build_model, check_model_fits
     from .probe import Probe
@@ -211,6 +64,65 @@ def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     data = build_data(args.data, model)
     check_model_fits(model, data, args.model, args.data)
     return Probe(model, data)
+
+
+def _check_out(out: str) -> None:
+    """Refuse an output folder that cannot be written, before any work: an existing file, or a
+    folder (or its nearest existing parent) without write permission."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LandscapeError(f"--out {out!r} lies under the file {str(parent)!r}; give a folder "
+                             "path to write into.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
+        raise LandscapeError(f"--out {out!r} is not writable{where}; give a folder you can "
+                             "write to.")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need no model or data, made before any work: output folder, numeric
+    ranges, checkpoint paths and measure names."""
+    out = getattr(args, "out", None)
+    if out is not None:
+        _check_out(out)
+    span = getattr(args, "range", None)
+    if span is not None and not all(math.isfinite(v) for v in span):
+        raise LandscapeError("--range needs two finite numbers, e.g. --range -1 1.")
+    if span is not None and not span[0] < span[1]:
+        raise LandscapeError(f"--range {span[0]:g} {span[1]:g}: LO must be below HI, e.g. "
+                             "--range -1 1.")
+    names = getattr(args, "names", None)
+    if names is not None and len(names) != len(args.checkpoints):
+        raise LandscapeError(
+            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints; give "
+            "one name per checkpoint.")
+    paths = [args.checkpoint] if getattr(args, "checkpoint", None) else []
+    if args.command == "compare":
+        paths = list(args.checkpoints)
+    for path in paths:
+        if Path(path).is_dir():
+            raise LandscapeError(f"checkpoint {path!r} is a folder; give a checkpoint file "
+                                 "(.pt, .pth or .safetensors).")
+        if not Path(path).is_file():
+            raise LandscapeError(f"checkpoint file {path!r} does not exist.")
+    if args.command in ("audit", "compare") and args.measures is not None:
+        unknown = [m for m in args.measures if m not in AUDIT_MEASURES]
+        if unknown:
+            raise LandscapeError(f"unknown measures {unknown}; choose among "
+                                 f"{', '.join(AUDIT_MEASURES)}.")
+    if args.command == "track":
+        unknown = [m for m in args.measures if m not in TRACK_MEASURES]
+        if unknown:
+            raise LandscapeError(f"unknown measures {unknown}: measures must be among "
+                                 f"{', '.join(TRACK_MEASURES)}.")
+        missing = [c for c in args.checkpoints if not Path(c).exists()]
+        if missing:
+            raise LandscapeError(f"checkpoints {missing} do not exist.")
 
 
 def _to_device(model: Any, device: str) -> Any:
@@ -302,7 +214,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _ADD_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "audit": _audit_args, "compare": _compare_args, "track": _track_args, "demo": _demo_args,
+    "audit": audit_args, "compare": compare_args, "track": track_args, "demo": demo_args,
 }
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": _audit, "compare": _compare, "track": _track, "demo": _demo,
@@ -310,37 +222,15 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="landscape",
         description="Measure the geometry of a neural network's loss around a checkpoint.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _ADD_ARGS.get(name, lambda _p: None)(p)
     return parser
-
-
-def _plot_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
-    p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
-    p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
-    p.add_argument("--points", type=int_at_least(2), default=None,
-                   help="points per axis, 2 or more (default: 51 in 1d, 25 in 2d)")
-    p.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
-                   help="coordinate range of each axis, LO below HI (default: -1 1)")
-    p.add_argument("--normalization", default="filter",
-                   choices=("filter", "layer", "model", "none"),
-                   help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--max-samples", type=int_at_least(1), default=None,
-                   help="evaluate each point on a subset of this many samples, 1 or more "
-                        "(with stderr)")
-    _add_scale(p)
-    p.add_argument("--zmax", type=positive_float, default=None,
-                   help="clip the 3D surface at this loss (positive, in loss units also with "
-                        "--log); the clip is stated on the figure (default: no clip)")
-    _add_column(p)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -400,7 +290,7 @@ def _drawn_zmax(args: argparse.Namespace) -> float | None:
     return math.log10(args.zmax) if args.log else args.zmax
 
 
-_ADD_ARGS["plot"] = _plot_args
+_ADD_ARGS["plot"] = plot_args
 _HANDLERS["plot"] = _plot
 
 
@@ -429,6 +319,7 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
     output goes to /dev/null and their --out files to a scratch folder. The group is destroyed at
     the end. `track` and `demo` are single-process commands.
     """
+    import os
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         yield
@@ -458,6 +349,28 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _tidy_out(args: argparse.Namespace) -> Iterator[None]:
+    """Remove the --out folder (and the parents) this command created when it fails leaving
+    them empty: a failed run leaves no empty folders behind."""
+    out = getattr(args, "out", None)
+    created = []
+    if out is not None:
+        path = Path(out).absolute()
+        while not path.exists():
+            created.append(path)
+            path = path.parent
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not ok:
+            for path in created:  # deepest first
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -472,12 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the command line writes figures to files; the library never chooses
     try:
-        check_args(args)
-        with tidy_out(args), _torchrun(args), words_for_warnings():
+        _check_args(args)
+        with _tidy_out(args), _torchrun(args), _words_for_warnings():
             status = handler(args)
         return status
     except LandscapeError as exc:
-        message = " ".join(in_cli_terms(str(exc)).split())
+        message = " ".join(_in_cli_terms(str(exc)).split())
         print(f"landscape {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -490,6 +403,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _words_for_warnings() -> Iterator[None]:
+    """Warnings caught and reported once each, in words, after the command: no raw
+    `RuntimeWarning: ...` lines with file names in the output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = []
+            for w in caught:
+                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+                    continue
+                text = " ".join(str(w.message).split())
+                if text not in seen:
+                    seen.append(text)
+            for text in seen:
+                _log(f"note: {text}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from torch import nn
 
 from ._results import to_jsonable
 from ._validate import OneOf, validate_params
-from .audit import AuditReport, audit
+from .audit import AuditReport, audit, value_cell
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .measures import BUDGETS, measure_names
 from .probe import Probe
 from .provenance import provenance, provenance_section
-from .report import Report, Row, Section, fmt, save_figures, value_with_uncertainty
+from .report import Report, Row, Section, fmt, save_figures
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
 DEFAULT_MEASURES = tuple(m for m in measure_names(optional=False) if m != "loss_surface")
@@ -108,14 +108,16 @@ class Comparison:
         return list(self.audits)
 
     def table(self) -> dict[str, dict[str, dict[str, float | None]]]:
-        """`table[measure][name] = {"value", "stderr", "error_bound", "error"}` for every measure
-        (`error`: None, or the failed measure's `{"type", "message"}`)."""
-        rows: dict[str, dict[str, dict[str, float | None]]] = {}
+        """`table[measure][name] = {"value", "stderr", "error_bound", "error", "values",
+        "unconverged", "note"}` for every measure (`error`: None, or the failed measure's
+        `{"type", "message"}`; `values`, `unconverged`, `note`: see `Measure`)."""
+        rows: dict[str, dict[str, dict[str, Any]]] = {}
         for name, report in self.audits.items():
             for key, m in report.measures.items():
-                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr,
-                                                  "error_bound": m.error_bound,
-                                                  "error": m.error}
+                rows.setdefault(key, {})[name] = {
+                    "value": m.value, "stderr": m.stderr, "error_bound": m.error_bound,
+                    "error": m.error, "values": m.values, "unconverged": m.unconverged,
+                    "note": m.note}
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,10 +141,10 @@ class Comparison:
                    "residual bound; worst-case sharpness and flatness are lower bounds of a "
                    "maximum; other values are exact for the data.")
         rows = tuple(
-            Row((f"`{key}`", *("not measured" if row.get(n) is None else value_with_uncertainty(
-                row[n]["value"], row[n]["stderr"], row[n]["error_bound"], row[n]["error"])
-                for n in names)))
-            for key, row in self.table().items())
+            Row((f"`{key}`", *(value_cell(self.audits[n].measures[key], uncertainty=True)
+                               if key in self.audits[n].measures else "not measured"
+                               for n in names)))
+            for key in self.table())
         sections = [Section(columns=("measure", *names), rows=rows)]
         if self.pairs:
             sections.append(self._pairs_section())
