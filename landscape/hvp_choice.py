@@ -113,9 +113,9 @@ class Products:
         """The exact product; with `tolerant`, None (on every rank) when it raised a
         RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
         p = self.passes
-        out, n, error, failure = torch.zeros_like(v), 0, None, None
+        out, n, error, failure = None, 0, None, None
         with twice_differentiable():
-            try:
+            try:  # no placeholder output while the product runs: one vector less at the peak
                 out, n = self.engine.product(v, at_checkpoint)
             except (RuntimeError, NotImplementedError) as e:
                 if tolerant:
@@ -124,6 +124,7 @@ class Products:
                     error = e
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
+        out = torch.zeros_like(v) if out is None else out
         n, n_failed = p.comm.reduce([n, float(failure is not None)], [out], error)
         if n_failed:
             text = str(failure).strip().splitlines()[0] if failure is not None else ""
@@ -170,7 +171,7 @@ class Products:
         fd_norm = float(torch.linalg.vector_norm(fd_r))
         diff = float(torch.linalg.vector_norm(exact_r - fd_r))
         bound = error_bound(fd_norm, self._grad_size, float(torch.linalg.vector_norm(r)),
-                            self.fd.norm(p.params), p.dtype)
+                            self.fd.scale(r), p.dtype)
         del exact_r
         step_error = float("nan")
         if diff > bound:  # wrong double backward, or a finite difference less accurate?

@@ -114,8 +114,8 @@ def test_finite_difference_matches_the_exact_product_in_float32_for_any_norm(sca
 def test_step_rule_scales_with_the_vector_and_the_weights():
     u = unit_roundoff(torch.float32)
     assert u == 2.0**-24
-    assert step_length(10.0, torch.float32) == pytest.approx(u ** (1 / 3) * 10)
-    assert step_length(1e-3, torch.float64) == pytest.approx((2.0**-53) ** (1 / 3))
+    assert step_length(10.0, torch.float32) == pytest.approx(u ** (1 / 3) * 5)
+    assert step_length(2.0, torch.float64) == pytest.approx((2.0**-53) ** (1 / 3))
 
 
 def test_finite_difference_costs_two_gradients_and_restores_the_weights_bitwise(snapshot):

@@ -1,0 +1,126 @@
+"""Finite-difference and exact Hessian-vector products side by side on GPT-2 medium (355M).
+
+Builds GPT-2 medium from code (vocabulary 50257, width 1024, 24 blocks, 16 heads, tied
+embeddings; random initialization, since nothing can be downloaded) with a small batch of random
+tokens, and prints, for `hvp_method="double_backward"` (exact) and `"finite_difference"`:
+
+* `grad s`: one full-data gradient (median of 2 after a warm-up), the unit of time;
+* `gradients per product`: the wall time of one product (median of 2) over `grad s`;
+* `peak over a gradient, vectors`: the resident memory reached during one product minus that
+  reached during one gradient, in parameter-sized vectors (VmHWM on Linux, "n/a" elsewhere);
+* the agreement of the two products on one Gaussian vector, ||FD - exact|| / ||exact||;
+* the top Ritz value after the same few Lanczos steps from the same start vector (the
+  three-term recurrence, `max_vectors=2`, `max_iter` products), for each product, and their
+  relative difference. With few products the Ritz value has not converged to the eigenvalue;
+  the comparison is between the two products over the same Krylov steps.
+
+Heavy: about 1.4 GB per vector and, on one CPU thread, tens of seconds per product. On a shared
+machine run it under the lock with a timeout:
+
+    flock /work/wt/heavy.lock timeout 1500 python scripts/bench_scale_fd.py --threads 1
+    python scripts/bench_scale_fd.py --small        # tiny widths: a smoke test in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+
+import torch
+
+from landscape import Probe, hessian_eigenvalues
+from landscape.data.architectures import causal_lm_loss, gpt2_lm, token_data
+
+
+def peak_reset() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def timed(fn, repeats: int = 2) -> tuple[float, int | None]:
+    """(median seconds of `repeats` calls, peak resident bytes during the last)."""
+    times, peak = [], None
+    for _ in range(repeats):
+        peak_reset()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        peak = peak_bytes()
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="tiny widths: a smoke test")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per sequence")
+    parser.add_argument("--max-iter", type=int, default=6, help="Lanczos products per method")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = args.small
+    vocab = 500 if s else 50257
+    torch.manual_seed(0)
+    model = gpt2_lm(vocab_size=vocab, context=64, width=32 if s else 1024, depth=2 if s else 24,
+                    heads=4 if s else 16)
+    data = [{"input_ids": token_data(1, args.tokens + 1, vocab, seed=1)}]
+    n = sum(p.numel() for p in model.parameters())
+    vec = 4 * n
+    print(f"GPT-2 {'(small widths)' if s else 'medium'}: {n / 1e6:.1f}M parameters, "
+          f"{vec / 2**30:.2f} GiB per vector; 1 sequence of {args.tokens} tokens; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU, float32, load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    probes = {m: Probe(model, data, batch_loss=causal_lm_loss, hvp_method=m, check_hvp=False)
+              for m in ("double_backward", "finite_difference")}
+    base = probes["double_backward"]
+    base.gradient()  # first use: the data checks
+    grad_s, grad_peak = timed(base.gradient)
+    print(f"gradient: {grad_s:.1f} s", flush=True)
+    v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    products, rows = {}, []
+    for method, probe in probes.items():
+        products[method] = probe.hvp(v)  # warm-up, and the product compared below
+        seconds, peak = timed(lambda p=probe: p.hvp(v))
+        beyond = "n/a" if peak is None or grad_peak is None else \
+            f"{max(peak - grad_peak, 0) / vec:.1f}"
+        rows.append([method, f"{seconds / grad_s:.2f}", beyond])
+        print(f"{method}: {seconds:.1f} s per product", flush=True)
+    exact, fd = products["double_backward"], products["finite_difference"]
+    agreement = float(torch.linalg.vector_norm(fd - exact) / torch.linalg.vector_norm(exact))
+    del products, exact, fd
+    tops = {}
+    for method, probe in probes.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # not converged in few products
+            res = hessian_eigenvalues(probe, k=1, max_vectors=2, max_iter=args.max_iter, seed=0)
+        tops[method] = float(res.eigenvalues[0])
+    print("\n| product | gradients per product | peak over a gradient, vectors | "
+          f"top Ritz value after {args.max_iter} products |")
+    print("|---|---|---|---|")
+    for (method, ratio, beyond) in rows:
+        print(f"| {method} | {ratio} | {beyond} | {tops[method]:.6g} |")
+    rel = abs(tops["finite_difference"] - tops["double_backward"]) / abs(tops["double_backward"])
+    print(f"\nproduct agreement on a Gaussian vector: ||FD - exact|| / ||exact|| = {agreement:.2e}")
+    print(f"top Ritz value agreement: {rel:.2e} relative")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
