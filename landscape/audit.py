@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._validate import OneOf, validate_params
+from .audit_resume import AuditProgress, audit_key
 from .errors import LandscapeError
 from .measures import (
     BUDGETS,
@@ -24,6 +25,7 @@ from .measures import (
     MeasureContext,
     base_measures,
     descriptions,
+    estimated_cost,
     measure_names,
     run_measure,
 )
@@ -34,13 +36,22 @@ from .report import (
     Section,
     cost_text,
     error_line,
+    marked_values_text,
     save_figures,
     uncertainty_text,
     value_text,
+    value_with_uncertainty,
+    with_note,
 )
 
 __all__ = ["BUDGETS", "DEFAULT_MEASURES", "DESCRIPTIONS", "MEASURES", "OPTIONAL_MEASURES",
-           "AuditReport", "Measure", "audit", "error_line"]
+           "AuditReport", "Measure", "audit", "error_line", "value_cell"]
+
+# Time of one Hessian-vector product and of one forward pass, in gradients, for the plan an
+# audit states up front (docs/guides/large-models.md: a product costs 1.2-3 gradients measured,
+# more on recurrent and small-spatial convolutional models; a forward pass about a third).
+HVP_GRADIENTS = 3.0
+FORWARD_GRADIENTS = 1 / 3
 
 # The names below are read at import time; measures registered later are found through
 # `landscape.measures.REGISTRY`, which `audit` reads at call time.
@@ -64,6 +75,15 @@ class AuditReport:
     results: dict[str, Any] = field(default_factory=dict, repr=False)
     name: str | None = None
     data_name: str | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+    gradient_seconds: float | None = None
+
+    @property
+    def spent_gradients(self) -> float | None:
+        """The audit's wall time in gradients (`seconds / gradient_seconds`)."""
+        if not self.gradient_seconds:
+            return None
+        return self.seconds / self.gradient_seconds
 
     @property
     def title(self) -> str:
@@ -75,22 +95,30 @@ class AuditReport:
         what = self.name or "an unnamed checkpoint (pass name= to audit)"
         data = f"{self.data_name} ({self.n_samples} samples)" if self.data_name \
             else f"{self.n_samples} samples"
-        return (f"Checkpoint: {what}. Data: {data}. {self.n_params} parameters, budget "
+        line = (f"Checkpoint: {what}. Data: {data}. {self.n_params} parameters, budget "
                 f"{self.budget}, seed {self.seed}, {self.seconds:.1f} s.")
+        if self.plan:
+            line += f" {plan_text(self.plan)}"
+        if self.spent_gradients is not None:
+            line += (f" Spent {self.spent_gradients:.0f} gradients of time (one gradient: "
+                     f"{self.gradient_seconds:.3g} s).")
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "data": self.data_name,
             "budget": self.budget, "seed": self.seed, "seconds": self.seconds,
             "n_params": self.n_params, "n_samples": self.n_samples,
+            "plan": self.plan, "gradient_seconds": self.gradient_seconds,
+            "spent_gradients": self.spent_gradients,
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
         }
 
     def to_report(self, title: str | None = None) -> Report:
         """The report's content: one table row per measure (value, uncertainty, meaning, cost)."""
-        rows = tuple(Row((f"`{m.name}`", value_text(m.value, m.error),
-                          uncertainty_text(m.stderr, m.error_bound), m.description,
-                          cost_text(m.cost))) for m in self.measures.values())
+        rows = tuple(Row((f"`{m.name}`", value_cell(m),
+                          with_note(uncertainty_text(m.stderr, m.error_bound), m.note),
+                          m.description, cost_text(m.cost))) for m in self.measures.values())
         table = Section(columns=("measure", "value", "uncertainty", "what it means", "cost"),
                         rows=rows)
         return Report(title or self.title, self.summary(), (table,), self.to_dict())
@@ -107,13 +135,13 @@ class AuditReport:
         return self.to_report(title).to_html(figures)
 
     def write(self, out: str | Path, title: str | None = None,
-              column: str | float = "single") -> list[Path]:
+              column: str | float = "single", log: bool = True) -> list[Path]:
         """Write report.json, report.md, report.html and the figures (PDF and 300 dpi PNG) to
         `out`; `column` sizes the figures ("single", "double" or inches, see
-        `landscape.plot.figure_size`)."""
+        `landscape.plot.figure_size`); `log=False` draws linear loss scales and contours."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = audit_figures(self.results, out, column)
+        figures = audit_figures(self.results, out, column, log)
         return [*self.to_report(title).write(out, "report", figures), *figures]
 
 
@@ -130,6 +158,7 @@ def audit(
     data_name: str | None = None,
     lr: float | None = None,
     batch_sizes: Sequence[int] | None = None,
+    resume: str | Path | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
@@ -150,6 +179,10 @@ def audit(
             linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
         batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
             sizes beside the full data's (with its figure).
+        resume: a JSON file where each measure is saved as soon as it finishes (replaced
+            atomically), so an interrupted or failed audit keeps what it measured. A rerun with
+            the same file, weights, data, budget and seed takes the saved measures instead of
+            measuring them again (see `landscape.audit_resume`). None: nothing saved.
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
@@ -164,28 +197,93 @@ def audit(
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
     say = log or (lambda _line: None)
+    plan = audit_plan([m for m in known if m in chosen], budget, seed)
+    say(plan_text(plan))
     t0 = time.perf_counter()
     out, loss = base_measures(probe)
+    started = time.perf_counter()
+    probe.gradient()  # timed once the probe is warm: the unit of the time spent
+    gradient_seconds = time.perf_counter() - started
     context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
                              options={"lr": lr, "batch_sizes": batch_sizes})
+    saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
     for key in known:  # in the registry's order: later measures may reuse earlier results
-        if key in chosen:
-            spec = REGISTRY[key]
-            out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
+        if key not in chosen:
+            continue
+        if key in saved:
+            say(f"{key}: taken from {resume} (measured before with the same settings)")
+            out[key] = saved.measure(key, Measure)
+            figure = saved.figure_result(key, seed)
+            if figure is not None:
+                context.results[key] = figure
+            continue
+        spec = REGISTRY[key]
+        out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
+        if out[key].error is None:  # kept on disk at once: an interruption loses nothing of it
+            saved.save(key, out[key], context.results.get(key))
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
-                       probe.n_samples, context.results, name=name, data_name=data_name)
+                       probe.n_samples, context.results, name=name, data_name=data_name,
+                       plan=plan, gradient_seconds=gradient_seconds)
 
 
-def audit_figures(results: dict[str, Any], out: Path,
-                  column: str | float = "single") -> list[Path]:
-    """The audit's figures from its raw results: the 1D line, the 2D contour and the
-    log-scale spectral density, each where it was measured."""
+def audit_plan(names: Sequence[str], budget: str, seed: int = 0) -> dict[str, Any]:
+    """What an audit of `names` at `budget` will spend at most, before it runs: products,
+    gradients and forward passes (`landscape.measures.estimated_cost`, summed; one evaluation
+    and two gradients for the loss, accuracy, gradient norm and the time unit), and their time
+    in gradients at `HVP_GRADIENTS` a product and `FORWARD_GRADIENTS` a forward pass."""
+    costs = estimated_cost(tuple(names), budget, seed)
+    total = {key: sum(int(c.get(key, 0)) for c in costs.values())
+             for key in ("n_hvp", "n_gradient", "n_forward")}
+    total["n_gradient"] += 2
+    total["n_forward"] += 1
+    gradients = (total["n_gradient"] + HVP_GRADIENTS * total["n_hvp"]
+                 + FORWARD_GRADIENTS * total["n_forward"])
+    return {**total, "gradients": round(gradients), "hvp_gradients": HVP_GRADIENTS}
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The plan in words: its budget in gradients first."""
+    return (f"Planned: about {plan['gradients']} gradients of time ({plan['n_hvp']} "
+            f"Hessian-vector products at about {plan['hvp_gradients']:g} gradients each, "
+            f"{plan['n_gradient']} gradients, {plan['n_forward']} forward passes).")
+
+
+def value_cell(m: Measure, uncertainty: bool = False) -> str:
+    """A measure's numbers as a report shows them: every number asked for (all k
+    eigenvalues), each that did not reach its tolerance marked `(not converged)`; with
+    `uncertainty`, also its standard error or bound and its note (for one-cell views)."""
+    if m.error is not None:
+        return value_text(m.value, m.error)
+    if m.values is not None and len(m.values) > 1 or not m.converged:
+        text = marked_values_text(m.values or [m.value], m.unconverged)
+        if uncertainty:
+            text = with_note(with_note(text, uncertainty_text(m.stderr, m.error_bound)
+                                       if m.stderr is not None or m.error_bound is not None
+                                       else None), m.note)
+        return text
+    if uncertainty:
+        return value_with_uncertainty(m.value, m.stderr, m.error_bound)
+    return value_text(m.value)
+
+
+def audit_figures(results: dict[str, Any], out: Path, column: str | float = "single",
+                  log: bool = True) -> list[Path]:
+    """The audit's figures from its raw results: the 1D line, the 2D contour (log-spaced levels
+    above the minimum unless `log=False`) and the log-scale spectral density, each where it was
+    measured, titled in the one style of `landscape.plot.set_title`."""
     from . import plot
 
+    def titled(ax: Any, title: str) -> Any:
+        plot.set_title(ax.figure, title)
+        return ax.figure
+
     drawers = {
-        "loss_line": lambda r: plot.plot_line(r, column=column).figure,
-        "loss_surface": lambda r: plot.plot_contour(r, column=column).figure,
-        "hessian_density": lambda r: plot.plot_density(r, log=True, column=column).figure,
+        "loss_line": lambda r: titled(plot.plot_line(r, column=column, log=log),
+                                      "Loss along a filter-normalized direction"),
+        "loss_surface": lambda r: titled(plot.plot_contour(r, column=column, log=log),
+                                         "Loss on a filter-normalized plane"),
+        "hessian_density": lambda r: titled(plot.plot_density(r, log=True, column=column),
+                                            "Hessian eigenvalue density"),
         "batch_spectrum": lambda r: _batch_figure(r, column),
     }
     return save_figures(out, [(key, lambda d=draw, r=results[key]: d(r))

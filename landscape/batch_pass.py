@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ._model_prep import ParamInfo, recurrent_safe
 from .distributed import Comm
 from .errors import LandscapeError
+from .loss_reduction import check_mean_over_batch
 from .probe_data import ProbeData, call_model, first_tensor, merge_batches, nbytes, unpack
 
 # activations of one no-grad evaluation chunk (merged batches): larger chunks gain nothing on a
@@ -217,6 +218,14 @@ class BatchPass:
                 h.remove()
         return total
 
+    def sample_batches(self) -> tuple[list[tuple[Any, int]], list[int], int]:
+        """This rank's (batch, n samples), the global index of each batch's first sample, and
+        the global number of samples."""
+        self.prepare()
+        out = [(b, self.n_samples(b)) for b in self.batches()]
+        starts, total = self.comm.global_starts([n for _, n in out])
+        return out, starts, total
+
     # ------------------------------------------------------------------ vectors
 
     def check_vector(self, v: Any, what: str) -> Tensor:
@@ -297,6 +306,8 @@ class BatchPass:
         loss_sum, n, n_batches, used, error = 0.0, 0, 0, 0, None
         try:
             for batch in batches:
+                if n_batches == 0 and keep is not None and self.batch_loss is None:
+                    check_mean_over_batch(self.model, self.loss_fn, batch)  # first pass only
                 loss, n_b, _ = self.compute(batch)
                 loss_sum += float(loss.double()) * n_b
                 n += n_b

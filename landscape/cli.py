@@ -8,178 +8,52 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from .cli_args import (  # noqa: F401 - the option values stay importable from here
+    AUDIT_MEASURES,
+    BUDGETS,
+    DEMO_BUDGETS,
+    INTERPOLATION_BUFFERS,
+    SUBCOMMANDS,
+    TRACK_MEASURES,
+    Parser,
+    audit_args,
+    compare_args,
+    demo_args,
+    plot_args,
+    track_args,
+)
 from .errors import LandscapeError
-
-SUBCOMMANDS: dict[str, str] = {
-    "audit": "measure one checkpoint by every standard measure and write a report",
-    "compare": "compare the minima of several checkpoints side by side",
-    "plot": "draw filter-normalized 1D/2D loss surfaces of a checkpoint",
-    "track": "follow chosen measures over a series of training checkpoints",
-    "demo": "train four small CNNs on the built-in digits data and compare their minima",
-    "plot-track": "draw sharpness against step and the loss from CurvatureMonitor logs",
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="PATH.py:FUNCTION or package.module:FUNCTION that builds the model, or "
-                        "a built-in model: digits_mlp, digits_cnn, digits_resnet, "
-                        "digits_resnet_noskip")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (built-in train split; also 'digits:train', 'digits:test', "
-                        "'digits:all'), a .pt/.pth file holding an (inputs, targets) pair of "
-                        "tensors, or PATH.py:FUNCTION or package.module:FUNCTION returning a "
-                        "DataLoader, a list of batches or an (inputs, targets) pair "
-                        "(default: digits)")
-    p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every estimator (default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-
-
-def _add_column(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--column", choices=("single", "double"), default="single",
-                   help="figure width for a journal: single column (3.25 in) or double column "
-                        "(6.75 in); figures are written as PDF and 300 dpi PNG "
-                        "(default: single)")
-
-
-def _measure_list(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(
-            f"names no measure (got {text!r}); leave it out to measure the defaults"
-        )
-    return names
-
-
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(m) for m in text.split(",") if m.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
-                                         "(e.g. 16,64,256)") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
-    return sizes
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
-    return value
-
-
-def _audit_args(p: argparse.ArgumentParser) -> None:
-    from .audit import BUDGETS, MEASURES
-
-    _add_model_data(p)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file: a state dict in .pt/.pth (read with "
-                        "weights_only=True; {'state_dict': ...}, {'model': ...} and DDP's "
-                        "'module.' prefix are unwrapped) or .safetensors")
-    p.add_argument("--out", required=True,
-                   help="output folder for report.json/.md/.html and figures (created; an "
-                        "existing folder is written into)")
-    p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="effort: quick, standard or thorough (default: standard; `compare` "
-                        "defaults to quick because it audits every checkpoint)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
-                        "and batch_spectrum)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
-                        "linearly stable at a minimum only if it is <= 1)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
-                   help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
-                        "the top eigenvalue of mini-batch Hessians, and its figure")
-    _add_column(p)
-
-
-def _compare_args(p: argparse.ArgumentParser) -> None:
-    from .audit import BUDGETS, MEASURES
-    from .surface import INTERPOLATION_BUFFERS
-
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint files (.pt, .pth or .safetensors state dicts)")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="names of the checkpoints (default: their file names)")
-    p.add_argument("--out", required=True,
-                   help="output folder for comparison.json/.md/.html and figures")
-    p.add_argument("--budget", choices=BUDGETS, default="quick",
-                   help="effort per checkpoint: quick, standard or thorough (default: quick; "
-                        "`audit` defaults to standard)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(MEASURES)} (default: all but "
-                        "loss_surface and the three costly optional ones)")
-    p.add_argument("--buffers", choices=INTERPOLATION_BUFFERS, default="interpolate",
-                   help="BatchNorm statistics along the interpolation paths: interpolate "
-                        "(default), recompute (re-estimated at each point: the fair barrier "
-                        "for BatchNorm networks) or keep")
-    p.add_argument("--data-b", default=None,
-                   help="a second data set (same forms as --data): each checkpoint is also "
-                        "compared on --data against --data-b (spectral norm of H_a - H_b, "
-                        "gradient distance and cosine); one checkpoint compares two domains")
-    p.add_argument("--head", type=_measure_list, default=None,
-                   help="with --data-b: comma-separated parameter names or module prefixes "
-                        "to compare across the data sets, e.g. the classifier head "
-                        "(default: all parameters)")
-    _add_column(p)
-
-
-def _track_args(p: argparse.ArgumentParser) -> None:
-    from .track import TRACK_MEASURES
-
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
-                   help="a folder of checkpoints (.pt, .pth, .safetensors; sorted by the step "
-                        "in their names) or the checkpoint files in order")
-    p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
-                   help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
-                        "(default: top_eigenvalue)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate (positive): draws the edge of stability 2/lr on the "
-                        "eigenvalue plot")
-    p.add_argument("--out", required=True,
-                   help="output folder (track.json, track.csv, track.png); reruns resume")
-    _add_column(p)
-
-
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_BUDGETS
-
-    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--budget", choices=tuple(DEMO_BUDGETS), default="full",
-                   help="full: the four optimizers trained to convergence and compared with "
-                        "the quick audit budget (default); smoke: a few epochs and a few "
-                        "measures, to check an installation")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_column(p)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: redirected to a file or a pipe, the command prints its
+    plain lines ("measuring hessian_trace ...") and no control characters."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+# Library messages name Python keywords; on the command line the same fix is an option.
+_CLI_TERMS = (("max_samples=", "--max-samples"), ("measures=", "--measures"),
+              ("budget=", "--budget"), ("buffers=", "--buffers"), ("another out= path",
+              "another --out folder"), ("out=", "--out"), ("seed=", "--seed"),
+              ("pass name= to audit", "the CLI names it after --checkpoint"))
+
+
+def _in_cli_terms(message: str) -> str:
+    for python, cli in _CLI_TERMS:
+        message = message.replace(python, cli)
+    return message
 
 
 def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
@@ -192,12 +66,41 @@ def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
     return Probe(model, data)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """The checks that need no model or data, made before any work: output folder, checkpoint
-    paths and measure names."""
-    out = getattr(args, "out", None)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
+def _check_out(out: str) -> None:
+    """Refuse an output folder that cannot be written, before any work: an existing file, or a
+    folder (or its nearest existing parent) without write permission."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
         raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LandscapeError(f"--out {out!r} lies under the file {str(parent)!r}; give a folder "
+                             "path to write into.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
+        raise LandscapeError(f"--out {out!r} is not writable{where}; give a folder you can "
+                             "write to.")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need no model or data, made before any work: output folder, numeric
+    ranges, checkpoint paths and measure names."""
+    out = getattr(args, "out", None)
+    if out is not None:
+        _check_out(out)
+    span = getattr(args, "range", None)
+    if span is not None and not all(math.isfinite(v) for v in span):
+        raise LandscapeError("--range needs two finite numbers, e.g. --range -1 1.")
+    if span is not None and not span[0] < span[1]:
+        raise LandscapeError(f"--range {span[0]:g} {span[1]:g}: LO must be below HI, e.g. "
+                             "--range -1 1.")
+    names = getattr(args, "names", None)
+    if names is not None and len(names) != len(args.checkpoints):
+        raise LandscapeError(
+            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints; give "
+            "one name per checkpoint.")
     paths = [args.checkpoint] if getattr(args, "checkpoint", None) else []
     if args.command == "compare":
         paths = list(args.checkpoints)
@@ -208,15 +111,11 @@ def _check_args(args: argparse.Namespace) -> None:
         if not Path(path).is_file():
             raise LandscapeError(f"checkpoint file {path!r} does not exist.")
     if args.command in ("audit", "compare") and args.measures is not None:
-        from .audit import MEASURES
-
-        unknown = [m for m in args.measures if m not in MEASURES]
+        unknown = [m for m in args.measures if m not in AUDIT_MEASURES]
         if unknown:
             raise LandscapeError(f"unknown measures {unknown}; choose among "
-                                 f"{', '.join(MEASURES)}.")
+                                 f"{', '.join(AUDIT_MEASURES)}.")
     if args.command == "track":
-        from .track import TRACK_MEASURES
-
         unknown = [m for m in args.measures if m not in TRACK_MEASURES]
         if unknown:
             raise LandscapeError(f"unknown measures {unknown}: measures must be among "
@@ -240,10 +139,13 @@ def _audit(args: argparse.Namespace) -> int:
     from .audit import audit
 
     probe = _probe_for(args, args.checkpoint)
+    partial = Path(args.out) / "audit.partial.json"
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
-                   progress=not args.no_progress, log=_log, name=Path(args.checkpoint).name,
-                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes)
-    written = report.write(args.out, column=args.column)
+                   progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
+                   data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
+                   resume=partial)
+    written = report.write(args.out, column=args.column, log=args.log)
+    partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -253,10 +155,6 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
     names = args.names or [Path(c).stem for c in args.checkpoints]
-    if len(names) != len(args.checkpoints):
-        raise LandscapeError(
-            f"--names gives {len(names)} names for {len(args.checkpoints)} checkpoints."
-        )
     if len(set(names)) != len(names):
         raise LandscapeError(f"checkpoint names must differ; got {names}. Pass --names.")
     probes = {}
@@ -268,10 +166,10 @@ def _compare(args: argparse.Namespace) -> int:
 
         data_b = build_data(args.data_b, next(iter(probes.values())).model)
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
-                     buffers=args.buffers, progress=not args.no_progress, log=_log,
+                     buffers=args.buffers, progress=_bars(args), log=_log,
                      data_b=data_b, data_names=(args.data, str(args.data_b)),
                      alignment_params=args.head)
-    written = result.write(args.out, column=args.column)
+    written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -288,7 +186,7 @@ def _track(args: argparse.Namespace) -> int:
     check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
-                   progress=not args.no_progress, log=_log)
+                   progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())
     _save_track_plot(result, args.lr, out, args.column)
     print(result.to_csv(), end="")
@@ -309,13 +207,13 @@ def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> N
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=not args.no_progress,
-             log=_log, column=args.column)
+    run_demo(out=args.out, seed=args.seed, budget=args.budget, progress=_bars(args),
+             log=_log, column=args.column, log_scale=args.log)
     return 0
 
 
 _ADD_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "audit": _audit_args, "compare": _compare_args, "track": _track_args, "demo": _demo_args,
+    "audit": audit_args, "compare": compare_args, "track": track_args, "demo": demo_args,
 }
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": _audit, "compare": _compare, "track": _track, "demo": _demo,
@@ -323,36 +221,15 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="landscape",
         description="Measure the geometry of a neural network's loss around a checkpoint.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _ADD_ARGS.get(name, lambda _p: None)(p)
     return parser
-
-
-def _plot_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
-    p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
-    p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
-    p.add_argument("--points", type=int, default=None,
-                   help="points per axis (default: 51 in 1d, 25 in 2d)")
-    p.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
-                   help="coordinate range of each axis (default: -1 1)")
-    p.add_argument("--normalization", default="filter",
-                   choices=("filter", "layer", "model", "none"),
-                   help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate each point on a subset of this many samples (with stderr)")
-    p.add_argument("--log", action="store_true", help="draw log10 of the loss")
-    p.add_argument("--zmax", type=float, default=None,
-                   help="clip the 3D surface at this height (in the drawn units, log10 with "
-                        "--log); the clip is stated on the figure (default: no clip)")
-    _add_column(p)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -367,19 +244,20 @@ def _plot(args: argparse.Namespace) -> int:
     from .surface import loss_line, loss_surface
 
     probe = _probe_for(args, args.checkpoint)
-    progress = not args.no_progress
+    progress = _bars(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     norm = None if args.normalization == "none" else args.normalization
     n = args.points or (51 if args.kind == "1d" else 25)
-    if n < 2:
-        raise LandscapeError(f"--points must be at least 2; got {n}.")
+    if not progress and not args.no_progress:
+        _log(f"evaluating the loss at {n if args.kind == '1d' else n * n} points ...")
     grid = np.linspace(args.range[0], args.range[1], n)
     d1 = random_direction(probe, normalization=norm, seed=args.seed)
     if args.kind == "1d":
         result = loss_line(probe, d1, grid, max_samples=args.max_samples, seed=args.seed,
                            out=out / "line.npz", progress=progress)
         ax = lplot.plot_line(result, log=args.log, column=args.column)
+        lplot.set_title(ax.figure, "Loss along a filter-normalized direction")
         names = [p.name for p in lplot.save_figure(ax.figure, out / "line")]
         plt.close(ax.figure)
     else:
@@ -388,9 +266,11 @@ def _plot(args: argparse.Namespace) -> int:
                               seed=args.seed, out=out / "surface.h5", progress=progress)
         names = []
         draws = (("contour", lplot.plot_contour, {}), ("heatmap", lplot.plot_heatmap, {}),
-                 ("surface3d", lplot.plot_surface_3d, {"zmax": args.zmax}))
+                 ("surface3d", lplot.plot_surface_3d, {"zmax": _drawn_zmax(args)}))
         for stem, draw, extra in draws:
             ax = draw(result, log=args.log, column=args.column, **extra)
+            if stem != "surface3d":  # a 3D view has no room above it (its clip note is there)
+                lplot.set_title(ax.figure, "Loss on a filter-normalized plane")
             names += [p.name for p in lplot.save_figure(ax.figure, out / stem)]
             plt.close(ax.figure)
         lplot.export_vtp(result, out / "surface.vtp", log=args.log)
@@ -402,7 +282,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-_ADD_ARGS["plot"] = _plot_args
+def _drawn_zmax(args: argparse.Namespace) -> float | None:
+    """--zmax (a loss) in the drawn units: log10 of it with --log."""
+    if args.zmax is None:
+        return None
+    return math.log10(args.zmax) if args.log else args.zmax
+
+
+_ADD_ARGS["plot"] = plot_args
 _HANDLERS["plot"] = _plot
 
 
@@ -461,12 +348,34 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _tidy_out(args: argparse.Namespace) -> Iterator[None]:
+    """Remove the --out folder (and the parents) this command created when it fails leaving
+    them empty: a failed run leaves no empty folders behind."""
+    out = getattr(args, "out", None)
+    created = []
+    if out is not None:
+        path = Path(out).absolute()
+        while not path.exists():
+            created.append(path)
+            path = path.parent
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if not ok:
+            for path in created:  # deepest first
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     handler = _HANDLERS.get(args.command)
     if handler is None:
         print(f"landscape {args.command}: not available yet in this version.", file=sys.stderr)
@@ -476,10 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")  # the command line writes figures to files; the library never chooses
     try:
         _check_args(args)
-        with _torchrun(args):
-            return handler(args)
+        with _tidy_out(args), _torchrun(args), _words_for_warnings():
+            status = handler(args)
+        return status
     except LandscapeError as exc:
-        print(f"landscape {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(_in_cli_terms(str(exc)).split())
+        print(f"landscape {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"landscape {args.command}: interrupted.", file=sys.stderr)
@@ -491,6 +402,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _words_for_warnings() -> Iterator[None]:
+    """Warnings caught and reported once each, in words, after the command: no raw
+    `RuntimeWarning: ...` lines with file names in the output."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = []
+            for w in caught:
+                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+                    continue
+                text = " ".join(str(w.message).split())
+                if text not in seen:
+                    seen.append(text)
+            for text in seen:
+                _log(f"note: {text}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ from torch import nn
 
 from ._results import to_jsonable
 from ._validate import OneOf, validate_params
-from .audit import AuditReport, audit
+from .audit import AuditReport, audit, value_cell
 from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .measures import BUDGETS, measure_names
 from .probe import Probe
-from .report import Report, Row, Section, fmt, save_figures, value_with_uncertainty
-from .surface import INTERPOLATION_BUFFERS
+from .report import Report, Row, Section, fmt, save_figures
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
 DEFAULT_MEASURES = tuple(m for m in measure_names(optional=False) if m != "loss_surface")
@@ -63,9 +62,25 @@ class PairResult:
 
 BUFFER_NOTES = {
     "interpolate": "interpolated between the two minima's own (f(0), f(1) are their losses)",
-    "recompute": "re-estimated at every alpha on the first minimum's data",
+    "recompute": "re-estimated at every alpha on the first minimum's data (the 'repair' of Git "
+                 "Re-Basin)",
     "keep": "the first minimum's at every alpha",
 }
+# "auto": re-estimate BatchNorm statistics when the model has them (interpolated statistics
+# overstate the barriers of BatchNorm networks, Jordan et al. 2023), else interpolate.
+COMPARE_BUFFERS = ("auto", "interpolate", "recompute", "keep")
+
+
+def resolve_buffers(buffers: str, model: nn.Module) -> tuple[str, str]:
+    """(the buffer convention used, why): "auto" becomes "recompute" for a model with BatchNorm
+    running statistics and "interpolate" otherwise."""
+    from .batchnorm import running_stat_modules
+
+    if buffers != "auto":
+        return buffers, "asked for"
+    if running_stat_modules(model):
+        return "recompute", "chosen automatically: the model has BatchNorm statistics"
+    return "interpolate", "chosen automatically: the model has no BatchNorm statistics"
 
 
 @dataclass(frozen=True)
@@ -83,26 +98,31 @@ class Comparison:
     # with `data_b`: name -> AlignmentResult of that minimum on data (a) against data_b (b)
     across_data: dict[str, Any] = field(default_factory=dict)
     data_names: tuple[str, str] = ("data", "data_b")
+    buffers_reason: str = "asked for"
+    aligned_interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
         return list(self.audits)
 
     def table(self) -> dict[str, dict[str, dict[str, float | None]]]:
-        """`table[measure][name] = {"value", "stderr", "error_bound", "error"}` for every measure
-        (`error`: None, or the failed measure's `{"type", "message"}`)."""
-        rows: dict[str, dict[str, dict[str, float | None]]] = {}
+        """`table[measure][name] = {"value", "stderr", "error_bound", "error", "values",
+        "unconverged", "note"}` for every measure (`error`: None, or the failed measure's
+        `{"type", "message"}`; `values`, `unconverged`, `note`: see `Measure`)."""
+        rows: dict[str, dict[str, dict[str, Any]]] = {}
         for name, report in self.audits.items():
             for key, m in report.measures.items():
-                rows.setdefault(key, {})[name] = {"value": m.value, "stderr": m.stderr,
-                                                  "error_bound": m.error_bound,
-                                                  "error": m.error}
+                rows.setdefault(key, {})[name] = {
+                    "value": m.value, "stderr": m.stderr, "error_bound": m.error_bound,
+                    "error": m.error, "values": m.values, "unconverged": m.unconverged,
+                    "note": m.note}
         return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "names": self.names, "seed": self.seed, "budget": self.budget,
             "seconds": self.seconds, "buffers": self.buffers,
+            "buffers_reason": self.buffers_reason,
             "table": to_jsonable(self.table()),
             "audits": {k: r.to_dict() for k, r in self.audits.items()},
             "pairs": [p.to_dict() for p in self.pairs],
@@ -118,10 +138,9 @@ class Comparison:
                    "residual bound; worst-case sharpness and flatness are lower bounds of a "
                    "maximum; other values are exact for the data.")
         rows = tuple(
-            Row((f"`{key}`", *("-" if row.get(n) is None else value_with_uncertainty(
-                row[n]["value"], row[n]["stderr"], row[n]["error_bound"], row[n]["error"])
-                for n in names)))
-            for key, row in self.table().items())
+            Row((f"`{key}`", *(value_cell(self.audits[n].measures[key], uncertainty=True)
+                               if key in self.audits[n].measures else "-" for n in names)))
+            for key in self.table())
         sections = [Section(columns=("measure", *names), rows=rows)]
         if self.pairs:
             sections.append(self._pairs_section())
@@ -139,7 +158,8 @@ class Comparison:
         notes = sorted({p.alignment_note for p in self.pairs if p.alignment_note})
         return Section(
             "Linear interpolation between minima",
-            (f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]}.",),
+            (f"BatchNorm statistics along the paths: {BUFFER_NOTES[self.buffers]} "
+             f"({self.buffers}, {self.buffers_reason}).",),
             ("pair", "loss barrier", "at alpha", "error barrier", "distance", "cosine",
              "aligned loss barrier", "aligned error barrier", "aligned distance"),
             rows, tuple(f"Alignment not possible: {n}" for n in notes))
@@ -150,16 +170,18 @@ class Comparison:
     def to_markdown(self, figures: Sequence[str] = ()) -> str:
         return self.to_report().to_markdown(figures)
 
-    def write(self, out: str | Path, column: str | float = "single") -> list[Path]:
+    def write(self, out: str | Path, column: str | float = "single",
+              log: bool = True) -> list[Path]:
         """Write comparison.json, comparison.md, comparison.html and the figures (PDF and
-        300 dpi PNG, sized by `column`: "single", "double" or inches) to `out`."""
+        300 dpi PNG, sized by `column`: "single", "double" or inches; logarithmic loss axes
+        unless `log=False`) to `out`."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        figures = comparison_figures(self, out, column)
+        figures = comparison_figures(self, out, column, log)
         return [*self.to_report().write(out, "comparison", figures), *figures]
 
 
-@validate_params(buffers=OneOf(INTERPOLATION_BUFFERS), budget=OneOf(BUDGETS))
+@validate_params(buffers=OneOf(COMPARE_BUFFERS), budget=OneOf(BUDGETS))
 def compare(
     minima: Mapping[str, Probe | str | os.PathLike | Mapping[str, Any] | nn.Module],
     *,
@@ -172,7 +194,7 @@ def compare(
     measures: Sequence[str] | None = None,
     interpolation_points: int = 21,
     align: bool = True,
-    buffers: str = "interpolate",
+    buffers: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     data_b: Any = None,
@@ -189,10 +211,12 @@ def compare(
         budget, seed, measures: as for `audit` (default measures: all but the 2D surface).
         interpolation_points: alphas in [0, 1] for each pair's linear interpolation
             f(a) = L((1 - a) w_A + a w_B), evaluated on the data of the first of the pair.
-            Floating-point buffers (BatchNorm statistics) follow `buffers`, as in
-            `landscape.interpolate`: "interpolate" (default; f(0) and f(1) are the two minima's
+            Floating-point buffers (BatchNorm statistics) follow `buffers`: "auto" (default:
+            "recompute" when the model has BatchNorm running statistics, else "interpolate"),
+            or as in `landscape.interpolate`: "interpolate" (f(0) and f(1) are the two minima's
             own losses), "recompute" (re-estimated at every alpha on the first probe's data:
-            the fair barrier for BatchNorm networks, one more forward pass per point) or "keep".
+            the fair barrier for BatchNorm networks, Git Re-Basin's "repair", one more forward
+            pass per point) or "keep". The report states which was used and why.
         align: also report each pair's barriers after permutation alignment (Ainsworth et al.
             2023, `landscape.align_weights`), with the same buffer convention.
         data_b: a second data set: each minimum is also measured on its own data (a) against
@@ -214,13 +238,14 @@ def compare(
     t0 = time.perf_counter()
     probes = {name: _as_probe(name, item, model_fn, data, loss_fn, probe_kwargs or {})
               for name, item in minima.items()}
+    buffers, buffers_reason = resolve_buffers(buffers, next(iter(probes.values())).model)
     chosen = DEFAULT_MEASURES if measures is None else tuple(measures)
     audits: dict[str, AuditReport] = {}
     for name, probe in probes.items():
         say(f"auditing {name} ...")
         audits[name] = audit(probe, budget=budget, seed=seed, measures=chosen,
                              progress=progress, log=log, name=name)
-    pairs, interpolations = [], {}
+    pairs, interpolations, aligned = [], {}, {}
     alphas = np.linspace(0.0, 1.0, interpolation_points)
     for a, b in itertools.combinations(probes, 2):
         say(f"interpolating {a} -> {b} ...")
@@ -228,7 +253,10 @@ def compare(
                            progress=progress)
         pair = _pair(a, b, line)
         if align:
-            pair = _with_alignment(pair, probes[a], probes[b].model, alphas, buffers)
+            pair, aligned_line = _with_alignment(pair, probes[a], probes[b].model, alphas,
+                                                 buffers)
+            if aligned_line is not None:
+                aligned[f"{a} -> {b}"] = aligned_line
         pairs.append(pair)
         interpolations[f"{a} -> {b}"] = line
     across = {}
@@ -240,7 +268,8 @@ def compare(
                                    say=say)
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
-                      interpolations, buffers, across, tuple(data_names))
+                      interpolations, buffers, across, tuple(data_names),
+                      buffers_reason=buffers_reason, aligned_interpolations=aligned)
 
 
 def _pair(a: str, b: str, line: Any) -> PairResult:
@@ -255,23 +284,23 @@ def _pair(a: str, b: str, line: Any) -> PairResult:
 
 
 def _with_alignment(pair: PairResult, probe_a: Probe, model_b: nn.Module,
-                    alphas: np.ndarray, buffers: str) -> PairResult:
-    """The pair with its barriers after permuting `model_b` onto model A (the raw path is
-    already in `pair`: only the aligned one is evaluated here)."""
+                    alphas: np.ndarray, buffers: str) -> tuple[PairResult, Any]:
+    """The pair with its barriers after permuting `model_b` onto model A, and the aligned path's
+    `Line` (None when alignment is not possible; the raw path is already in `pair`)."""
     from .align import align_weights, example_input
     from .surface import interpolate
 
     try:
         alignment = align_weights(probe_a.model, model_b, example_input=example_input(probe_a))
     except LandscapeError as exc:
-        return replace(pair, alignment_note=str(exc))
+        return replace(pair, alignment_note=str(exc)), None
     except Exception as exc:  # noqa: BLE001 - a failed alignment must not lose the comparison
-        return replace(pair, alignment_note=f"{type(exc).__name__}: {exc}")
+        return replace(pair, alignment_note=f"{type(exc).__name__}: {exc}"), None
     line = interpolate(probe_a, alignment.state_dict, alphas, buffers=buffers)
     return replace(pair, aligned_barrier=float(line.barrier),
                    aligned_error_barrier=None if line.error_barrier is None
                    else float(line.error_barrier),
-                   aligned_distance=float(line.distance))
+                   aligned_distance=float(line.distance)), line
 
 
 def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, data: Any,
@@ -295,26 +324,30 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
     return Probe(model, data, loss_fn, **probe_kwargs)
 
 
-def comparison_figures(comparison: Comparison, out: Path,
-                       column: str | float = "single") -> list[Path]:
-    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid."""
+def comparison_figures(comparison: Comparison, out: Path, column: str | float = "single",
+                       log: bool = True) -> list[Path]:
+    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair's
+    path on the raw weights ("A -> B") beside its path after permutation alignment
+    ("A -> B, aligned") where alignment was possible. `log`: logarithmic loss axes."""
     from . import plot
 
     def overlay(lines: dict[str, Any], xlabel: str, title: str) -> Any:
-        import matplotlib.pyplot as plt
-
         ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
-                            column=column)
-        with plt.rc_context(plot.STYLE):
-            ax.figure.suptitle(title)
+                            column=column, log=log)
+        plot.set_title(ax.figure, title)
         return ax.figure
 
+    paths = {}
+    for key, line in comparison.interpolations.items():
+        paths[key] = line
+        if key in comparison.aligned_interpolations:
+            paths[f"{key}, aligned"] = comparison.aligned_interpolations[key]
     figures = (
         ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
          "1D loss of each minimum"),
-        ("interpolation", comparison.interpolations,
-         r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
-         "linear interpolation between minima"),
+        ("interpolation", paths, r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
+         "Linear interpolation between minima" + (" (raw and aligned)" if len(paths) > len(
+             comparison.interpolations) else "")),
     )
     return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
                               for stem, lines, xlabel, title in figures if lines])

@@ -66,13 +66,13 @@ def train_demo_models(out: str | Path, seed: int = 0,
 
 def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = False,
              log: Callable[[str], None] | None = None, budget: str = "full",
-             column: str | float = "single") -> Comparison:
+             column: str | float = "single", log_scale: bool = True) -> Comparison:
     """Train the four minima, compare them on the training data, write everything to `out`.
 
     All four start from the same initialization (`seed`), so they differ only by the optimizer.
     `budget` is "full" (the demo of the README) or "smoke" (a few epochs and measures: a check
     that an installation works, not a result). `column` sizes the figures ("single", "double"
-    or inches; `landscape.plot.figure_size`).
+    or inches; `landscape.plot.figure_size`); `log_scale=False` draws linear loss axes.
     """
     OneOf(tuple(DEMO_BUDGETS))("demo budget", budget)
     plan = DEMO_BUDGETS[budget]
@@ -93,7 +93,7 @@ def run_demo(out: str | Path = "demo-output", seed: int = 0, progress: bool = Fa
                      measures=plan["measures"],
                      interpolation_points=plan["interpolation_points"], progress=progress,
                      log=log)
-    written = result.write(out, column=column)
+    written = result.write(out, column=column, log=log_scale)
     table = ["", "## Held-out test data (359 samples)", "",
              "| minimum | test loss | test accuracy |", "|---|---|---|"]
     table += [f"| {n} | {e.loss:.4f} | {e.accuracy:.3f} |" for n, e in held_out.items()]

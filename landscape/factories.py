@@ -74,6 +74,7 @@ def build_model(spec: str, checkpoint: str | None = None) -> nn.Module:
         factory = load_object(spec, "--model")
         if not callable(factory):
             raise LandscapeError(f"--model {spec!r} is not a function.")
+        _check_no_arguments(factory, spec)
         model = factory()
         if not isinstance(model, nn.Module):
             raise LandscapeError(
@@ -82,6 +83,24 @@ def build_model(spec: str, checkpoint: str | None = None) -> nn.Module:
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def _check_no_arguments(factory: Any, spec: str) -> None:
+    """Refuse a model function that needs arguments: the CLI calls it with none."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C function: let the call decide
+        return
+    required = [p.name for p in signature.parameters.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise LandscapeError(
+            f"--model {spec!r} needs the arguments {', '.join(required)}; the command line calls "
+            "it with none: give defaults, or point --model to a function without arguments "
+            f"that returns the model (e.g. def make(): return {spec.split(':')[-1]}(...)).")
 
 
 def build_data(spec: str, model: nn.Module | None = None) -> Any:

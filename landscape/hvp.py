@@ -10,11 +10,23 @@ Three exact ways to compute H v = d/dw <grad L(w), v> over the probe's batches:
 * "forward_over_reverse": per batch, `torch.func.jvp` of `torch.func.grad` (about 3-4
   gradients on CPU; can win on some GPUs).
 
-"auto" keeps the graph when it fits the probe's `graph_bytes`. The size is measured with
-saved-tensor hooks *while the first product is computed*, so choosing costs nothing: when the
-graph turns out too large it is dropped and the product finishes batch by batch. Otherwise
-double backward is used, unless the data has many batches, where timing both uncached methods
-on one batch costs little next to a full product.
+"auto" picks the method with the smallest measured time per product among those that fit the
+probe's `graph_bytes` (`choose_method`). The first product at the checkpoint measures both
+what the kept graph would hold and what each method costs, so choosing costs nothing extra:
+
+* memory: the *distinct* storage saved for backward (saved-tensor hooks, each storage counted
+  once by `untyped_storage().data_ptr()`, the model's own parameters and buffers left out, since
+  they are resident anyway); counting saved-tensor references instead counts a tied embedding
+  or a reused activation once per use (GPT-2: 2.4 GiB where 0.3 GiB is kept). The kept
+  gradient's own values are freed (`release_values`): a backward pass needs its graph, not its
+  values;
+* time: the first product is timed in its two halves, building the gradient graph (a gradient
+  with `create_graph=True`, t_build) and the backward pass through it (t_vjp): a cached-graph
+  product costs t_vjp, a double-backward product t_build + t_vjp. Forward-over-reverse is timed
+  on one batch when the data has many batches (there, four one-batch products cost little next
+  to a full product).
+
+When the graph turns out too large it is dropped and the product finishes batch by batch.
 
 Each batch contributes n_b / n of its mean-loss Hessian; the engines return the sum over this
 rank's batches of n_b H_b v and the number of samples, and the Probe reduces and divides.
@@ -42,25 +54,66 @@ UNCACHED = ("double_backward", "forward_over_reverse")
 MIN_BATCHES_TO_TIME = 8
 
 
-class _SavedBytes:
-    """Adds up the bytes of the tensors autograd saves for backward inside `counting()`."""
+class SavedStorage:
+    """Adds up the bytes of the *distinct* storages autograd saves for backward inside
+    `counting()`: a storage saved several times (a tied weight, views of one activation) is
+    counted once, keyed by `untyped_storage().data_ptr()`, and storages in `exclude` (the
+    model's parameters and buffers, resident anyway) are not counted. The saved tensors stay
+    alive as long as their graph, so an address is not reused while the graph is counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Sequence[Tensor] = ()) -> None:
         self.total = 0
+        self._seen = {_storage_key(t) for t in exclude}
+
+    def add(self, t: Tensor) -> None:
+        """Count `t`'s storage unless it was counted (or excluded) before."""
+        key = _storage_key(t)
+        if key[0] and key not in self._seen:
+            self._seen.add(key)
+            self.total += t.untyped_storage().nbytes()
+
+    def holds(self, t: Tensor) -> bool:
+        """Whether `t`'s storage was saved (or excluded)."""
+        return _storage_key(t) in self._seen
 
     def _pack(self, t: Tensor) -> Tensor:
-        self.total += t.numel() * t.element_size()
+        self.add(t)
         return t
 
     def counting(self) -> contextlib.AbstractContextManager:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
 
+def _storage_key(t: Tensor) -> tuple[int, str]:
+    return t.untyped_storage().data_ptr(), str(t.device)
+
+
+def release_values(grads: Sequence[Tensor | None], saved: SavedStorage) -> None:
+    """Free the values of kept gradients that no backward step reads: a backward pass from a
+    tensor needs its graph and its shape, not its values, so a kept gradient graph need not
+    keep the gradient itself (one parameter-sized vector). A gradient whose storage autograd
+    saved (an operation that reuses its output in its own backward) keeps its values."""
+    for g in grads:
+        if g is not None and g.requires_grad and not saved.holds(g):
+            g.untyped_storage().resize_(0)
+
+
+def choose_method(times: dict[str, float], fits: Sequence[str]) -> str:
+    """The method with the smallest measured time per product among `fits` (the methods whose
+    memory is within the budget); `times` maps methods to seconds (math.inf: failed or not
+    measured). Falls back to "double_backward" when nothing usable was measured."""
+    usable = {m: t for m, t in times.items() if m in fits and math.isfinite(t)}
+    return min(usable, key=usable.get) if usable else "double_backward"
+
+
 class HvpEngine:
     """Computes sum_b n_b H_b v over this rank's batches with the chosen method.
 
-    State: the method chosen by "auto" (`chosen`), and the kept gradient graph of
-    "cached_graph" with the parameter versions it was built at (rebuilt when they change).
+    State: the method chosen by "auto" (`chosen`), the seconds per product measured for the
+    choice (`times`, by method), the bytes the kept graph was measured to hold
+    (`graph_bytes_measured`: distinct saved storage, extrapolated to all batches), and the
+    kept gradient graph of "cached_graph" with the parameter versions it was built at (rebuilt
+    when they change).
     """
 
     def __init__(self, passes: BatchPass, method: str, graph_bytes: int):
@@ -68,7 +121,9 @@ class HvpEngine:
         self.method = method
         self.graph_bytes = graph_bytes
         self.chosen: str | None = None
-        # (per-batch gradients with graph, each of n_b * mean loss; n samples; param versions)
+        self.times: dict[str, float] = {}
+        self.graph_bytes_measured: int | None = None
+        # (the gradient of sum_b n_b * mean loss_b with its graph; n samples; param versions)
         self._graph: tuple[list[Tensor | None], int, list[int]] | None = None
 
     def product(self, v: Tensor, at_checkpoint: bool) -> tuple[Tensor, int]:
@@ -108,36 +163,83 @@ class HvpEngine:
                                   allow_unused=True)
         return p.flat(out)
 
+    def gradient_and_product(self, v: Tensor | None) -> tuple[float, Tensor, Tensor]:
+        """(L, g, H v) in one double-backward pass over the batches (`v` None: v = g), reduced
+        over the ranks; inside the caller's session."""
+        p = self.passes
+        g_total = torch.zeros(p.num_params, device=p.device, dtype=p.dtype)
+        loss_sum, n, graphs, error = 0.0, 0, [], None
+        try:
+            for batch in p.batches():
+                loss, n_b, _ = p.compute(batch)
+                grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+                g_total.add_(p.flat(grads).detach(), alpha=n_b)
+                loss_sum += float(loss.detach()) * n_b
+                n += n_b
+                graphs.append((grads, n_b))
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        loss_sum, n = p.comm.reduce([loss_sum, n], [g_total], error)
+        g_total.div_(n)
+        vec = g_total if v is None else v
+        hv = torch.zeros_like(g_total)
+        try:
+            for grads, n_b in graphs:
+                hv.add_(self.vjp_of_grads(grads, vec), alpha=n_b / n)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        p.comm.reduce([], [hv], error)
+        p.counts["n_gradient"] += 1
+        p.counts["n_hvp"] += 1
+        return loss_sum / n, g_total, hv
+
     # ------------------------------------------------------------------ choosing
 
     def _first_product(self, v: Tensor) -> tuple[Tensor, int]:
-        """The first product at the checkpoint under "auto": build and keep the graph while
-        measuring its saved bytes; if the extrapolated size exceeds the budget, drop what was
-        kept and finish this product (and all later ones) without a kept graph."""
+        """The first product at the checkpoint under "auto": build the graph while measuring its
+        distinct saved storage and the time to build it; if the extrapolated size exceeds the
+        budget, drop it and finish this product (and all later ones) without a kept graph.
+        Otherwise time the backward pass through it and keep it when a cached product is the
+        fastest measured method (`choose_method`)."""
         p = self.passes
         data = p.data
-        saved = _SavedBytes()
-        kept: list[Tensor | None] = []
-        n = 0
+        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
+        summed: list[Tensor | None] = [None] * len(p.params)
+        n, t_build = 0, 0.0
         versions = [q._version for q in p.params]
         batches = iter(data.batches())
         for batch in batches:
+            t0 = time.perf_counter()
             with saved.counting():
-                grads, n_b = self._scaled_gradient(batch)
-            kept.extend(grads)
-            n += n_b
-            if saved.total * data.n_local / max(n, 1) > self.graph_bytes:
+                n += self._add_scaled_gradient(summed, batch)
+            t_build += self._since(t0)
+            kept = saved.total * data.n_local / max(n, 1)
+            if kept > self.graph_bytes:
                 # too large to keep: this product from the graphs built so far, the rest of
                 # the batches (and all later products) without a kept graph
-                total = self.vjp_of_grads(kept, v)
-                del kept
+                total = self.vjp_of_grads(summed, v)
+                del summed
+                self.graph_bytes_measured = int(kept)
                 timed = data.n_batches >= MIN_BATCHES_TO_TIME
                 self.chosen = self._fastest_uncached(v) if timed else "double_backward"
                 rest, n_rest = self._batches(v, self.chosen, batches)
                 return total.add_(rest), n + n_rest
-        self.chosen = "cached_graph"
-        self._graph = (kept, n, versions)
-        return self._cached(v)
+        self.graph_bytes_measured = int(kept) if n else 0
+        t0 = time.perf_counter()
+        out = self.vjp_of_grads(summed, v)
+        t_vjp = self._since(t0)
+        times = {"cached_graph": t_vjp, "double_backward": t_build + t_vjp}
+        if data.n_batches >= MIN_BATCHES_TO_TIME:
+            one = self._time_uncached(v)
+            if math.isfinite(one["double_backward"]) and one["double_backward"] > 0:
+                ratio = one["forward_over_reverse"] / one["double_backward"]
+                times["forward_over_reverse"] = times["double_backward"] * ratio
+        self.times = times
+        self.chosen = choose_method(times, fits=HVP_METHODS)
+        if self.chosen == "cached_graph":
+            release_values(summed, saved)
+            self._graph = (summed, n, versions)
+        return out, n
 
     def _choose_collectively(self, v: Tensor) -> str:
         """Distributed or streamed data: every rank must pick the same method, so the graph size
@@ -156,20 +258,22 @@ class HvpEngine:
         return self._fastest_uncached(v)
 
     def _graph_bytes_estimate(self) -> int:
-        """Bytes of tensors saved by autograd for all batches' gradient graphs (one batch
-        measured, scaled by samples)."""
+        """Bytes of the distinct storage saved by autograd for all batches' gradient graphs
+        (one batch measured, scaled by samples)."""
         p = self.passes
-        saved = _SavedBytes()
+        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         batch = next(iter(p.data.batches()), None)
         if batch is None:  # a rank without batches keeps no graph
             return 0
         with saved.counting():
             loss, n_b, _ = p.compute(batch)
-            torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+        del grads
         return int(saved.total * p.data.n_local / max(n_b, 1))
 
-    def _fastest_uncached(self, v: Tensor) -> str:
-        """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
+    def _time_uncached(self, v: Tensor) -> dict[str, float]:
+        """Seconds of one product on this rank's first batch by each uncached method (after a
+        warm-up; math.inf for a method the model does not support), summed over the ranks."""
         p = self.passes
         batch = next(iter(p.data.batches()), None)
         timings = dict.fromkeys(UNCACHED, 0.0)  # a rank without batches does not vote
@@ -178,23 +282,35 @@ class HvpEngine:
                 self._one_batch(batch, v, method)  # warm-up
                 t0 = time.perf_counter()
                 self._one_batch(batch, v, method)
-                if p.device.type == "cuda":
-                    torch.cuda.synchronize(p.device)
-                timings[method] = time.perf_counter() - t0
+                timings[method] = self._since(t0)
             except Exception:  # noqa: BLE001 - a method the model does not support is skipped
                 timings[method] = math.inf
-        summed = dict(zip(UNCACHED, p.comm.reduce(list(timings.values()))))
-        usable = {m: t for m, t in summed.items() if math.isfinite(t)}
-        return min(usable, key=usable.get) if usable else "double_backward"
+        return dict(zip(UNCACHED, p.comm.reduce(list(timings.values()))))
+
+    def _fastest_uncached(self, v: Tensor) -> str:
+        """The faster of the uncached methods, timed on one batch (times summed over ranks)."""
+        self.times = self._time_uncached(v)
+        return choose_method(self.times, fits=UNCACHED)
+
+    def _since(self, t0: float) -> float:
+        """Seconds since t0, after the device has finished its queued work."""
+        if self.passes.device.type == "cuda":
+            torch.cuda.synchronize(self.passes.device)
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ products
 
-    def _scaled_gradient(self, batch: Any) -> tuple[list[Tensor | None], int]:
-        """The gradient of n_b * (mean loss of the batch), with its graph kept."""
+    def _add_scaled_gradient(self, summed: list[Tensor | None], batch: Any) -> int:
+        """summed[i] += the gradient of n_b * (mean loss of the batch), with its graph kept;
+        returns n_b. The sum keeps one gradient (not one per batch): an addition saves
+        nothing for backward."""
         p = self.passes
         loss, n_b, _ = p.compute(batch)
         grads = torch.autograd.grad(loss * n_b, p.params, create_graph=True, allow_unused=True)
-        return list(grads), n_b
+        for i, g in enumerate(grads):
+            if g is not None:
+                summed[i] = g if summed[i] is None else summed[i] + g
+        return n_b
 
     def _cached(self, v: Tensor) -> tuple[Tensor, int]:
         """One backward pass through the kept graphs of all batches."""
@@ -202,13 +318,14 @@ class HvpEngine:
         versions = [q._version for q in p.params]
         if self._graph is None or self._graph[2] != versions:
             self._graph = None
-            grads: list[Tensor | None] = []
+            summed: list[Tensor | None] = [None] * len(p.params)
+            saved = SavedStorage()
             n = 0
-            for batch in p.data.batches():
-                g, n_b = self._scaled_gradient(batch)
-                grads.extend(g)
-                n += n_b
-            self._graph = (grads, n, versions)
+            with saved.counting():
+                for batch in p.data.batches():
+                    n += self._add_scaled_gradient(summed, batch)
+            release_values(summed, saved)
+            self._graph = (summed, n, versions)
         grads, n = self._graph[0], self._graph[1]
         return self.vjp_of_grads(grads, v), n
 

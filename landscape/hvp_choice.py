@@ -113,9 +113,9 @@ class Products:
         """The exact product; with `tolerant`, None (on every rank) when it raised a
         RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
         p = self.passes
-        out, n, error, failure = torch.zeros_like(v), 0, None, None
+        out, n, error, failure = None, 0, None, None
         with twice_differentiable():
-            try:
+            try:  # no placeholder output while the product runs: one vector less at the peak
                 out, n = self.engine.product(v, at_checkpoint)
             except (RuntimeError, NotImplementedError) as e:
                 if tolerant:
@@ -124,6 +124,7 @@ class Products:
                     error = e
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
+        out = torch.zeros_like(v) if out is None else out
         n, n_failed = p.comm.reduce([n, float(failure is not None)], [out], error)
         if n_failed:
             text = str(failure).strip().splitlines()[0] if failure is not None else ""

@@ -27,146 +27,56 @@ log-spaced), which shows the shape of a basin far better when the loss grows fas
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from cycler import cycler
 from matplotlib.ticker import MaxNLocator
 
-from ._validate import OneOf
 from .errors import LandscapeError
+from .plot_export import export_vtp
+from .plot_export import surface_values as _z
+from .plot_spectra import block_spectra_figure, plot_density
+from .plot_style import (
+    CMAP,
+    COLUMN_WIDTHS,
+    FIGURE_DPI,
+    OKABE_ITO,
+    SAVE_FORMATS,
+    STYLE,
+    figure_size,
+    save_figure,
+    subplots,
+)
+from .plot_style import fonts as _fonts
+from .plot_style import new_axes as _axes
 from .surface import Line, Surface, TrajectoryPCA
 
-# Okabe and Ito (2008), "Color Universal Design": distinguishable under the common colour vision
-# deficiencies and in greyscale by lightness; yellow last (faint on white).
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
-             "#F0E442")
-CMAP = "viridis"
-# Widths in inches. Single: ICML/NeurIPS-style 3.25 in columns (IEEE 3.5, ACM 3.33, Nature 3.5
-# take it unscaled). Double: 6.75 in, the text width of two-column layouts.
-COLUMN_WIDTHS: dict[str, float] = {"single": 3.25, "double": 6.75}
-FIGURE_DPI = 300
-SAVE_FORMATS = ("pdf", "png")
-
-STYLE: dict[str, Any] = {
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans"],
-    "mathtext.fontset": "dejavusans",
-    "font.size": 8,
-    "axes.labelsize": 8,
-    "axes.titlesize": 8,
-    "figure.titlesize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "lines.linewidth": 1.2,
-    "axes.linewidth": 0.6,
-    "xtick.major.width": 0.6,
-    "ytick.major.width": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.prop_cycle": cycler(color=OKABE_ITO),
-    "legend.frameon": False,
-    "image.cmap": CMAP,
-    "figure.constrained_layout.use": True,
-    # a little more than the default 3 pt margin: text extents shift by a pixel or two between
-    # the screen dpi and the 300 dpi of the saved file
-    "figure.constrained_layout.w_pad": 0.06,
-    "figure.constrained_layout.h_pad": 0.06,
-    "figure.figsize": (COLUMN_WIDTHS["single"], 0.75 * COLUMN_WIDTHS["single"]),
-    "figure.dpi": 100,
-    "savefig.dpi": FIGURE_DPI,
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-}
+__all__ = ["CMAP", "COLUMN_WIDTHS", "FIGURE_DPI", "OKABE_ITO", "SAVE_FORMATS", "STYLE",
+           "block_spectra_figure", "export_vtp", "figure_size", "plot_contour", "plot_density",
+           "plot_heatmap", "plot_line", "plot_surface_3d", "plot_track", "plot_trajectory",
+           "save_figure", "set_title", "subplots", "track_figure"]
 
 
-def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[float, float]:
-    """(width, height) in inches of a figure that fits a journal column.
-
-    Args:
-        column: "single" (3.25 in), "double" (6.75 in) or a width in inches.
-        aspect: height / width.
-
-    Raises:
-        LandscapeError: an unknown column name or a non-positive width or aspect.
-
-    Example:
-        >>> figure_size("double", aspect=0.4)
-        (6.75, 2.7)
-    """
-    if isinstance(column, str):
-        OneOf(tuple(COLUMN_WIDTHS), "a width in inches")("column", column)
-        width = COLUMN_WIDTHS[column]
-    else:
-        width = float(column)
-        if not width > 0:
-            raise LandscapeError(f"column width must be positive inches; got {column!r}.")
-    if not aspect > 0:
-        raise LandscapeError(f"aspect must be positive; got {aspect!r}.")
-    return width, round(width * aspect, 4)
-
-
-def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
-             aspect: float | None = None, layout: str = "constrained",
-             **kwargs: Any) -> tuple[Any, Any]:
-    """`plt.subplots` in the paper style: column width, constrained layout, `STYLE` fonts.
-
-    Args:
-        nrows, ncols: the grid of panels.
-        column: "single", "double" or a width in inches (see `figure_size`).
-        aspect: height / width of the whole figure (default 0.75 for one row of single-column
-            panels, less for wide rows).
-        layout: "constrained", or "compressed" for panels of fixed aspect (contours, heatmaps:
-            the colorbars then match the panels' height).
-        **kwargs: passed to `plt.subplots` (sharex, subplot_kw, gridspec_kw, ...).
-
-    Returns:
-        (figure, axes) as `plt.subplots` returns them.
-    """
-    if aspect is None:
-        aspect = 0.75 * nrows / ncols if column == "single" else 0.36 * nrows * max(1, 2 / ncols)
+def set_title(target: Any, text: str) -> None:
+    """The one title style of the package's figures: the figure's title (`suptitle`) in the
+    style's 8 pt, not bold, for a figure or the figure of an Axes."""
+    fig = getattr(target, "figure", target) if not hasattr(target, "suptitle") else target
     with plt.rc_context(STYLE):
-        return plt.subplots(nrows, ncols, figsize=figure_size(column, aspect), layout=layout,
-                            **kwargs)
-
-
-def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE_FORMATS,
-                dpi: int = FIGURE_DPI) -> list[Path]:
-    """Save `fig` as vector PDF and a `dpi` PNG (or `formats`): `path` without its suffix.
-
-    `save_figure(fig, "out/contour")` writes out/contour.pdf and out/contour.png. The figure keeps
-    its size (no tight bounding box), so a single-column figure stays exactly column wide.
-
-    Returns:
-        The paths written, in the order of `formats`.
-    """
-    stem = Path(path)
-    if stem.suffix.lstrip(".") in formats:
-        stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        target = stem.parent / f"{stem.name}.{fmt}"
-        with plt.rc_context(STYLE):
-            fig.savefig(target, dpi=dpi)
-        written.append(target)
-    return written
+        fig.suptitle(text, fontsize=STYLE["figure.titlesize"], fontweight="normal")
 
 
 def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
               labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
               stderr: bool = True, xlabel: str = r"$\alpha$",
+              accuracy_range: tuple[float, float] | None = (0.0, 1.0),
               column: str | float = "single") -> Any:
     """Loss along one or several lines; accuracy in its own panel.
 
     With `ax=None` and accuracy to draw, the new figure has two panels sharing the alpha axis:
-    loss above, accuracy below, each y range fitted to its curves (so several accuracies near
-    1.0 stay apart), and the legend below the panels, outside the data.
+    loss above, accuracy below on a fixed [0, 1] axis (so rounding noise near 1.0 does not
+    look like a barrier), and the legend below the panels, outside the data.
 
     Args:
         lines: a `Line` or a sequence of them (compared on one axes).
@@ -177,6 +87,8 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         log: logarithmic loss axis.
         stderr: shade +- 1 standard error for lines evaluated with `max_samples=`.
         xlabel: label of the alpha axis.
+        accuracy_range: the accuracy axis' limits (default [0, 1]); None fits the curves, and
+            the axis label then says "zoomed".
         column: width of a new figure: "single", "double" or inches.
 
     Returns:
@@ -225,12 +137,15 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         ax.set_ylabel("loss")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         if acc_ax is not None:
+            zoom = "" if accuracy_range is not None else ", zoomed"
+            if accuracy_range is not None:
+                acc_ax.set_ylim(*accuracy_range)
             if twin:
                 acc_ax.spines["right"].set_visible(True)
-                acc_ax.set_ylabel("accuracy (dashed)")
+                acc_ax.set_ylabel(f"accuracy (dashed{zoom})")
                 ax.set_xlabel(xlabel)
             else:
-                acc_ax.set_ylabel("accuracy")
+                acc_ax.set_ylabel(f"accuracy{' (zoomed)' if zoom else ''}")
                 acc_ax.set_xlabel(xlabel)
                 ax.tick_params(labelbottom=False)
         else:
@@ -261,37 +176,75 @@ def _legend_outside(ax: Any, below: Any = None) -> None:
                   borderaxespad=0.0)
 
 
-def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[float] = 20,
-                 log: bool = False, filled: bool = False, label_levels: bool = False,
-                 column: str | float = "single") -> Any:
+def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[float] = 12,
+                 log: bool = True, filled: bool = False, label_levels: bool = True,
+                 floor: float | None = None, column: str | float = "single") -> Any:
     """Contour lines of the loss (filled contours with `filled=True`), with a colorbar.
 
-    The colorbar names the quantity and scale ("loss" or "log10 loss"); when explicit `levels`
-    do not cover the data, its ends are pointed (values beyond the last level exist).
+    With `log=True` (default) the levels are log-spaced above the minimum: the contours are
+    those of loss - m (m the lowest loss of the surface, or `floor`) at `levels` values spread
+    evenly in log10 over the three decades below the largest rise, so the basin of a trained
+    model (a loss near 0 inside, large on the rim) is resolved and not one colour. The colorbar
+    (log scale) is labelled "loss - m" with m's value. With `log=False` the levels are evenly
+    spaced in the loss. The colorbar names its quantity; when explicit `levels` do not cover the
+    data, its ends are pointed (values beyond the last level exist).
 
     Args:
         surface: the `Surface`; x along d1, y along d2.
         ax: Axes to draw on (a new figure when None).
-        levels: number of levels or their values (in log10 units when `log=True`).
-        log: contour log10(loss), so the levels are log-spaced in the loss.
+        levels: number of levels, or their values in loss units (with `log=True`, those at or
+            below the minimum are dropped).
+        log: log-spaced levels above the minimum (default) or evenly spaced ones.
         filled: filled contours instead of lines.
-        label_levels: also write the level values on the lines (ignored when filled).
+        label_levels: write the level values on every other line (ignored when filled).
+        floor: the m that log levels are measured from (default: the surface's lowest loss);
+            give the same one to panels that must share levels.
         column: width of a new figure: "single", "double" or inches.
     """
-    z = _z(surface, log)
+    z = np.asarray(surface.loss, dtype=float)
+    finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        raise LandscapeError("the surface has no finite loss to draw.")
+    norm, label, fmt, auto = None, "loss", "%.3g", isinstance(levels, int)
+    if log:
+        m = float(finite.min()) if floor is None else float(floor)
+        with np.errstate(invalid="ignore"):
+            z = np.where(z - m > 0, z - m, np.nan)  # the minimum itself has no log level
+        rise = float(np.nanmax(z))
+        if not rise > 0:
+            raise LandscapeError("the surface is flat (every loss equal): nothing to contour; "
+                                 "draw it with log=False.")
+        if isinstance(levels, int):
+            levels = list(rise * np.logspace(-3, 0, levels))
+        else:
+            levels = [v - m for v in levels if v - m > 0]
+            if not levels:
+                raise LandscapeError("no level lies above the minimum: give levels in loss "
+                                     "units, above the lowest loss.")
+        from matplotlib.colors import LogNorm
+
+        norm = LogNorm(vmin=min(levels), vmax=max(levels))
+        label, fmt = f"loss − {m:.3g} (log scale)", "%.2g"
     with plt.rc_context(STYLE):
         ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
-        extend = _extend(z, levels)
+        extend = "neither" if auto else _extend(z, levels)
         if filled:
-            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP, extend=extend)
+            cs = ax.contourf(x, y, z, levels=levels, cmap=CMAP, extend=extend, norm=norm)
         else:
-            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8, extend=extend)
+            cs = ax.contour(x, y, z, levels=levels, cmap=CMAP, linewidths=0.8, extend=extend,
+                            norm=norm)
             if label_levels:
-                ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
-        cbar = ax.figure.colorbar(cs, ax=ax, label=_zlabel(log), extend=extend)
+                ax.clabel(cs, cs.levels[1::2], inline=True, fontsize=5, fmt=fmt)
+        cbar = ax.figure.colorbar(cs, ax=ax, label=label, extend=extend)
         if not filled:
             cbar.ax.tick_params(length=0)
+        if log:
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+            cbar.ax.yaxis.set_minor_formatter(NullFormatter())
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
         ax.set_aspect("equal", adjustable="box")
@@ -327,8 +280,8 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
 
     Nothing is clipped by default. With `zmax`, points above it are not drawn (left as holes,
     never flattened into a plateau the landscape does not have), the z axis stops at `zmax`, and
-    the z label states the clip and the share of points above it, e.g.
-    "log10 loss / clipped at 1.5 (12% above)".
+    a note above the axes states the clip and the share of points above it, e.g.
+    "clipped at 1.5 (12% of the points above)" (`ax.clip_note` holds it, None without a clip).
 
     Args:
         surface: the `Surface`.
@@ -339,15 +292,21 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         column: width of a new figure: "single", "double" or inches.
     """
     z = _z(surface, log)
-    zlabel = _zlabel(log)
+    zlabel, note = _zlabel(log), None
+    finite = z[np.isfinite(z)]
+    if zmax is not None and finite.size and not zmax > finite.min():
+        raise LandscapeError(
+            f"zmax={zmax:.4g} is at or below the lowest point drawn ({finite.min():.4g}"
+            f"{', in log10 loss' if log else ''}): nothing would be left to draw; give a zmax "
+            "above it, or none.")
     if zmax is not None:
         above = np.isfinite(z) & (z > zmax)
         if above.any():
-            zlabel += f"\nclipped at {zmax:.3g} ({above.mean():.0%} above)"
+            note = f"clipped at {zmax:.3g} ({above.mean():.0%} of the points above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
         if ax is None:
-            fig = plt.figure(figsize=figure_size(column, 0.9), layout="constrained")
+            fig = plt.figure(figsize=figure_size(column, 0.8), layout="constrained")
             ax = fig.add_subplot(projection="3d")
         elif getattr(ax, "name", "") != "3d":
             raise LandscapeError(
@@ -367,13 +326,17 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
         ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
-        ax.set_box_aspect(None, zoom=0.8)
+        ax.set_box_aspect(None, zoom=0.92)
+        ax.clip_note = note
+        if note is not None:
+            ax.text2D(0.5, 1.0, note, transform=ax.transAxes, ha="center", va="top",
+                      fontsize=STYLE["legend.fontsize"], color="0.25")
     _fonts(ax)
     return ax
 
 
 def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any = None, *,
-                    levels: int | Sequence[float] = 20, log: bool = False,
+                    levels: int | Sequence[float] = 12, log: bool = True,
                     column: str | float = "single") -> Any:
     """An optimization path over the contour of the PCA plane (Li et al. 2018, figure 9).
 
@@ -392,42 +355,6 @@ def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any 
             ev = path.explained_variance
             ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}%)")
             ax.set_ylabel(f"PC 2 ({100 * ev[1]:.1f}%)")
-    return ax
-
-
-def plot_density(result: Any, ax: Any = None, log: bool = False, *,
-                 column: str | float = "single") -> Any:
-    """A Hessian eigenvalue density (stochastic Lanczos quadrature): `result.grid` vs
-    `result.density`.
-
-    The axes fit the data: x spans the grid, y runs from 0 (or, with `log=True`, six decades
-    below the peak) to just above the peak.
-
-    Args:
-        result: any object with numpy fields `grid` (eigenvalue axis) and `density` (same length).
-        ax: Axes to draw on (a new figure when None).
-        log: logarithmic density axis (densities span many decades).
-        column: width of a new figure: "single", "double" or inches.
-    """
-    grid = np.asarray(getattr(result, "grid", None), dtype=float)
-    density = np.asarray(getattr(result, "density", None), dtype=float)
-    if grid.ndim != 1 or grid.shape != density.shape:
-        raise LandscapeError(
-            "plot_density needs a result with 1D arrays `grid` and `density` of equal length."
-        )
-    peak = float(np.nanmax(density)) if np.isfinite(density).any() else 1.0
-    with plt.rc_context(STYLE):
-        ax = _axes(ax, column)
-        ax.plot(grid, density, color=OKABE_ITO[0])
-        ax.set_xlim(grid.min(), grid.max())
-        if log and peak > 0:
-            ax.set_yscale("log")
-            ax.set_ylim(peak * 1e-6, peak * 2.0)
-        elif peak > 0:
-            ax.set_ylim(0.0, peak * 1.05)
-        ax.set_xlabel(r"eigenvalue $\lambda$")
-        ax.set_ylabel("density")
-    _fonts(ax)
     return ax
 
 
@@ -502,67 +429,6 @@ def track_figure(source: Any, **kwargs: Any) -> Any:
     return draw(source, **kwargs)
 
 
-def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
-               zmax: float | None = None) -> None:
-    """Write the surface as VTK XML PolyData (`.vtp`) for ParaView.
-
-    Points are (xs[i], ys[j], z) with z the loss (log10 with `log=True`, clipped at `zmax`);
-    NaN heights become the largest finite height (VTK has no holes in a mesh), and the point data
-    array "loss" keeps the true values with NaN. Cells are the grid's quads.
-    """
-    z = _z(surface, log)
-    finite = z[np.isfinite(z)]
-    if finite.size == 0:
-        raise LandscapeError("the surface has no finite point to export.")
-    top = float(finite.max()) if zmax is None else float(zmax)
-    height = np.where(np.isfinite(z), np.minimum(z, top), top)
-    nx, ny = z.shape
-    x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
-    pts = np.stack([x.ravel(), y.ravel(), height.ravel()], axis=1)
-    idx = np.arange(nx * ny).reshape(nx, ny)
-    quads = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], axis=-1)
-    quads = quads.reshape(-1, 4)
-
-    def fmt(a: np.ndarray) -> str:
-        return " ".join(repr(float(v)) if np.isfinite(v) else "NaN" for v in a.ravel())
-
-    conn = " ".join(str(int(v)) for v in quads.ravel())
-    offsets = " ".join(str(4 * (k + 1)) for k in range(len(quads)))
-    xml = (
-        '<?xml version="1.0"?>\n'
-        '<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian">\n<PolyData>\n'
-        f'<Piece NumberOfPoints="{len(pts)}" NumberOfVerts="0" NumberOfLines="0" '
-        f'NumberOfStrips="0" NumberOfPolys="{len(quads)}">\n'
-        '<PointData Scalars="loss">\n'
-        f'<DataArray type="Float64" Name="loss" format="ascii">{fmt(surface.loss)}</DataArray>\n'
-        '</PointData>\n<Points>\n'
-        f'<DataArray type="Float64" NumberOfComponents="3" format="ascii">{fmt(pts)}'
-        '</DataArray>\n</Points>\n<Polys>\n'
-        f'<DataArray type="Int64" Name="connectivity" format="ascii">{conn}</DataArray>\n'
-        f'<DataArray type="Int64" Name="offsets" format="ascii">{offsets}</DataArray>\n'
-        '</Polys>\n</Piece>\n</PolyData>\n</VTKFile>\n'
-    )
-    with open(path, "w", encoding="ascii") as f:
-        f.write(xml)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _axes(ax: Any, column: str | float = "single", layout: str = "constrained") -> Any:
-    if ax is None:
-        _, ax = subplots(column=column, layout=layout)
-    return ax
-
-
-def _z(surface: Surface, log: bool) -> np.ndarray:
-    z = np.asarray(surface.loss, dtype=float)
-    if not log:
-        return z
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(z > 0, np.log10(np.where(z > 0, z, 1.0)), np.nan)
-
-
 def _zlabel(log: bool) -> str:
     return r"$\log_{10}$ loss" if log else "loss"
 
@@ -578,22 +444,6 @@ def _extend(z: np.ndarray, levels: int | Sequence[float]) -> str:
             (True, True): "both"}[(bool(low), bool(high))]
 
 
-def _fonts(*axes: Any) -> None:
-    """Give the axes' labels, title and tick labels the style's family and sizes: Axes made
-    outside `STYLE` (a user's own figure) keep matplotlib's sizes otherwise."""
-    family = STYLE["font.sans-serif"][0]
-    for a in axes:
-        if a is None:
-            continue
-        for axis in [a.xaxis, a.yaxis] + ([a.zaxis] if hasattr(a, "zaxis") else []):
-            axis.label.set_fontsize(STYLE["axes.labelsize"])
-            axis.label.set_family(family)
-        if not hasattr(a, "zaxis"):
-            a.tick_params(labelsize=STYLE["xtick.labelsize"])
-        a.title.set_fontsize(STYLE["axes.titlesize"])
-        a.title.set_family(family)
-
-
 def _xy_labels(ax: Any, surface: Surface) -> None:
     ax.set_xlabel(r"$\alpha$ (direction $d_1$)")
     ax.set_ylabel(r"$\beta$ (direction $d_2$)")
@@ -602,4 +452,3 @@ def _xy_labels(ax: Any, surface: Surface) -> None:
 
 
 # re-exported: it draws with the helpers above
-from .plot_blocks import block_spectra_figure  # noqa: E402, F401

@@ -179,6 +179,24 @@ def uncertainty_text(stderr: float | None, bound: float | None) -> str:
     return "-"
 
 
+UNCONVERGED_MARK = "(not converged)"
+
+
+def marked_values_text(values: Sequence[float], unconverged: Sequence[bool] | None) -> str:
+    """Every number of a measure, each that did not reach its tolerance followed by
+    `(not converged)`: `12.3, 11.1, 9.87 (not converged)`."""
+    marks = list(unconverged or ()) + [False] * len(values)
+    return ", ".join(fmt(v) + (f" {UNCONVERGED_MARK}" if bad else "")
+                     for v, bad in zip(values, marks))
+
+
+def with_note(text: str, note: str | None) -> str:
+    """A cell's text with a measure's note (why a number is not trusted) after it."""
+    if not note:
+        return text
+    return note if text == "-" else f"{text}; {note}"
+
+
 def value_with_uncertainty(value: float | None, stderr: float | None = None,
                            bound: float | None = None,
                            error: Mapping[str, str] | None = None) -> str:

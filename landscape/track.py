@@ -42,7 +42,9 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 class Track:
     """One row per checkpoint: `rows[i] = {"checkpoint", "step", measure: value, ...}`.
 
-    Estimated measures also have `"<measure>_stderr"` (trace) and every row its `"seconds"`.
+    Estimated measures also have `"<measure>_stderr"` (trace) and every row its `"seconds"`;
+    a number that did not reach its tolerance has `"<measure>_note"` beside it (which, its
+    residual or standard error, what to raise: `landscape.measures.flags`).
     """
 
     rows: list[dict[str, Any]]
@@ -61,12 +63,21 @@ class Track:
                             "rows": self.rows})
 
     def to_csv(self) -> str:
-        keys = ["checkpoint", "step"] + [k for k in self.rows[0] if k not in
-                                          ("checkpoint", "step")] if self.rows else []
+        keys = ["checkpoint", "step"]
+        for r in self.rows:  # every column any row has (a note appears only where needed)
+            keys += [k for k in r if k not in keys]
         lines = [",".join(keys)]
-        lines += [",".join("" if r.get(k) is None else str(r.get(k)) for k in keys)
+        lines += [",".join("" if r.get(k) is None else _csv_field(r.get(k)) for k in keys)
                   for r in self.rows]
         return "\n".join(lines) + "\n"
+
+
+def _csv_field(value: Any) -> str:
+    """A CSV field: text with commas, quotes or line breaks quoted (RFC 4180)."""
+    text = str(value)
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def checkpoint_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -164,6 +175,8 @@ def track(
                 row[column] = m.value
                 if m.stderr is not None:
                     row[f"{column}_stderr"] = m.stderr
+                if m.note is not None:  # did not reach its tolerance: why, what to raise
+                    row[f"{column}_note"] = m.note
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         if out_path is not None:  # save as we go: an interrupted run resumes from here

@@ -37,6 +37,7 @@ from landscape.data.architectures import (
     gpt2_lm,
     image_data,
     lstm_classifier,
+    lstm_lm,
     resnet,
     token_data,
     vit,
@@ -129,8 +130,9 @@ def _convnext():
     return _with_unused_and_frozen(model, "norm.weight"), _image_batches(8, 2, 4), _classify
 
 
-def _resnet():
-    model = resnet(channels=2, widths=(4, 6), blocks=(1, 1), n_classes=3).double()
+def _resnet(bottleneck=False):
+    model = resnet(channels=2, widths=(4, 6), blocks=(1, 1), n_classes=3,
+                   bottleneck=bottleneck).double()
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -147,8 +149,16 @@ def _lstm():
     return _with_unused_and_frozen(model, "embed.weight"), batches, _classify
 
 
+def _lstm_lm():
+    model = lstm_lm(vocab_size=12, embed=6, hidden=5, layers=2).double()
+    tokens = token_data(7, 6, 12, seed=4)
+    batches = [{"input_ids": tokens[:3]}, {"input_ids": tokens[3:]}]
+    return _with_unused_and_frozen(model, "embed.weight"), batches, causal_lm_loss
+
+
 ARCHITECTURES = {"gpt2": _gpt2, "vit": _vit, "convnext": _convnext, "resnet": _resnet,
-                 "lstm": _lstm}
+                 "resnet_bottleneck": lambda: _resnet(bottleneck=True), "lstm": _lstm,
+                 "lstm_lm": _lstm_lm}
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap of fused attention

@@ -180,3 +180,88 @@ def test_help_lists_every_accepted_form(workdir):
                  ".safetensors", "(default: standard;"):
         assert form in flat, form
     assert "(default: quick;" in " ".join(compare_help.split())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("plot", "--model", "net.py:make", "--points", "0"), "argument --points: must be at least 2"),
+    (("plot", "--model", "net.py:make", "--points", "ten"), "argument --points: 'ten' is not a "
+                                                             "whole number"),
+    (("plot", "--model", "net.py:make", "--range", "1", "-1"), "--range 1 -1: LO must be below HI"),
+    (("plot", "--model", "net.py:make", "--range", "0", "nan"), "--range needs two finite"),
+    (("plot", "--model", "net.py:make", "--zmax", "-1"), "argument --zmax: must be positive"),
+    (("plot", "--model", "net.py:make", "--max-samples", "0"), "--max-samples: must be at least 1"),
+    (("plot", "--model", "net.py:make", "--seed", "-3"), "argument --seed: must be at least 0"),
+    (("plot", "--model", "net.py:make", "--log", "--linear"), "not allowed with argument --log"),
+    (("audit", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt",
+      "--out", "a_file/report"), "lies under the file 'a_file'"),
+    (("plot", "--model", "net.py:needs_width", "--out", "p"),
+     "--model 'net.py:needs_width' needs the arguments width; the command line calls it with none"),
+])
+def test_numbers_and_models_are_refused_in_cli_terms(workdir, args, needle):
+    (workdir / "net.py").write_text(
+        "from landscape.data import digits_mlp\n\ndef make():\n    return digits_mlp(hidden=16)\n"
+        "\ndef needs_width(width):\n    return digits_mlp(hidden=width)\n"
+    )
+    proc = run_cli(*args, cwd=workdir)
+    assert_one_line_error(proc, needle)
+    assert "=" not in proc.stderr.split("error:")[1].split("(see")[0].replace("--", ""), \
+        "the fix is named by options, not Python keywords"
+
+
+def test_no_arguments_print_the_help_and_exit_2(workdir):
+    proc = run_cli(cwd=workdir)
+    assert proc.returncode == 2
+    assert "audit" in proc.stderr and "usage:" in proc.stderr
+
+
+def test_help_imports_neither_torch_nor_matplotlib(workdir):
+    """`landscape --help` stays fast: the parser is built without the heavy libraries."""
+    code = ("import sys, landscape.cli as c\n"
+            "for argv in (['--help'], ['audit', '--help'], ['plot', '--help'], "
+            "['compare', '--help'], ['track', '--help'], ['demo', '--help']):\n"
+            "    try:\n        c.main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules, 'numpy' in sys.modules,"
+            " file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=workdir, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "False False False", proc.stderr
+
+
+def test_option_choices_match_the_library():
+    from landscape import cli
+    from landscape.audit import BUDGETS, MEASURES
+    from landscape.demo import DEMO_BUDGETS
+    from landscape.surface import INTERPOLATION_BUFFERS
+    from landscape.track import TRACK_MEASURES
+
+    assert cli.AUDIT_MEASURES == MEASURES and cli.BUDGETS == BUDGETS
+    assert cli.TRACK_MEASURES == TRACK_MEASURES
+    assert cli.INTERPOLATION_BUFFERS == INTERPOLATION_BUFFERS
+    assert cli.DEMO_BUDGETS == tuple(DEMO_BUDGETS)
+
+
+def test_a_failed_run_leaves_no_empty_folder(workdir):
+    proc = run_cli("audit", "--model", "digits_cnn", "--checkpoint", "run0_epoch_2.pt",
+                   "--out", "fresh/deeper", cwd=workdir)
+    assert proc.returncode == 2
+    assert not (workdir / "fresh").exists()
+
+
+def test_library_fixes_are_named_as_options(workdir):
+    """A stored surface made with other settings: the fix names --out, not out=."""
+    base = ("plot", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt",
+            "--data", "small_data.py:load", "--kind", "1d", "--points", "3", "--out", "same",
+            "--no-progress")
+    assert run_cli(*base, cwd=workdir).returncode == 0
+    proc = run_cli(*base, "--max-samples", "100", cwd=workdir)
+    assert_one_line_error(proc, "pass another --out folder")
+
+
+def test_progress_bars_only_on_a_terminal(workdir):
+    """Redirected output (a pipe here) gets plain lines, never a bar's control characters."""
+    proc = run_cli("plot", "--model", "net.py:make", "--checkpoint", "run0_epoch_2.pt",
+                   "--data", "small_data.py:load", "--kind", "1d", "--points", "5",
+                   "--out", "bars", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    assert "evaluating the loss at 5 points" in proc.stderr

@@ -47,7 +47,7 @@ DPI = 72
 FIGURES: dict[str, Callable[[], Any]] = {
     "line_panels": lambda: lp.plot_line(parabola_lines(3), labels=["sgd", "adam", "sam"]),
     "contour_log": lambda: lp.plot_contour(bowl_surface(), log=True),
-    "contour_filled": lambda: lp.plot_contour(bowl_surface(), filled=True,
+    "contour_filled": lambda: lp.plot_contour(bowl_surface(), filled=True, log=False,
                                               levels=[0.0, 0.5, 1.0, 2.0, 4.0]),
     "heatmap": lambda: lp.plot_heatmap(bowl_surface()),
     "surface3d_clipped": lambda: lp.plot_surface_3d(bowl_surface(), zmax=2.0),

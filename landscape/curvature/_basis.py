@@ -19,8 +19,11 @@ from .._reduce import accumulation_dtype, norm, rows_dot
 _BLOCK_ROWS = 8  # rows allocated at a time
 _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
-LARGE_MODEL_VECTORS = 10  # the default budget, in vectors, when the default above does not fit
-# (10, not 12: allocator temporaries add about one vector to the measured peak)
+LARGE_MODEL_VECTORS = 8  # the default budget, in vectors, when the default above does not fit
+# 8, not 12: at k=1 the measured peak resident memory beyond a plain gradient's is these plus
+# the kept gradient graph (about 1.3 vectors on ConvNeXt-T) and about 2 vectors of allocator
+# retention and product temporaries; 10 measured 13.4 there, 8 measures 11.6 with the same
+# products (scripts/bench_scale.py, docs/benchmarks/scale.md)
 
 
 def vector_bytes(n: int, dtype: torch.dtype) -> int:
@@ -30,7 +33,7 @@ def vector_bytes(n: int, dtype: torch.dtype) -> int:
 
 def default_budget(n: int, dtype: torch.dtype, wanted: int) -> int:
     """Vectors an estimator may store when the caller sets no budget: `wanted` when they fit in
-    1 GiB (small models: the best-converging choice), else 10."""
+    1 GiB (small models: the best-converging choice), else 8."""
     if wanted * vector_bytes(n, dtype) <= DEFAULT_BYTES:
         return wanted
     return min(wanted, LARGE_MODEL_VECTORS)

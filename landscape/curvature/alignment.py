@@ -145,7 +145,7 @@ def hessian_alignment(
         seed: seeds the Lanczos start vectors.
         max_vectors: memory budget of the Lanczos run on D in parameter-sized vectors (it
             stores one per step, without restarts); None: max_iter + 1 when they fit in 1 GiB,
-            else 10. A run that fills its budget stops there, converged=False.
+            else 8. A run that fills its budget stops there, converged=False.
         progress: show a progress bar over products with D.
 
     Returns:

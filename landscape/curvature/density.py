@@ -73,7 +73,7 @@ def hessian_density(
             not fit, the three-term recurrence stores 2. Loss of orthogonality splits a
             converged eigenvalue into copies that share its weight, so the quadrature (the
             density's moments) stays accurate (Golub and Meurant 2010, ch. 4); the result says
-            which was used. None: n_steps + 1 when they fit in 1 GiB, else 10 (so the
+            which was used. None: n_steps + 1 when they fit in 1 GiB, else 8 (so the
             recurrence for the default n_steps).
         progress: show a progress bar over products.
 

@@ -100,7 +100,7 @@ def hessian_frobenius(
         max_vectors: memory budget of "hutch++" in parameter-sized vectors beyond the model,
             one gradient and one product: the sketch keeps s = min(n_hvp // 3,
             max_vectors - 1) vectors plus one test vector; products the sketch cannot use go
-            to the Hutchinson part. None: n_hvp // 3 + 1 when they fit in 1 GiB, else 10.
+            to the Hutchinson part. None: n_hvp // 3 + 1 when they fit in 1 GiB, else 8.
             "hutchinson" stores 1 vector.
         progress: show a progress bar over products.
 

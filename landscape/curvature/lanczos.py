@@ -100,7 +100,7 @@ def hessian_eigenvalues(
             second pass of as many products with 3 vectors to form the Ritz vector whose true
             residual is checked (its vectors lose orthogonality, which leaves the extreme
             eigenvalue reliable but may cost more products; see `recurrence_eig`). None: the
-            full basis (max_basis + 1 vectors) when it fits in 1 GiB, else 10 vectors. The
+            full basis (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors. The
             vectors are allocated as the basis grows. `EigenResult.stored_vectors` reports
             what was stored.
         progress: show a progress bar over products.

@@ -196,6 +196,8 @@ class LayerResults(Generic[R]):
                 value, err = f"mean {r.mean:.6g}", f"{r.mean_stderr:.2g}"
             else:
                 value = ", ".join(f"{x:.6g}" for x in r.eigenvalues)
+                if not r.converged:  # on the line of the numbers, never only in the JSON
+                    value += f" (not converged at tol={r.tol:g}: raise max_iter)"
                 err = ", ".join(f"{x:.2g}" for x in r.residuals)
             rows.append(f"| {name} | {self.sizes.get(name, '')} | {value} | {err} | {r.n_hvp} "
                         f"| {r.seconds:.3g} |")

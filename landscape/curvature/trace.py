@@ -69,7 +69,7 @@ def hessian_trace(
             model, one gradient and one product: its sketch has s = min(n_hvp // 3,
             max_vectors - 1) vectors (plus one test vector); products the sketch cannot use
             go to the Hutchinson part, so a small budget costs accuracy on decaying spectra,
-            never more products. None: n_hvp // 3 + 1 when they fit in 1 GiB, else 10.
+            never more products. None: n_hvp // 3 + 1 when they fit in 1 GiB, else 8.
             Hutchinson stores 1 vector; XTrace stores about 3 n_hvp / 2 (no budget: use
             "hutch++" on large models).
         progress: show a progress bar.

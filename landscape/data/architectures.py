@@ -11,14 +11,19 @@ parameters for exact checks in the tests and one of 25M-100M parameters for benc
   embedding, pre-LN blocks with `nn.MultiheadAttention`).
 * `convnext`: a ConvNeXt (patchify stem, blocks of depthwise 7x7 conv, channels-last LayerNorm
   through `permute`, inverted MLP, layer scale; LayerNorm + strided conv between stages).
-* `resnet`: a timm-style ResNet of basic blocks with BatchNorm.
+* `resnet`: a timm-style ResNet of basic blocks (ResNet-18/34) or bottleneck blocks
+  (`bottleneck=True`: ResNet-50) with BatchNorm.
 * `lstm_classifier`: an embedding, an LSTM and a linear head on the last hidden state.
+* `lstm_lm`: an LSTM language model (embedding, LSTM, a linear head over the vocabulary at
+  every position); its loss is `causal_lm_loss`, like GPT-2's.
 
 Parameter counts (biases included; `sum(p.numel() for p in model.parameters())` prints them):
 `gpt2_lm(vocab_size=32000, context=256, width=512, depth=8)` has 41.7M,
 `vit(image_size=224, patch_size=16, width=768, depth=12, n_classes=1000)` 86.6M (ViT-B/16),
 `convnext(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), n_classes=1000)` 28.6M (ConvNeXt-T),
-`resnet(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), n_classes=1000)` 21.8M (ResNet-34).
+`resnet(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3), n_classes=1000)` 21.8M (ResNet-34),
+the same with `bottleneck=True` 25.6M (ResNet-50),
+`lstm_lm(vocab_size=10000, embed=512, hidden=512, layers=2)` 14.3M.
 
 Every builder takes `seed` and builds under it without touching the global random state.
 """
@@ -33,7 +38,7 @@ from ..errors import LandscapeError
 from .models import seeded
 
 __all__ = ["gpt2_lm", "causal_lm_loss", "token_data", "vit", "convnext", "resnet",
-           "lstm_classifier", "image_data"]
+           "lstm_classifier", "lstm_lm", "image_data"]
 
 
 # ---------------------------------------------------------------------- GPT-2 style language model
@@ -265,6 +270,14 @@ def convnext(channels: int = 3, dims: tuple[int, ...] = (16, 32), depths: tuple[
 # ---------------------------------------------------------------------- ResNet
 
 
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module | None:
+    """The projected skip connection where a block changes the shape (None: identity)."""
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(c_out))
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
@@ -272,10 +285,7 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(c_out))
+        self.downsample = _shortcut(c_in, c_out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -284,11 +294,37 @@ class _BasicBlock(nn.Module):
         return F.relu(out + skip)
 
 
+class _Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand to 4 x width channels; a projected skip
+    where the shape changes (torchvision's ResNet-50 "v1.5" layout)."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.downsample = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        skip = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + skip)
+
+
 class ResNet(nn.Module):
-    """ResNet of basic blocks: `model(images)` with images (B, channels, H, W) -> logits."""
+    """ResNet of basic or bottleneck blocks: `model(images)` with images (B, channels, H, W) ->
+    logits."""
 
     def __init__(self, channels: int, widths: tuple[int, ...], blocks: tuple[int, ...],
-                 n_classes: int):
+                 n_classes: int, bottleneck: bool = False):
         super().__init__()
         if len(widths) != len(blocks):
             raise LandscapeError(f"widths {widths} and blocks {blocks} must have the same length.")
@@ -296,10 +332,11 @@ class ResNet(nn.Module):
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers: list[nn.Module] = []
         c_in = widths[0]
+        block = _Bottleneck if bottleneck else _BasicBlock
         for i, (width, n) in enumerate(zip(widths, blocks)):
             for j in range(n):
-                layers.append(_BasicBlock(c_in, width, 2 if i and not j else 1))
-                c_in = width
+                layers.append(block(c_in, width, 2 if i and not j else 1))
+                c_in = width * (_Bottleneck.expansion if bottleneck else 1)
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, n_classes)
 
@@ -308,10 +345,13 @@ class ResNet(nn.Module):
 
 
 def resnet(channels: int = 3, widths: tuple[int, ...] = (16, 32), blocks: tuple[int, ...] = (1, 1),
-           n_classes: int = 10, *, seed: int = 0) -> ResNet:
+           n_classes: int = 10, *, bottleneck: bool = False, seed: int = 0) -> ResNet:
     """A ResNet with BatchNorm: a 3x3 stem, then stages of basic blocks (widths[i] channels,
-    blocks[i] blocks, stride 2 at the start of every stage but the first)."""
-    return seeded(seed, lambda: ResNet(channels, tuple(widths), tuple(blocks), n_classes))
+    blocks[i] blocks, stride 2 at the start of every stage but the first), or with
+    `bottleneck=True` of bottleneck blocks (widths[i] inner channels, 4 widths[i] out:
+    widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3) is ResNet-50)."""
+    return seeded(seed, lambda: ResNet(channels, tuple(widths), tuple(blocks), n_classes,
+                                        bottleneck))
 
 
 # ---------------------------------------------------------------------- LSTM
@@ -339,3 +379,29 @@ def lstm_classifier(vocab_size: int = 50, embed: int = 16, hidden: int = 16, lay
     (4 hidden (2 hidden + 2) for each further one) + (hidden + 1) n_classes.
     """
     return seeded(seed, lambda: LSTMClassifier(vocab_size, embed, hidden, layers, n_classes))
+
+
+class LSTMLM(nn.Module):
+    """`model(tokens)` with tokens (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(tokens))
+        return self.head(out)
+
+
+def lstm_lm(vocab_size: int = 50, embed: int = 16, hidden: int = 16, layers: int = 2, *,
+            seed: int = 0) -> LSTMLM:
+    """An LSTM language model: embedding, `nn.LSTM` (batch first), a linear head over the
+    vocabulary at every position. Use `Probe(..., batch_loss=causal_lm_loss)` with token
+    batches (`token_data`).
+
+    Parameters: vocab_size * embed + 4 hidden (embed + hidden + 2) for the first layer
+    (4 hidden (2 hidden + 2) for each further one) + (hidden + 1) vocab_size.
+    """
+    return seeded(seed, lambda: LSTMLM(vocab_size, embed, hidden, layers))

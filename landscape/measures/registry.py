@@ -31,16 +31,18 @@ from ..report import error_line
 BUDGETS = ("quick", "standard", "thorough")
 
 # Effort per budget. "quick" audits the digits CNN in 22 s of CPU time (docs/benchmarks/timings.md).
+# rel_stderr: the tolerance of a stochastic trace or density mean (standard error within this
+# fraction of its absolute value); a number that misses it is marked in every report.
 EFFORT: dict[str, dict[str, Any]] = {
     "quick": dict(eig_tol=1e-3, eig_max_iter=60, trace_hvp=30, density_vectors=1,
                   density_steps=30, ascent_steps=10, average_draws=10, line_points=21,
-                  grid_points=9),
+                  grid_points=9, rel_stderr=0.2),
     "standard": dict(eig_tol=1e-4, eig_max_iter=150, trace_hvp=99, density_vectors=3,
                      density_steps=60, ascent_steps=20, average_draws=30, line_points=41,
-                     grid_points=21),
+                     grid_points=21, rel_stderr=0.1),
     "thorough": dict(eig_tol=1e-6, eig_max_iter=400, trace_hvp=300, density_vectors=8,
                      density_steps=90, ascent_steps=40, average_draws=100, line_points=81,
-                     grid_points=41),
+                     grid_points=41, rel_stderr=0.05),
 }
 
 # The measures every report states, from one evaluation and one gradient.
@@ -63,6 +65,12 @@ class Measure:
     are lower bounds of a maximum and carry neither. `error` is None when the measure ran; when
     it raised, it is `{"type": exception class name, "message": its message}`, `value` is NaN
     and `cost` what was spent before the failure.
+
+    `values` lists every number asked for where there are several (all k eigenvalues, `value`
+    being the first), else None. `unconverged` marks, per number (`values`, or the one
+    `value`), those that did not reach their tolerance, and `note` says which, with their
+    residual or standard error and what to raise (None when all did); every report shows the
+    mark and the note on the line of the number (`landscape.measures.flags`).
     """
 
     name: str
@@ -74,6 +82,14 @@ class Measure:
     details: dict[str, Any] = field(default_factory=dict)
     error_bound: float | None = None
     error: dict[str, str] | None = None
+    values: list[float] | None = None
+    unconverged: list[bool] | None = None
+    note: str | None = None
+
+    @property
+    def converged(self) -> bool:
+        """False when any of its numbers did not reach its tolerance."""
+        return not any(self.unconverged or ())
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

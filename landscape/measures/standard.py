@@ -9,10 +9,12 @@ estimator that stops early spends less.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .flags import density_flags, eigen_flags, trace_flags
 from .registry import Measure, MeasureContext, MeasureSpec, from_result, register
 
 Settings = dict[str, Any]
@@ -32,8 +34,10 @@ def _eigenvalues(ctx: MeasureContext, s: Settings, name: str = "hessian_eigenval
 
     r = hessian_eigenvalues(ctx.probe, progress=ctx.progress, **s)
     ctx.results[name] = r
-    return from_result(name, float(r.eigenvalues[0]), None, r, s,
-                       error_bound=float(r.error_bounds[0]))
+    m = from_result(name, float(r.eigenvalues[0]), None, r, s,
+                    error_bound=float(r.error_bounds[0]))
+    marked, note = eigen_flags(r, s)
+    return replace(m, values=[float(x) for x in r.eigenvalues], unconverged=marked, note=note)
 
 
 def _smallest(ctx: MeasureContext, s: Settings) -> Measure:
@@ -43,21 +47,31 @@ def _smallest(ctx: MeasureContext, s: Settings) -> Measure:
 def _trace(ctx: MeasureContext, s: Settings) -> Measure:
     from ..curvature import hessian_trace
 
-    r = hessian_trace(ctx.probe, progress=ctx.progress, **s)
+    target = s.get("rel_stderr")
+    r = hessian_trace(ctx.probe, progress=ctx.progress, **_estimator_settings(s))
     ctx.results["hessian_trace"] = r
-    return from_result("hessian_trace", float(r.estimate), float(r.stderr), r, s)
+    m = from_result("hessian_trace", float(r.estimate), float(r.stderr), r, s)
+    marked, note = trace_flags(r, s, target)
+    return replace(m, unconverged=marked, note=note)
 
 
 def _density(ctx: MeasureContext, s: Settings) -> Measure:
     from ..curvature import hessian_density
 
-    r = hessian_density(ctx.probe, progress=ctx.progress, **s)
+    r = hessian_density(ctx.probe, progress=ctx.progress, **_estimator_settings(s))
     ctx.results["hessian_density"] = r
     mean = float((r.nodes * r.weights).sum() / max(r.weights.sum(), 1e-300))
     # the mean's standard error (DensityResult.trace_stderr / n: over the runs, or with one run
     # the Rademacher variance bound), so a report can set n * mean against the trace
-    return from_result("hessian_density", mean, r.trace_stderr / max(r.num_params, 1), r, s,
-                       keep=False)
+    stderr = r.trace_stderr / max(r.num_params, 1)
+    m = from_result("hessian_density", mean, stderr, r, s, keep=False)
+    marked, note = density_flags(r, s, s.get("rel_stderr"))
+    return replace(m, unconverged=marked, note=note)
+
+
+def _estimator_settings(s: Settings) -> Settings:
+    """The settings without the report's tolerance (`rel_stderr`), which no estimator takes."""
+    return {k: v for k, v in s.items() if k != "rel_stderr"}
 
 
 def _lanczos_cost(s: Settings) -> dict[str, int]:
@@ -81,14 +95,15 @@ register(_lanczos_spec(
 register(MeasureSpec(
     "hessian_trace",
     "Trace of the Hessian (sum of all curvatures) by Hutch++, with its standard error.",
-    lambda e, seed: {"method": "hutch++", "n_hvp": e["trace_hvp"], "seed": seed},
+    lambda e, seed: {"method": "hutch++", "n_hvp": e["trace_hvp"], "seed": seed,
+                     "rel_stderr": e["rel_stderr"]},
     _trace, lambda s: {"n_hvp": s["n_hvp"]}))
 register(MeasureSpec(
     "hessian_density",
     "Spectral density of the Hessian by stochastic Lanczos quadrature (value: the density's "
     "mean, an estimate of tr(H)/n).",
     lambda e, seed: {"n_vectors": e["density_vectors"], "n_steps": e["density_steps"],
-                     "seed": seed},
+                     "seed": seed, "rel_stderr": e["rel_stderr"]},
     _density, lambda s: {"n_hvp": s["n_vectors"] * s["n_steps"]}))
 
 

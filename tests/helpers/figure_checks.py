@@ -8,8 +8,10 @@ tests/test_figures.py on every figure the package and its scripts save (`savefig
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -81,7 +83,9 @@ def checked_savefig() -> Iterator[dict[str, list[str]]]:
                                  "must fit the figure as sized")
         with _spy_texts() as drawn:
             result = original(self, fname, *args, **kwargs)
-        record[str(fname)] = _problems(drawn)
+        # save_figure writes `.NAME.PID.tmp.EXT` and renames it to NAME.EXT: record NAME.EXT
+        name = re.sub(r"^\.(.*)\.\d+\.tmp\.(\w+)$", r"\1.\2", Path(str(fname)).name)
+        record[str(Path(str(fname)).with_name(name))] = _problems(drawn)
         return result
 
     with mock.patch.object(Figure, "savefig", savefig):
