@@ -218,6 +218,14 @@ class BatchPass:
                 h.remove()
         return total
 
+    def sample_batches(self) -> tuple[list[tuple[Any, int]], list[int], int]:
+        """This rank's (batch, n samples), the global index of each batch's first sample, and
+        the global number of samples."""
+        self.prepare()
+        out = [(b, self.n_samples(b)) for b in self.batches()]
+        starts, total = self.comm.global_starts([n for _, n in out])
+        return out, starts, total
+
     # ------------------------------------------------------------------ vectors
 
     def check_vector(self, v: Any, what: str) -> Tensor:

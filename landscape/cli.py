@@ -14,211 +14,23 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from .errors import LandscapeError
-
-# The option values the parser offers, kept here so that `landscape --help` imports neither torch
-# nor matplotlib (tests/test_cli.py checks they equal the library's own tuples).
-BUDGETS = ("quick", "standard", "thorough")
-AUDIT_MEASURES = (
-    "loss", "hessian_eigenvalues", "hessian_smallest_eigenvalue", "hessian_trace",
-    "hessian_density", "sharpness_worst_l2", "sharpness_adaptive_worst_l2",
-    "sharpness_average_l2", "first_order_flatness", "loss_line", "loss_surface",
-    "pac_bayes_flatness", "local_entropy", "quadratic_agreement", "hessian_frobenius",
-    "trace_ratio", "batch_spectrum",
+from .cli_args import (  # noqa: F401 - the option values stay importable from here
+    AUDIT_MEASURES,
+    BUDGETS,
+    DEMO_BUDGETS,
+    INTERPOLATION_BUFFERS,
+    SUBCOMMANDS,
+    TRACK_MEASURES,
+    Parser,
+    audit_args,
+    compare_args,
+    demo_args,
+    plot_args,
+    track_args,
 )
-TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
-INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
-DEMO_BUDGETS = ("full", "smoke")
-
-SUBCOMMANDS: dict[str, str] = {
-    "audit": "measure one checkpoint by every standard measure and write a report",
-    "compare": "compare the minima of several checkpoints side by side",
-    "plot": "draw filter-normalized 1D/2D loss surfaces of a checkpoint",
-    "track": "follow chosen measures over a series of training checkpoints",
-    "demo": "train four small CNNs on the built-in digits data and compare their minima",
-    "plot-track": "draw sharpness against step and the loss from CurvatureMonitor logs",
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="PATH.py:FUNCTION or package.module:FUNCTION that builds the model, or "
-                        "a built-in model: digits_mlp, digits_cnn, digits_resnet, "
-                        "digits_resnet_noskip")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (built-in train split; also 'digits:train', 'digits:test', "
-                        "'digits:all'), a .pt/.pth file holding an (inputs, targets) pair of "
-                        "tensors, or PATH.py:FUNCTION or package.module:FUNCTION returning a "
-                        "DataLoader, a list of batches or an (inputs, targets) pair "
-                        "(default: digits)")
-    p.add_argument("--device", default="cpu", help="device to measure on (default: cpu)")
-    p.add_argument("--seed", type=_seed, default=0,
-                   help="seed of every estimator, 0 or more (default: 0)")
-    _add_progress_debug(p)
-
-
-def _add_progress_debug(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="hide progress (bars on a terminal, plain lines when redirected)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-
-
-def _add_scale(p: argparse.ArgumentParser) -> None:
-    scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--log", dest="log", action="store_true", default=True,
-                       help="log scale (default): contour levels log-spaced above the minimum "
-                            "and labelled; heatmaps and 3D views in log10 of the loss")
-    scale.add_argument("--linear", dest="log", action="store_false",
-                       help="linear scale: evenly spaced contour levels, the loss as it is")
-
-
-def _add_column(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--column", choices=("single", "double"), default="single",
-                   help="figure width for a journal: single column (3.25 in) or double column "
-                        "(6.75 in); figures are written as PDF and 300 dpi PNG "
-                        "(default: single)")
-
-
-def _measure_list(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(
-            f"names no measure (got {text!r}); leave it out to measure the defaults"
-        )
-    return names
-
-
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(m) for m in text.split(",") if m.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
-                                         "(e.g. 16,64,256)") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers; got {text!r}")
-    return sizes
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
-    return value
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`, refused in one line otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}; got {text}")
-        return value
-
-    return parse
-
-
-_seed = _int_at_least(0)
-
-
-def _audit_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file: a state dict in .pt/.pth (read with "
-                        "weights_only=True; {'state_dict': ...}, {'model': ...} and DDP's "
-                        "'module.' prefix are unwrapped) or .safetensors")
-    p.add_argument("--out", required=True,
-                   help="output folder for report.json/.md/.html and figures (created; an "
-                        "existing folder is written into)")
-    p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="effort: quick, standard or thorough (default: standard; `compare` "
-                        "defaults to quick because it audits every checkpoint)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
-                        "and batch_spectrum)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
-                        "linearly stable at a minimum only if it is <= 1)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
-                   help="comma-separated batch sizes (e.g. 16,64,256): adds batch_spectrum, "
-                        "the top eigenvalue of mini-batch Hessians, and its figure")
-    _add_scale(p)
-    _add_column(p)
-
-
-def _compare_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="checkpoint files (.pt, .pth or .safetensors state dicts)")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="names of the checkpoints (default: their file names)")
-    p.add_argument("--out", required=True,
-                   help="output folder for comparison.json/.md/.html and figures")
-    p.add_argument("--budget", choices=BUDGETS, default="quick",
-                   help="effort per checkpoint: quick, standard or thorough (default: quick; "
-                        "`audit` defaults to standard)")
-    p.add_argument("--measures", type=_measure_list, default=None,
-                   help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but loss_surface and the three costly optional ones)")
-    p.add_argument("--buffers", choices=("auto", *INTERPOLATION_BUFFERS), default="auto",
-                   help="BatchNorm statistics along the interpolation paths: auto (default: "
-                        "recompute when the model has BatchNorm, else interpolate), recompute "
-                        "(re-estimated at each point, the 'repair' of Git Re-Basin: the fair "
-                        "barrier for BatchNorm networks), interpolate or keep")
-    p.add_argument("--data-b", default=None,
-                   help="a second data set (same forms as --data): each checkpoint is also "
-                        "compared on --data against --data-b (spectral norm of H_a - H_b, "
-                        "gradient distance and cosine); one checkpoint compares two domains")
-    p.add_argument("--head", type=_measure_list, default=None,
-                   help="with --data-b: comma-separated parameter names or module prefixes "
-                        "to compare across the data sets, e.g. the classifier head "
-                        "(default: all parameters)")
-    _add_scale(p)
-    _add_column(p)
-
-
-def _track_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT_DIR_OR_FILES",
-                   help="a folder of checkpoints (.pt, .pth, .safetensors; sorted by the step "
-                        "in their names) or the checkpoint files in order")
-    p.add_argument("--measures", type=_measure_list, default=["top_eigenvalue"],
-                   help=f"comma-separated subset of: {', '.join(TRACK_MEASURES)} "
-                        "(default: top_eigenvalue)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate (positive): draws the edge of stability 2/lr on the "
-                        "eigenvalue plot")
-    p.add_argument("--out", required=True,
-                   help="output folder (track.json, track.csv, track.png); reruns resume")
-    _add_column(p)
-
-
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--budget", choices=DEMO_BUDGETS, default="full",
-                   help="full: the four optimizers trained to convergence and compared with "
-                        "the quick audit budget (default); smoke: a few epochs and a few "
-                        "measures, to check an installation")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0 or more (default: 0)")
-    _add_scale(p)
-    _add_column(p)
-    _add_progress_debug(p)
+from .errors import LandscapeError
 
 
 def _log(line: str) -> None:
@@ -331,7 +143,7 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
-                   resume=partial)
+                   resume=partial, checkpoint=args.checkpoint)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
@@ -356,7 +168,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
                      buffers=args.buffers, progress=_bars(args), log=_log,
                      data_b=data_b, data_names=(args.data, str(args.data_b)),
-                     alignment_params=args.head)
+                     alignment_params=args.head, checkpoints=dict(zip(names, args.checkpoints)))
     written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -373,6 +185,7 @@ def _track(args: argparse.Namespace) -> int:
     data = build_data(args.data, probe_model)
     check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
+                   data_name=args.data,
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())
@@ -401,7 +214,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _ADD_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "audit": _audit_args, "compare": _compare_args, "track": _track_args, "demo": _demo_args,
+    "audit": audit_args, "compare": compare_args, "track": track_args, "demo": demo_args,
 }
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": _audit, "compare": _compare, "track": _track, "demo": _demo,
@@ -409,37 +222,15 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="landscape",
         description="Measure the geometry of a neural network's loss around a checkpoint.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _ADD_ARGS.get(name, lambda _p: None)(p)
     return parser
-
-
-def _plot_args(p: argparse.ArgumentParser) -> None:
-    _add_model_data(p)
-    p.add_argument("--checkpoint", default=None, help="state dict to load (.pt/.pth/.safetensors)")
-    p.add_argument("--kind", choices=("1d", "2d"), default="2d", help="line or plane (default 2d)")
-    p.add_argument("--out", default="plot-output", help="output folder (default: plot-output)")
-    p.add_argument("--points", type=_int_at_least(2), default=None,
-                   help="points per axis, 2 or more (default: 51 in 1d, 25 in 2d)")
-    p.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
-                   help="coordinate range of each axis, LO below HI (default: -1 1)")
-    p.add_argument("--normalization", default="filter",
-                   choices=("filter", "layer", "model", "none"),
-                   help="direction normalization (default: filter, Li et al. 2018)")
-    p.add_argument("--max-samples", type=_int_at_least(1), default=None,
-                   help="evaluate each point on a subset of this many samples, 1 or more "
-                        "(with stderr)")
-    _add_scale(p)
-    p.add_argument("--zmax", type=_positive_float, default=None,
-                   help="clip the 3D surface at this loss (positive, in loss units also with "
-                        "--log); the clip is stated on the figure (default: no clip)")
-    _add_column(p)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -499,7 +290,7 @@ def _drawn_zmax(args: argparse.Namespace) -> float | None:
     return math.log10(args.zmax) if args.log else args.zmax
 
 
-_ADD_ARGS["plot"] = _plot_args
+_ADD_ARGS["plot"] = plot_args
 _HANDLERS["plot"] = _plot
 
 

@@ -163,6 +163,36 @@ class HvpEngine:
                                   allow_unused=True)
         return p.flat(out)
 
+    def gradient_and_product(self, v: Tensor | None) -> tuple[float, Tensor, Tensor]:
+        """(L, g, H v) in one double-backward pass over the batches (`v` None: v = g), reduced
+        over the ranks; inside the caller's session."""
+        p = self.passes
+        g_total = torch.zeros(p.num_params, device=p.device, dtype=p.dtype)
+        loss_sum, n, graphs, error = 0.0, 0, [], None
+        try:
+            for batch in p.batches():
+                loss, n_b, _ = p.compute(batch)
+                grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+                g_total.add_(p.flat(grads).detach(), alpha=n_b)
+                loss_sum += float(loss.detach()) * n_b
+                n += n_b
+                graphs.append((grads, n_b))
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        loss_sum, n = p.comm.reduce([loss_sum, n], [g_total], error)
+        g_total.div_(n)
+        vec = g_total if v is None else v
+        hv = torch.zeros_like(g_total)
+        try:
+            for grads, n_b in graphs:
+                hv.add_(self.vjp_of_grads(grads, vec), alpha=n_b / n)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
+            error = e
+        p.comm.reduce([], [hv], error)
+        p.counts["n_gradient"] += 1
+        p.counts["n_hvp"] += 1
+        return loss_sum / n, g_total, hv
+
     # ------------------------------------------------------------------ choosing
 
     def _first_product(self, v: Tensor) -> tuple[Tensor, int]:

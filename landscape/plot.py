@@ -27,143 +27,36 @@ log-spaced), which shows the shape of a basin far better when the loss grows fas
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from cycler import cycler
 from matplotlib.ticker import MaxNLocator
 
-from ._validate import OneOf
 from .errors import LandscapeError
+from .plot_export import export_vtp
+from .plot_export import surface_values as _z
+from .plot_spectra import block_spectra_figure, plot_density
+from .plot_style import (
+    CMAP,
+    COLUMN_WIDTHS,
+    FIGURE_DPI,
+    OKABE_ITO,
+    SAVE_FORMATS,
+    STYLE,
+    figure_size,
+    save_figure,
+    subplots,
+)
+from .plot_style import fonts as _fonts
+from .plot_style import new_axes as _axes
 from .surface import Line, Surface, TrajectoryPCA
 
-# Okabe and Ito (2008), "Color Universal Design": distinguishable under the common colour vision
-# deficiencies and in greyscale by lightness; yellow last (faint on white).
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
-             "#F0E442")
-CMAP = "viridis"
-# Widths in inches. Single: ICML/NeurIPS-style 3.25 in columns (IEEE 3.5, ACM 3.33, Nature 3.5
-# take it unscaled). Double: 6.75 in, the text width of two-column layouts.
-COLUMN_WIDTHS: dict[str, float] = {"single": 3.25, "double": 6.75}
-FIGURE_DPI = 300
-SAVE_FORMATS = ("pdf", "png")
-
-STYLE: dict[str, Any] = {
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans"],
-    "mathtext.fontset": "dejavusans",
-    "font.size": 8,
-    "axes.labelsize": 8,
-    "axes.titlesize": 8,
-    "figure.titlesize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "lines.linewidth": 1.2,
-    "axes.linewidth": 0.6,
-    "xtick.major.width": 0.6,
-    "ytick.major.width": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.prop_cycle": cycler(color=OKABE_ITO),
-    "legend.frameon": False,
-    "image.cmap": CMAP,
-    "figure.constrained_layout.use": True,
-    # a little more than the default 3 pt margin: text extents shift by a pixel or two between
-    # the screen dpi and the 300 dpi of the saved file
-    "figure.constrained_layout.w_pad": 0.06,
-    "figure.constrained_layout.h_pad": 0.06,
-    "figure.figsize": (COLUMN_WIDTHS["single"], 0.75 * COLUMN_WIDTHS["single"]),
-    "figure.dpi": 100,
-    "savefig.dpi": FIGURE_DPI,
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-}
-
-
-def figure_size(column: str | float = "single", aspect: float = 0.75) -> tuple[float, float]:
-    """(width, height) in inches of a figure that fits a journal column.
-
-    Args:
-        column: "single" (3.25 in), "double" (6.75 in) or a width in inches.
-        aspect: height / width.
-
-    Raises:
-        LandscapeError: an unknown column name or a non-positive width or aspect.
-
-    Example:
-        >>> figure_size("double", aspect=0.4)
-        (6.75, 2.7)
-    """
-    if isinstance(column, str):
-        OneOf(tuple(COLUMN_WIDTHS), "a width in inches")("column", column)
-        width = COLUMN_WIDTHS[column]
-    else:
-        width = float(column)
-        if not width > 0:
-            raise LandscapeError(f"column width must be positive inches; got {column!r}.")
-    if not aspect > 0:
-        raise LandscapeError(f"aspect must be positive; got {aspect!r}.")
-    return width, round(width * aspect, 4)
-
-
-def subplots(nrows: int = 1, ncols: int = 1, *, column: str | float = "single",
-             aspect: float | None = None, layout: str = "constrained",
-             **kwargs: Any) -> tuple[Any, Any]:
-    """`plt.subplots` in the paper style: column width, constrained layout, `STYLE` fonts.
-
-    Args:
-        nrows, ncols: the grid of panels.
-        column: "single", "double" or a width in inches (see `figure_size`).
-        aspect: height / width of the whole figure (default 0.75 for one row of single-column
-            panels, less for wide rows).
-        layout: "constrained", or "compressed" for panels of fixed aspect (contours, heatmaps:
-            the colorbars then match the panels' height).
-        **kwargs: passed to `plt.subplots` (sharex, subplot_kw, gridspec_kw, ...).
-
-    Returns:
-        (figure, axes) as `plt.subplots` returns them.
-    """
-    if aspect is None:
-        aspect = 0.75 * nrows / ncols if column == "single" else 0.36 * nrows * max(1, 2 / ncols)
-    with plt.rc_context(STYLE):
-        return plt.subplots(nrows, ncols, figsize=figure_size(column, aspect), layout=layout,
-                            **kwargs)
-
-
-def save_figure(fig: Any, path: str | os.PathLike, formats: Sequence[str] = SAVE_FORMATS,
-                dpi: int = FIGURE_DPI) -> list[Path]:
-    """Save `fig` as vector PDF and a `dpi` PNG (or `formats`): `path` without its suffix.
-
-    `save_figure(fig, "out/contour")` writes out/contour.pdf and out/contour.png. The figure keeps
-    its size (no tight bounding box), so a single-column figure stays exactly column wide. Each
-    file is written atomically: to a temporary file in the same folder, then renamed over the
-    target, so an interruption never leaves a broken image (an older one stays as it was).
-
-    Returns:
-        The paths written, in the order of `formats`.
-    """
-    stem = Path(path)
-    if stem.suffix.lstrip(".") in formats:
-        stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        target = stem.parent / f"{stem.name}.{fmt}"
-        tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{fmt}"
-        try:
-            with plt.rc_context(STYLE):
-                fig.savefig(tmp, dpi=dpi, format=fmt)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        written.append(target)
-    return written
+__all__ = ["CMAP", "COLUMN_WIDTHS", "FIGURE_DPI", "OKABE_ITO", "SAVE_FORMATS", "STYLE",
+           "block_spectra_figure", "export_vtp", "figure_size", "plot_contour", "plot_density",
+           "plot_heatmap", "plot_line", "plot_surface_3d", "plot_track", "plot_trajectory",
+           "save_figure", "set_title", "subplots", "track_figure"]
 
 
 def set_title(target: Any, text: str) -> None:
@@ -465,42 +358,6 @@ def plot_trajectory(surface: Surface, path: TrajectoryPCA | np.ndarray, ax: Any 
     return ax
 
 
-def plot_density(result: Any, ax: Any = None, log: bool = False, *,
-                 column: str | float = "single") -> Any:
-    """A Hessian eigenvalue density (stochastic Lanczos quadrature): `result.grid` vs
-    `result.density`.
-
-    The axes fit the data: x spans the grid, y runs from 0 (or, with `log=True`, six decades
-    below the peak) to just above the peak.
-
-    Args:
-        result: any object with numpy fields `grid` (eigenvalue axis) and `density` (same length).
-        ax: Axes to draw on (a new figure when None).
-        log: logarithmic density axis (densities span many decades).
-        column: width of a new figure: "single", "double" or inches.
-    """
-    grid = np.asarray(getattr(result, "grid", None), dtype=float)
-    density = np.asarray(getattr(result, "density", None), dtype=float)
-    if grid.ndim != 1 or grid.shape != density.shape:
-        raise LandscapeError(
-            "plot_density needs a result with 1D arrays `grid` and `density` of equal length."
-        )
-    peak = float(np.nanmax(density)) if np.isfinite(density).any() else 1.0
-    with plt.rc_context(STYLE):
-        ax = _axes(ax, column)
-        ax.plot(grid, density, color=OKABE_ITO[0])
-        ax.set_xlim(grid.min(), grid.max())
-        if log and peak > 0:
-            ax.set_yscale("log")
-            ax.set_ylim(peak * 1e-6, peak * 2.0)
-        elif peak > 0:
-            ax.set_ylim(0.0, peak * 1.05)
-        ax.set_xlabel(r"eigenvalue $\lambda$")
-        ax.set_ylabel("density")
-    _fonts(ax)
-    return ax
-
-
 def plot_track(track: Any, ax: Any = None, *, measure: str | None = None,
                lr: float | None = None, log: bool = False,
                column: str | float = "single") -> Any:
@@ -572,67 +429,6 @@ def track_figure(source: Any, **kwargs: Any) -> Any:
     return draw(source, **kwargs)
 
 
-def export_vtp(surface: Surface, path: str | os.PathLike, *, log: bool = False,
-               zmax: float | None = None) -> None:
-    """Write the surface as VTK XML PolyData (`.vtp`) for ParaView.
-
-    Points are (xs[i], ys[j], z) with z the loss (log10 with `log=True`, clipped at `zmax`);
-    NaN heights become the largest finite height (VTK has no holes in a mesh), and the point data
-    array "loss" keeps the true values with NaN. Cells are the grid's quads.
-    """
-    z = _z(surface, log)
-    finite = z[np.isfinite(z)]
-    if finite.size == 0:
-        raise LandscapeError("the surface has no finite point to export.")
-    top = float(finite.max()) if zmax is None else float(zmax)
-    height = np.where(np.isfinite(z), np.minimum(z, top), top)
-    nx, ny = z.shape
-    x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
-    pts = np.stack([x.ravel(), y.ravel(), height.ravel()], axis=1)
-    idx = np.arange(nx * ny).reshape(nx, ny)
-    quads = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], axis=-1)
-    quads = quads.reshape(-1, 4)
-
-    def fmt(a: np.ndarray) -> str:
-        return " ".join(repr(float(v)) if np.isfinite(v) else "NaN" for v in a.ravel())
-
-    conn = " ".join(str(int(v)) for v in quads.ravel())
-    offsets = " ".join(str(4 * (k + 1)) for k in range(len(quads)))
-    xml = (
-        '<?xml version="1.0"?>\n'
-        '<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian">\n<PolyData>\n'
-        f'<Piece NumberOfPoints="{len(pts)}" NumberOfVerts="0" NumberOfLines="0" '
-        f'NumberOfStrips="0" NumberOfPolys="{len(quads)}">\n'
-        '<PointData Scalars="loss">\n'
-        f'<DataArray type="Float64" Name="loss" format="ascii">{fmt(surface.loss)}</DataArray>\n'
-        '</PointData>\n<Points>\n'
-        f'<DataArray type="Float64" NumberOfComponents="3" format="ascii">{fmt(pts)}'
-        '</DataArray>\n</Points>\n<Polys>\n'
-        f'<DataArray type="Int64" Name="connectivity" format="ascii">{conn}</DataArray>\n'
-        f'<DataArray type="Int64" Name="offsets" format="ascii">{offsets}</DataArray>\n'
-        '</Polys>\n</Piece>\n</PolyData>\n</VTKFile>\n'
-    )
-    with open(path, "w", encoding="ascii") as f:
-        f.write(xml)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _axes(ax: Any, column: str | float = "single", layout: str = "constrained") -> Any:
-    if ax is None:
-        _, ax = subplots(column=column, layout=layout)
-    return ax
-
-
-def _z(surface: Surface, log: bool) -> np.ndarray:
-    z = np.asarray(surface.loss, dtype=float)
-    if not log:
-        return z
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(z > 0, np.log10(np.where(z > 0, z, 1.0)), np.nan)
-
-
 def _zlabel(log: bool) -> str:
     return r"$\log_{10}$ loss" if log else "loss"
 
@@ -648,22 +444,6 @@ def _extend(z: np.ndarray, levels: int | Sequence[float]) -> str:
             (True, True): "both"}[(bool(low), bool(high))]
 
 
-def _fonts(*axes: Any) -> None:
-    """Give the axes' labels, title and tick labels the style's family and sizes: Axes made
-    outside `STYLE` (a user's own figure) keep matplotlib's sizes otherwise."""
-    family = STYLE["font.sans-serif"][0]
-    for a in axes:
-        if a is None:
-            continue
-        for axis in [a.xaxis, a.yaxis] + ([a.zaxis] if hasattr(a, "zaxis") else []):
-            axis.label.set_fontsize(STYLE["axes.labelsize"])
-            axis.label.set_family(family)
-        if not hasattr(a, "zaxis"):
-            a.tick_params(labelsize=STYLE["xtick.labelsize"])
-        a.title.set_fontsize(STYLE["axes.titlesize"])
-        a.title.set_family(family)
-
-
 def _xy_labels(ax: Any, surface: Surface) -> None:
     ax.set_xlabel(r"$\alpha$ (direction $d_1$)")
     ax.set_ylabel(r"$\beta$ (direction $d_2$)")
@@ -672,4 +452,3 @@ def _xy_labels(ax: Any, surface: Surface) -> None:
 
 
 # re-exported: it draws with the helpers above
-from .plot_blocks import block_spectra_figure  # noqa: E402, F401

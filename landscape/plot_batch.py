@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from .errors import LandscapeError
-from .plot import OKABE_ITO, STYLE, subplots
+from .plot_style import OKABE_ITO, STYLE, subplots
 
 
 def plot_batch_spectrum(spectrum: Any, ax: Any = None, *, show_batches: bool = True,

@@ -361,32 +361,7 @@ class Probe:
             loss, g = self.loss_and_gradient(delta)
             return loss, g, self.hvp(g if v is None else v, delta)
         with self.batch_pass.session(delta), twice_differentiable():
-            g_total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-            loss_sum, n, graphs, error = 0.0, 0, [], None
-            try:
-                for batch in self.batch_pass.data.batches():
-                    loss, n_b, _ = self.batch_pass.compute(batch)
-                    grads = torch.autograd.grad(loss, self.params, create_graph=True,
-                                                allow_unused=True)
-                    g_total.add_(self.batch_pass.flat(grads).detach(), alpha=n_b)
-                    loss_sum += float(loss.detach()) * n_b
-                    n += n_b
-                    graphs.append((grads, n_b))
-            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-                error = e
-            loss_sum, n = self.batch_pass.comm.reduce([loss_sum, n], [g_total], error)
-            g_total.div_(n)
-            vec = g_total if v is None else v
-            hv = torch.zeros_like(g_total)
-            try:
-                for grads, n_b in graphs:
-                    hv.add_(self._hvp.vjp_of_grads(grads, vec), alpha=n_b / n)
-            except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
-                error = e
-            self.batch_pass.comm.reduce([], [hv], error)
-            self.batch_pass.counts["n_gradient"] += 1
-            self.batch_pass.counts["n_hvp"] += 1
-            return loss_sum / n, g_total, hv
+            return self._hvp.gradient_and_product(v)
 
     def ggn_vp(self, v: Tensor, delta: Tensor | None = None) -> Tensor:
         """G v with G = mean over samples of J^T H_out J, the generalized Gauss-Newton matrix.
@@ -474,7 +449,7 @@ class Probe:
 
     def sample_parts(self, parts: Sequence[Tensor]) -> list[Probe]:
         """Probes over parts of the samples, each a sorted tensor of global sample indices."""
-        b, starts, _ = self._sample_batches()
+        b, starts, _ = self.batch_pass.sample_batches()
         return [self._clone(data=gather_samples(b, starts, i), check_data=False) for i in parts]
 
     def _clone(self, **overrides: Any) -> Probe:
@@ -497,14 +472,6 @@ class Probe:
             new.batch_pass.data = self.batch_pass.data
             new.batch_pass.total_samples = self.batch_pass.total_samples
         return new
-
-    def _sample_batches(self) -> tuple[list[tuple[Any, int]], list[int], int]:
-        """This rank's (batch, n samples), the global index of each batch's first sample, and
-        the global number of samples."""
-        self.batch_pass.prepare()
-        out = [(b, self.batch_pass.n_samples(b)) for b in self.batch_pass.data.batches()]
-        starts, total = self.batch_pass.comm.global_starts([n for _, n in out])
-        return out, starts, total
 
     # ------------------------------------------------------------------ internals: distributed
 

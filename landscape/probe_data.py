@@ -93,17 +93,23 @@ def as_reiterable(data: Any, batch_size: int, pairs: bool = True) -> Iterable[An
     return data
 
 
+def map_tensors(obj: Any, fn: Any) -> Any:
+    """`fn` applied to every tensor of a nested batch; dicts, lists and tuples keep their kind,
+    anything else is returned as it is."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [map_tensors(v, fn) for v in obj]
+        return tuple(out) if isinstance(obj, tuple) else out
+    return obj
+
+
 def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    if isinstance(batch, Tensor):
-        if batch.is_floating_point():
-            return batch.to(device=device, dtype=dtype)
-        return batch.to(device=device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [to_device(v, device, dtype) for v in batch]
-        return tuple(moved) if isinstance(batch, tuple) else moved
-    return batch
+    """The batch's tensors on `device`, floating-point ones in `dtype`."""
+    return map_tensors(batch, lambda t: t.to(device=device, dtype=dtype)
+                       if t.is_floating_point() else t.to(device=device))
 
 
 def unpack(batch: Any) -> tuple[Any, Any]:
@@ -151,14 +157,8 @@ def nbytes(obj: Any) -> int:
 
 def slice_samples(obj: Any, index: Tensor, n: int) -> Any:
     """Index every tensor whose first dimension is the batch dimension (length n)."""
-    if isinstance(obj, Tensor) and obj.ndim > 0 and obj.shape[0] == n:
-        return obj[index.to(obj.device)]
-    if isinstance(obj, dict):
-        return {k: slice_samples(v, index, n) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [slice_samples(v, index, n) for v in obj]
-        return tuple(out) if isinstance(obj, tuple) else out
-    return obj
+    return map_tensors(obj, lambda t: t[index.to(t.device)] if t.ndim > 0 and t.shape[0] == n
+                       else t)
 
 
 def gather_samples(batches: list[tuple[Any, int]], starts: list[int],

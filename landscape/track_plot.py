@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .errors import LandscapeError
-from .plot import OKABE_ITO, STYLE, subplots
+from .plot_style import OKABE_ITO, STYLE, subplots
 
 SHARPNESS_KEYS = ("preconditioned_sharpness", "top_eigenvalue")
 LABELS = {"top_eigenvalue": r"sharpness $\lambda_{\max}(H)$",

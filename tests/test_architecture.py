@@ -74,3 +74,23 @@ def test_the_library_never_switches_the_matplotlib_backend():
     offenders = [str(p.relative_to(ROOT)) for p in modules()
                  if not p.name.startswith("cli") and re.search(r"matplotlib\.use\(", p.read_text())]
     assert offenders == []
+
+
+def body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring aside."""
+    body = fn.body
+    first = body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+            and isinstance(first.value.value, str):
+        body = body[1:]
+    return 0 if not body else body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_modules_and_functions_are_small():
+    long_modules = [f"{p.relative_to(ROOT)}: {n}" for p in modules()
+                    if (n := len(p.read_text().splitlines())) > 500]
+    long_functions = [f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {body_lines(node)}"
+                      for p in modules() for node in ast.walk(ast.parse(p.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and body_lines(node) > 80]
+    assert long_modules == [] and long_functions == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_data, tiny_mlp
+from helpers.models import tiny_data, tiny_mlp
 
 import landscape.curvature._basis as basis_module
 from landscape import LandscapeError, Probe, hessian_eigenvalues

@@ -295,3 +295,16 @@ def test_runs_on_cuda():
     tr = hessian_trace(probe, n_hvp=30, method="xtrace")
     assert np.isfinite(tr.estimate)
     assert hessian_density(probe, n_vectors=1, n_steps=10).n_hvp == 10
+
+
+def test_density_default_width_and_single_vector_trace_error():
+    """The documented defaults: sigma = 1% of the nodes' spread; with one vector (no spread
+    over runs) the trace's standard error is sqrt(2 n v^T H^2 v), from the quadrature's second
+    moment sum_j tau_j^2 theta_j^2."""
+    H, _ = designed([3.0, 2.0, 1.0, 0.5, -0.5, -1.0])
+    r = hessian_density(quad_probe(H), n_vectors=1, n_steps=6, seed=2)
+    assert r.sigma == pytest.approx(0.01 * (r.nodes.max() - r.nodes.min()), rel=1e-12)
+    second = float((r.weights * r.nodes**2).sum())
+    assert math.isfinite(r.trace_stderr)
+    assert r.trace_stderr == pytest.approx(math.sqrt(2 * 6 * second), rel=1e-9)
+

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
 from torch import nn
 
 from landscape import Probe, hvp

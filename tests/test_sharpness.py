@@ -157,9 +157,13 @@ def test_m_sharpness_averages_the_per_group_trust_region_maxima():
     assert r.value == pytest.approx(sum(exact) / 3, rel=1e-6)
     values = torch.tensor(exact, dtype=F64)
     assert r.stderr == pytest.approx(float(values.std() / math.sqrt(3)), rel=1e-4)
-    # one group holding all the data is the plain worst case
-    assert sharpness(probe, rho, m=12).value == pytest.approx(sharpness(probe, rho).value,
-                                                              rel=1e-9)
+    # one group holding all the data is the plain worst case, at the same cost
+    whole, plain = sharpness(probe, rho, m=12), sharpness(probe, rho)
+    assert whole.value == pytest.approx(plain.value, rel=1e-9)
+    assert (whole.n_forward, whole.n_backward) == (plain.n_forward, plain.n_backward)
+    # two groups already have a standard error (the spread of the two increases)
+    two = sharpness(probe, rho, m=6)
+    assert two.n_groups == 2 and two.stderr is not None and two.stderr > 0
 
 
 # ------------------------------------------------------------------ average case

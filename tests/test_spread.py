@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import exact_hessian, tiny_data, tiny_mlp
+from helpers.models import exact_hessian, tiny_data, tiny_mlp
 
 from landscape import DataSpread, LandscapeError, Probe, data_spread, hessian_trace
 from landscape.spread import partition

@@ -1,5 +1,6 @@
-"""One page of block spectra: the Hessian eigenvalue density of each parameter block and the
-Jensen-Shannon distances between them (re-exported by `landscape.plot`)."""
+"""Hessian eigenvalue densities: one density (`plot_density`), and one page of block spectra,
+the density of each parameter block with the Jensen-Shannon distances between them
+(`block_spectra_figure`). Both are exported by `landscape.plot`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,43 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .errors import LandscapeError
-from .plot import STYLE, plot_density, subplots
+from .plot_style import OKABE_ITO, STYLE, fonts, new_axes, subplots
+
+
+def plot_density(result: Any, ax: Any = None, log: bool = False, *,
+                 column: str | float = "single") -> Any:
+    """A Hessian eigenvalue density (stochastic Lanczos quadrature): `result.grid` vs
+    `result.density`.
+
+    The axes fit the data: x spans the grid, y runs from 0 (or, with `log=True`, six decades
+    below the peak) to just above the peak.
+
+    Args:
+        result: any object with numpy fields `grid` (eigenvalue axis) and `density` (same length).
+        ax: Axes to draw on (a new figure when None).
+        log: logarithmic density axis (densities span many decades).
+        column: width of a new figure: "single", "double" or inches.
+    """
+    grid = np.asarray(getattr(result, "grid", None), dtype=float)
+    density = np.asarray(getattr(result, "density", None), dtype=float)
+    if grid.ndim != 1 or grid.shape != density.shape:
+        raise LandscapeError(
+            "plot_density needs a result with 1D arrays `grid` and `density` of equal length."
+        )
+    peak = float(np.nanmax(density)) if np.isfinite(density).any() else 1.0
+    with plt.rc_context(STYLE):
+        ax = new_axes(ax, column)
+        ax.plot(grid, density, color=OKABE_ITO[0])
+        ax.set_xlim(grid.min(), grid.max())
+        if log and peak > 0:
+            ax.set_yscale("log")
+            ax.set_ylim(peak * 1e-6, peak * 2.0)
+        elif peak > 0:
+            ax.set_ylim(0.0, peak * 1.05)
+        ax.set_xlabel(r"eigenvalue $\lambda$")
+        ax.set_ylabel("density")
+    fonts(ax)
+    return ax
 
 
 def block_spectra_figure(results: Any, *, log: bool = True, column: str | float = "double",
