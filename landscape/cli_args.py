@@ -16,7 +16,7 @@ AUDIT_MEASURES = (
     "hessian_density", "sharpness_worst_l2", "sharpness_adaptive_worst_l2",
     "sharpness_average_l2", "first_order_flatness", "loss_line", "loss_surface",
     "pac_bayes_flatness", "local_entropy", "quadratic_agreement", "hessian_frobenius",
-    "trace_ratio", "batch_spectrum",
+    "trace_ratio", "batch_spectrum", "top_eigenvalue_data_spread", "trace_data_spread",
 )
 TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
 INTERPOLATION_BUFFERS = ("interpolate", "recompute", "keep")
