@@ -30,6 +30,7 @@ from .measures import (
     run_measure,
 )
 from .probe import Probe
+from .provenance import provenance, provenance_section
 from .report import (
     Report,
     Row,
@@ -60,6 +61,8 @@ MEASURES = ("loss", *measure_names())  # "loss" is always measured; naming it is
 # Costly measures beyond the peers: only when asked for with `measures=`.
 OPTIONAL_MEASURES = measure_names(optional=True)
 DEFAULT_MEASURES = measure_names(optional=False)
+# Computed exactly on the data (no estimate): their uncertainty reads "exact".
+EXACT = ("loss", "accuracy", "gradient_norm")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class AuditReport:
     results: dict[str, Any] = field(default_factory=dict, repr=False)
     name: str | None = None
     data_name: str | None = None
+    provenance: dict[str, Any] | None = None
     plan: dict[str, Any] = field(default_factory=dict)
     gradient_seconds: float | None = None
 
@@ -112,16 +116,20 @@ class AuditReport:
             "plan": self.plan, "gradient_seconds": self.gradient_seconds,
             "spent_gradients": self.spent_gradients,
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
+            "provenance": self.provenance,
         }
 
     def to_report(self, title: str | None = None) -> Report:
         """The report's content: one table row per measure (value, uncertainty, meaning, cost)."""
         rows = tuple(Row((f"`{m.name}`", value_cell(m),
+                          "exact" if m.name in EXACT else
                           with_note(uncertainty_text(m.stderr, m.error_bound), m.note),
                           m.description, cost_text(m.cost))) for m in self.measures.values())
         table = Section(columns=("measure", "value", "uncertainty", "what it means", "cost"),
                         rows=rows)
-        return Report(title or self.title, self.summary(), (table,), self.to_dict())
+        sections = (table, provenance_section(self.provenance))
+        return Report(title or self.title, self.summary(),
+                      tuple(s for s in sections if s is not None), self.to_dict())
 
     def to_json(self, indent: int = 2) -> str:
         return self.to_report().to_json(indent)
@@ -156,6 +164,7 @@ def audit(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     data_name: str | None = None,
+    checkpoint: str | Path | None = None,
     lr: float | None = None,
     batch_sizes: Sequence[int] | None = None,
     resume: str | Path | None = None,
@@ -174,7 +183,11 @@ def audit(
         log: called with a line before each measure (the CLI prints them).
         name: what is audited (a checkpoint's file name): the report's title and summary name
             it. The CLI passes the checkpoint's file name.
-        data_name: which data (e.g. "digits, train split"), named in the report's summary.
+        data_name: which data (e.g. "digits, train split"), named in the report's summary
+            and provenance.
+        checkpoint: the checkpoint file the weights came from: its path and SHA-256 go into
+            the report's provenance (with the versions, device, dtype, data, seed, budget and
+            date, which are always there).
         lr: the training learning rate: adds `trace_ratio`, tr(H) x lr / 2, SGD's
             linear-stability ratio (a minimum is linearly stable for SGD only if it is <= 1).
         batch_sizes: adds `batch_spectrum`, the top eigenvalue of mini-batch Hessians of these
@@ -221,9 +234,12 @@ def audit(
         out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
         if out[key].error is None:  # kept on disk at once: an interruption loses nothing of it
             saved.save(key, out[key], context.results.get(key))
+    files = {name or Path(checkpoint).name: checkpoint} if checkpoint is not None else None
+    info = provenance(probe, seed=seed, budget=budget, data=data_name, checkpoints=files)
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
                        probe.n_samples, context.results, name=name, data_name=data_name,
-                       plan=plan, gradient_seconds=gradient_seconds)
+                       plan=plan, gradient_seconds=gradient_seconds,
+                       provenance=info)
 
 
 def audit_plan(names: Sequence[str], budget: str, seed: int = 0) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
-                   resume=partial)
+                   resume=partial, checkpoint=args.checkpoint)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())
@@ -168,7 +168,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(probes, budget=args.budget, seed=args.seed, measures=args.measures,
                      buffers=args.buffers, progress=_bars(args), log=_log,
                      data_b=data_b, data_names=(args.data, str(args.data_b)),
-                     alignment_params=args.head)
+                     alignment_params=args.head, checkpoints=dict(zip(names, args.checkpoints)))
     written = result.write(args.out, column=args.column, log=args.log)
     print(result.to_markdown())
     _log(f"wrote {len(written)} files to {args.out}")
@@ -185,6 +185,7 @@ def _track(args: argparse.Namespace) -> int:
     data = build_data(args.data, probe_model)
     check_model_fits(probe_model, data, args.model, args.data)
     result = track(source, model_fn=lambda: _to_device(build_model(args.model), args.device),
+                   data_name=args.data,
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())

@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .measures import BUDGETS, measure_names
 from .probe import Probe
+from .provenance import provenance, provenance_section
 from .report import Report, Row, Section, fmt, save_figures
 
 # The 2D surface is the costliest measure and is not drawn side by side: left out by default.
@@ -100,6 +101,7 @@ class Comparison:
     data_names: tuple[str, str] = ("data", "data_b")
     buffers_reason: str = "asked for"
     aligned_interpolations: dict[str, Any] = field(default_factory=dict, repr=False)
+    provenance: dict[str, Any] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -128,6 +130,7 @@ class Comparison:
             "pairs": [p.to_dict() for p in self.pairs],
             "across_data": {k: r.to_dict() for k, r in self.across_data.items()},
             "data_names": list(self.data_names),
+            "provenance": self.provenance,
         }
 
     def to_report(self) -> Report:
@@ -139,7 +142,8 @@ class Comparison:
                    "maximum; other values are exact for the data.")
         rows = tuple(
             Row((f"`{key}`", *(value_cell(self.audits[n].measures[key], uncertainty=True)
-                               if key in self.audits[n].measures else "-" for n in names)))
+                               if key in self.audits[n].measures else "not measured"
+                               for n in names)))
             for key in self.table())
         sections = [Section(columns=("measure", *names), rows=rows)]
         if self.pairs:
@@ -148,13 +152,16 @@ class Comparison:
             from .compare_data import alignment_section
 
             sections.append(alignment_section(self.across_data, self.data_names))
+        if self.provenance:
+            sections.append(provenance_section(self.provenance))
         return Report("Comparison of minima", summary, tuple(sections), self.to_dict())
 
     def _pairs_section(self) -> Section:
         rows = tuple(Row((
-            f"{p.a} -> {p.b}", fmt(p.barrier), f"{p.barrier_alpha:.2f}", fmt(p.error_barrier),
-            fmt(p.distance), f"{p.cosine:.3f}", fmt(p.aligned_barrier),
-            fmt(p.aligned_error_barrier), fmt(p.aligned_distance))) for p in self.pairs)
+            f"{p.a} -> {p.b}", fmt(p.barrier), f"{p.barrier_alpha:.2f}",
+            _or(p.error_barrier, "no accuracy"), fmt(p.distance), f"{p.cosine:.3f}",
+            _or(p.aligned_barrier, "not aligned"), _or(p.aligned_error_barrier, "not aligned"),
+            _or(p.aligned_distance, "not aligned"))) for p in self.pairs)
         notes = sorted({p.alignment_note for p in self.pairs if p.alignment_note})
         return Section(
             "Linear interpolation between minima",
@@ -200,6 +207,7 @@ def compare(
     data_b: Any = None,
     data_names: tuple[str, str] = ("data", "data_b"),
     alignment_params: Any = None,
+    checkpoints: Mapping[str, str | os.PathLike] | None = None,
 ) -> Comparison:
     """Measure several minima the same way and compare them.
 
@@ -227,6 +235,9 @@ def compare(
         alignment_params: the parameters `hessian_alignment` compares (e.g. the classifier
             head, "fc"); None: all probed parameters.
 
+        checkpoints: name -> the checkpoint file of that minimum, hashed (SHA-256) into the
+            report's provenance; by default the minima given as paths.
+
     Returns:
         A `Comparison`: `comparison.table()[measure][name]` and `comparison.pairs`.
     """
@@ -240,11 +251,15 @@ def compare(
               for name, item in minima.items()}
     buffers, buffers_reason = resolve_buffers(buffers, next(iter(probes.values())).model)
     chosen = DEFAULT_MEASURES if measures is None else tuple(measures)
+    files = dict(checkpoints) if checkpoints is not None else {
+        n: item for n, item in minima.items() if isinstance(item, (str, os.PathLike))}
+    described = None if data_names[0] == "data" else data_names[0]
     audits: dict[str, AuditReport] = {}
     for name, probe in probes.items():
         say(f"auditing {name} ...")
         audits[name] = audit(probe, budget=budget, seed=seed, measures=chosen,
-                             progress=progress, log=log, name=name)
+                             progress=progress, log=log, name=name, data_name=described,
+                             checkpoint=files.get(name))
     pairs, interpolations, aligned = [], {}, {}
     alphas = np.linspace(0.0, 1.0, interpolation_points)
     for a, b in itertools.combinations(probes, 2):
@@ -269,7 +284,9 @@ def compare(
     lines = {n: r.results["loss_line"] for n, r in audits.items() if "loss_line" in r.results}
     return Comparison(audits, pairs, seed, budget, time.perf_counter() - t0, lines,
                       interpolations, buffers, across, tuple(data_names),
-                      buffers_reason=buffers_reason, aligned_interpolations=aligned)
+                      buffers_reason=buffers_reason, aligned_interpolations=aligned,
+                      provenance=provenance(next(iter(probes.values())), seed=seed,
+                                            budget=budget, data=described, checkpoints=files))
 
 
 def _pair(a: str, b: str, line: Any) -> PairResult:
@@ -351,3 +368,8 @@ def comparison_figures(comparison: Comparison, out: Path, column: str | float = 
     )
     return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
                               for stem, lines, xlabel, title in figures if lines])
+
+
+def _or(value: float | None, missing: str) -> str:
+    """A table number, or what its absence means (never a bare dash)."""
+    return missing if value is None else fmt(value)

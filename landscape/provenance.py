@@ -95,3 +95,13 @@ def provenance_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
             text = str(value)
         rows.append((label, text))
     return rows
+
+
+def provenance_section(info: Mapping[str, Any] | None) -> Any:
+    """The report's "Provenance" table (a `landscape.report.Section`), or None without one."""
+    from .report import Row, Section
+
+    if not info:
+        return None
+    return Section("Provenance", columns=("field", "value"),
+                   rows=tuple(Row(cells) for cells in provenance_rows(info)))

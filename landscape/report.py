@@ -171,12 +171,13 @@ def value_text(value: float | None, error: Mapping[str, str] | None = None) -> s
 
 
 def uncertainty_text(stderr: float | None, bound: float | None) -> str:
-    """`± s (s.e.)` for a standard error, `± b (bound)` for an error bound, else "-"."""
+    """`± s (s.e.)` for a standard error, `± b (bound)` for an error bound, else "not
+    estimated" (a report never leaves an uncertainty as a bare dash)."""
     if stderr is not None:
         return f"± {fmt(stderr)} (s.e.)"
     if bound is not None:
         return f"± {fmt(bound)} (bound)"
-    return "-"
+    return "not estimated"
 
 
 UNCONVERGED_MARK = "(not converged)"

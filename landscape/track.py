@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .measures import REGISTRY, MeasureContext
 from .probe import Probe
+from .provenance import provenance
 
 TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
 # Each estimated column of a track is a registry measure with the track's settings.
@@ -50,6 +51,7 @@ class Track:
     rows: list[dict[str, Any]]
     measures: tuple[str, ...]
     seed: int
+    provenance: dict[str, Any] | None = None
 
     def column(self, measure: str) -> list[float | None]:
         return [row.get(measure) for row in self.rows]
@@ -60,7 +62,7 @@ class Track:
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({"measures": list(self.measures), "seed": self.seed,
-                            "rows": self.rows})
+                            "rows": self.rows, "provenance": self.provenance})
 
     def to_csv(self) -> str:
         keys = ["checkpoint", "step"]
@@ -117,6 +119,7 @@ def track(
     out: str | os.PathLike | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    data_name: str | None = None,
 ) -> Track:
     """Measure each checkpoint of a training run.
 
@@ -130,6 +133,9 @@ def track(
         seed: seed of every stochastic measure.
         out: JSON file holding the table; rows already there (same checkpoint, measures and
             settings) are kept and not measured again.
+        data_name: a description of the data for the provenance (versions, device, dtype,
+            data and sample count, every checkpoint's path and SHA-256, seed, date) that the
+            result and the JSON file carry.
 
     Returns:
         A `Track` with one row per checkpoint, in order.
@@ -141,13 +147,16 @@ def track(
     files = checkpoint_files(checkpoints)
     settings = {"measures": list(measures), "rho": rho, "n_hvp": n_hvp, "tol": tol, "seed": seed}
     done: dict[str, dict[str, Any]] = {}
+    previous = None
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.is_file():
         saved = json.loads(out_path.read_text())
         if saved.get("settings") == settings:
             done = {row["checkpoint"]: row for row in saved.get("rows", [])}
+            previous = saved.get("provenance")
     say = log or (lambda _line: None)
     rows: list[dict[str, Any]] = []
+    probe = None
     iterator: Any = files
     if progress:
         from tqdm.auto import tqdm
@@ -183,8 +192,15 @@ def track(
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}),
                                            indent=2))
-    result = Track(rows, measures, seed)
+    if probe is None and previous is not None:  # every row resumed: as the file recorded it
+        info = previous
+    else:
+        if probe is None:
+            probe = Probe(load_checkpoint(model_fn(), files[0]).eval(), data, loss_fn)
+        info = provenance(probe, seed=seed, data=data_name,
+                          checkpoints={p.name: p for p in files})
+    result = Track(rows, measures, seed, info)
     if out_path is not None:
-        out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows}),
-                                       indent=2))
+        out_path.write_text(json.dumps(to_jsonable({"settings": settings, "rows": rows,
+                                                    "provenance": info}), indent=2))
     return result

@@ -33,7 +33,8 @@ def draw_figures(lines: Sequence, surfaces: Sequence, out: Path, names: Sequence
                  zmax: float | None = None, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Draw resnet_line, resnet_contour and resnet_surface3d from computed lines and surfaces.
 
-    Both contour panels share the same log10 levels, both 3D panels the same z range, so the two
+    Both contour panels share the same levels (log-spaced above the lower minimum), both 3D
+    panels the same z range (log10 loss), so the two
     networks are compared on one scale. `zmax` (log10 loss) clips the 3D surfaces, stated on the
     figure; None draws every point.
     """
@@ -45,21 +46,24 @@ def draw_figures(lines: Sequence, surfaces: Sequence, out: Path, names: Sequence
 
     logs = np.concatenate([np.log10(s.loss[np.isfinite(s.loss) & (s.loss > 0)])
                            for s in surfaces])
-    levels = np.arange(np.floor(5 * logs.min()) / 5, np.ceil(5 * logs.max()) / 5 + 1e-9, 0.2)
+    # one scale for both panels: log-spaced levels above the lower of the two minima
+    losses = np.concatenate([s.loss[np.isfinite(s.loss)] for s in surfaces])
+    floor = float(losses.min())
+    levels = floor + (float(losses.max()) - floor) * np.logspace(-3, 0, 12)
     fig, axes = lp.subplots(1, len(surfaces), column="double", aspect=0.42, layout="compressed")
     for ax, s, name in zip(np.atleast_1d(axes), surfaces, names):
-        lp.plot_contour(s, ax, levels=levels, log=True)
+        lp.plot_contour(s, ax, levels=levels, floor=floor)
         with plt.rc_context(lp.STYLE):
             ax.set_title(name)
     written += lp.save_figure(fig, out / "resnet_contour", formats)
 
-    top = levels[-1] if zmax is None else zmax
+    bottom, top = float(logs.min()), float(logs.max()) if zmax is None else zmax
     with plt.rc_context(lp.STYLE):
         fig = plt.figure(figsize=lp.figure_size("double", 0.4), layout="constrained")
     for k, (s, name) in enumerate(zip(surfaces, names)):
         ax = fig.add_subplot(1, len(surfaces), k + 1, projection="3d")
         lp.plot_surface_3d(s, ax, log=True, zmax=zmax)
-        ax.set_zlim(levels[0], top)
+        ax.set_zlim(bottom, top)
         with plt.rc_context(lp.STYLE):
             ax.set_title(name)
     written += lp.save_figure(fig, out / "resnet_surface3d", formats)

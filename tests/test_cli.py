@@ -265,3 +265,21 @@ def test_progress_bars_only_on_a_terminal(workdir):
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     assert "evaluating the loss at 5 points" in proc.stderr
+
+
+def test_warnings_are_reported_once_in_words(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from landscape import cli
+
+    def warns(args):
+        for _ in range(3):
+            warnings.warn("hessian_eigenvalues did not converge; raise max_iter",
+                          RuntimeWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli._HANDLERS, "demo", warns)
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: hessian_eigenvalues did not converge; raise max_iter") == 1
+    assert "RuntimeWarning" not in err and ".py:" not in err

@@ -83,7 +83,8 @@ def report():
 
 def test_markdown_table_has_as_many_cells_in_every_row_as_in_its_header(report):
     md = report.to_markdown()
-    (table,) = tables(md)
+    table, provenance = tables(md)  # the measures, then the provenance
+    assert len(provenance[0]) == 2 and all(len(row) == 2 for row in provenance)
     assert len(table[0]) == 5
     assert all(len(row) == 5 for row in table), [len(r) for r in table]
     rows = rendered_cells(md)
@@ -128,7 +129,8 @@ def test_html_shows_formatted_text_not_markdown_source(report, tmp_path):
     assert "`" not in text and "**" not in text and "](" not in text
     assert "budget quick" in text and "Audit of run|1_*final*.pt" in text
     assert {"table", "code", "img", "h1"} <= set(parser.tags)
-    assert all(len(r) == 5 for r in parser.rows)
+    assert all(len(r) in (5, 2) for r in parser.rows)  # measures (5), provenance (2)
+    assert sum(len(r) == 2 for r in parser.rows) == 15  # header and 14 provenance fields
 
 
 def test_comparison_markdown_tables_keep_their_columns(tmp_path):
@@ -152,3 +154,69 @@ def test_escaped_text_renders_as_itself(text):
     row = _md_row(["`name|x`", text])
     (table,) = tables(f"| h1 | h2 |\n|---|---|\n{row}\n")
     assert len(table[1]) == 2
+
+
+PROVENANCE_FIELDS = ("package", "torch", "numpy", "python", "platform", "device", "dtype",
+                     "data", "n_samples", "n_params", "checkpoints", "seed", "budget", "date")
+
+
+def _check_provenance(info, checkpoint, data):
+    import hashlib
+
+    assert set(PROVENANCE_FIELDS) <= set(info)
+    assert info["package"].startswith("landscape-probe ") and info["torch"]
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["data"] == data and info["n_samples"] == 120 and info["seed"] == 0
+    (entry,) = info["checkpoints"]
+    assert entry["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert entry["path"] == str(checkpoint.resolve())
+    assert "T" in info["date"] and info["date"].endswith("+00:00")
+
+
+def test_every_report_carries_its_provenance(tmp_path):
+    """audit, compare and track: JSON with every field, Markdown and HTML with the table."""
+    import json
+
+    import torch
+
+    from landscape import track
+
+    x, y = digits_tensors("train")
+    data = (x[:120], y[:120])
+    ckpt = tmp_path / "net_3.pt"
+    torch.save(digits_mlp(hidden=8, seed=0).state_dict(), ckpt)
+    model = digits_mlp(hidden=8)
+    model.load_state_dict(torch.load(ckpt))
+    report = audit(Probe(model, data), budget="quick", measures=["hessian_trace"],
+                   data_name="digits:train[:120]", checkpoint=ckpt)
+    written = report.write(tmp_path / "audit")
+    _check_provenance(json.loads(written[0].read_text())["provenance"], ckpt,
+                      "digits:train[:120]")
+    for page in (written[1].read_text(), written[2].read_text()):
+        assert "Provenance" in page and "SHA-256" in page
+        assert report.provenance["checkpoints"][0]["sha256"] in page
+
+    result = compare({"net_3": str(ckpt)}, model_fn=lambda: digits_mlp(hidden=8), data=data,
+                     measures=["loss_line"], data_names=("digits:train[:120]", "data_b"))
+    out = result.write(tmp_path / "compare")
+    _check_provenance(json.loads(out[0].read_text())["provenance"], ckpt, "digits:train[:120]")
+    assert "Provenance" in out[2].read_text() and "Budget quick, seed 0" in out[2].read_text()
+
+    tracked = track([ckpt], model_fn=lambda: digits_mlp(hidden=8), data=data,
+                    measures=["loss"], out=tmp_path / "track.json",
+                    data_name="digits:train[:120]")
+    _check_provenance(tracked.provenance, ckpt, "digits:train[:120]")
+    saved = json.loads((tmp_path / "track.json").read_text())["provenance"]
+    assert saved["checkpoints"] == tracked.provenance["checkpoints"]
+
+
+def test_no_uncertainty_is_a_bare_dash():
+    x, y = digits_tensors("train")
+    report = audit(Probe(digits_mlp(hidden=8, seed=0), (x[:120], y[:120])), budget="quick",
+                   measures=["hessian_density", "sharpness_worst_l2"])
+    table = tables(report.to_markdown())[0]
+    uncertainty = {row[0]: row[2] for row in table[1:]}
+    assert "-" not in uncertainty.values()
+    assert uncertainty["`loss`"] == "exact"
+    assert uncertainty["`hessian_density`"] in ("not estimated",) or "s.e." in \
+        uncertainty["`hessian_density`"]
