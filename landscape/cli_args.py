@@ -140,8 +140,8 @@ def audit_args(p: argparse.ArgumentParser) -> None:
                         "defaults to quick because it audits every checkpoint)")
     p.add_argument("--measures", type=measure_list, default=None,
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
-                        "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio "
-                        "and batch_spectrum)")
+                        "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio, "
+                        "batch_spectrum and the two data_spread measures)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="training learning rate: adds trace_ratio, tr(H) x lr / 2 (SGD is "
                         "linearly stable at a minimum only if it is <= 1)")

@@ -15,8 +15,11 @@ For every model it prints one row:
 * `peak`: the peak resident memory during that call minus the peak of a plain gradient on a
   warm probe, in parameter-sized vectors (target <= 12), next to the `stored_vectors` the
   estimator reports;
-* `hvp/grad`: one product in steady state, in gradients, and the HVP method "auto" chose (with
-  the kept graph's measured size when it was measured).
+* `hvp/grad`: one product in steady state, in gradients (the median of three products each
+  divided by a gradient timed just before it, so both see the same load), and the HVP method
+  "auto" chose (with the kept graph's measured size when it was measured).
+
+The unit of the first call is the median of the gradients timed before it and right after it.
 
 With `--full MODEL ...`, at the default tol 1e-4 on a warm probe: `k=1`, `k=3`,
 `hessian_trace(method="hutch++", n_hvp=30)` and `hessian_density(n_vectors=1, n_steps=30)`,
@@ -180,15 +183,20 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
     del fresh
     probe = make_probe(case, model, data)
     v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    probe.gradient()
     probe.hvp(v)  # warm-up: the method choice (and the kept graph)
-    hvp_s = statistics.median(measured(lambda: probe.hvp(v))[1] for _ in range(3))
+    # a gradient and a product back to back, three times: each ratio under the same load
+    pairs = [(measured(probe.gradient)[1], measured(lambda: probe.hvp(v))[1]) for _ in range(3)]
+    hvp_ratio = statistics.median(h / g for g, h in pairs)
+    # the unit of the first call: gradients timed before it and right after it
+    grad_s = statistics.median([grad_s, *(g for g, _ in pairs)])
     engine = probe._hvp
     graph = "" if engine.graph_bytes_measured is None else \
         f", graph {engine.graph_bytes_measured / vec_bytes:.2f} vectors"
     rows = [
         f"| {key} | {n / 1e6:.1f}M | {grad_s:.2f} | {first.n_hvp} | {first.converged} | "
         f"{first_s / first.n_hvp / grad_s:.2f} | {memory(first_peak)} | "
-        f"{first.stored_vectors} | {hvp_s / grad_s:.2f} | {chosen}{graph} |"]
+        f"{first.stored_vectors} | {hvp_ratio:.2f} | {chosen}{graph} |"]
     print(rows[-1], flush=True)
     if full:
         runs = {
@@ -211,7 +219,7 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
         report, seconds, peak = measured(lambda: audit(fresh, budget="quick", seed=0))
         eig = report.measures.get("hessian_eigenvalues")
         converged = None if eig is None else eig.details.get("converged")
-        budget = report.to_dict().get("budget_gradients", "n/a")
+        budget = report.plan.get("gradients", "n/a")
         rows.append(f"| {key} | quick audit | {seconds / 60:.1f} min | "
                     f"{seconds / grad_s:.0f} gradients (budget {budget}) | {memory(peak)} | "
                     f"top-5 converged={converged} |")

@@ -9,10 +9,10 @@ tokens, and prints, for `hvp_method="double_backward"` (exact) and `"finite_diff
 * `peak over a gradient, vectors`: the resident memory reached during one product minus that
   reached during one gradient, in parameter-sized vectors (VmHWM on Linux, "n/a" elsewhere);
 * the agreement of the two products on one Gaussian vector, ||FD - exact|| / ||exact||;
-* the top Ritz value after the same few Lanczos steps from the same start vector (the
-  three-term recurrence, `max_vectors=2`, `max_iter` products), for each product, and their
-  relative difference. With few products the Ritz value has not converged to the eigenvalue;
-  the comparison is between the two products over the same Krylov steps.
+* the value `hessian_eigenvalues(k=1, max_vectors=2, max_iter=...)` returns after a few
+  products for each. Caution: after so few steps this is not an estimate of the top eigenvalue
+  (exact products in float32 and float64 disagree on it too), so it does not measure the
+  agreement of the products; converged eigenvalues need about 30 products per method.
 
 Heavy: about 1.4 GB per vector and, on one CPU thread, tens of seconds per product. On a shared
 machine run it under the lock with a timeout:

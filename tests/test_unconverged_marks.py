@@ -30,8 +30,9 @@ def _probe(seed=0):
 
 
 def _row(markdown, name):
-    """The cells of measure `name`'s row as a reader sees them (rendered Markdown)."""
-    assert tables(markdown)  # the measures first; the provenance table follows
+    """The cells of measure `name`'s row of the measures table (the first) as a reader sees
+    them (rendered Markdown)."""
+    assert tables(markdown)[0][0][:3] == ["measure", "value", "uncertainty"]
     header, *rows = rendered_cells(markdown)
     return dict(zip(header, next(r for r in rows if r[0] == name)))
 

@@ -21,9 +21,9 @@ _COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity 
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
 LARGE_MODEL_VECTORS = 8  # the default budget, in vectors, when the default above does not fit
 # 8, not 12: at k=1 the measured peak resident memory beyond a plain gradient's is these plus
-# the kept gradient graph (about 1.3 vectors on ConvNeXt-T) and about 2 vectors of allocator
-# retention and product temporaries; 10 measured 13.4 there, 8 measures 11.6 with the same
-# products (scripts/bench_scale.py, docs/benchmarks/scale.md)
+# the kept gradient graph (0.3 vectors on ConvNeXt-T) and 1-3 vectors of allocator retention
+# and product temporaries; 10 measured 13.4 there, 8 measured 11.6 with the same products
+# (docs/benchmarks/scale.md)
 
 
 def vector_bytes(n: int, dtype: torch.dtype) -> int:
