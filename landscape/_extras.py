@@ -13,7 +13,9 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
+        # e.name is the module that is really missing: torch.utils.tensorboard fails on
+        # `tensorboard`, not on torch
+        missing = (e.name or module).split(".")[0]
         raise LandscapeError(
-            f"{what} needs the {module.split('.')[0]} package: pip install "
-            f"'landscape-probe[{extra}]'."
+            f"{what} needs the {missing} package: pip install 'landscape-probe[{extra}]'."
         ) from e

@@ -366,6 +366,16 @@ def test_a_missing_extra_names_the_install_command():
         require("landscape_no_such_module", "wandb", "the 'wandb' logger")
 
 
+def test_a_missing_extra_names_the_module_really_missing(tmp_path, monkeypatch):
+    # as torch.utils.tensorboard does without tensorboard: the module imports, its import fails
+    from landscape._extras import require
+
+    (tmp_path / "landscape_shim.py").write_text("import landscape_absent_package\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(LandscapeError, match="needs the landscape_absent_package package"):
+        require("landscape_shim", "tensorboard", "the 'tensorboard' logger")
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
