@@ -189,20 +189,24 @@ def _track(args: argparse.Namespace) -> int:
                    data=data, measures=args.measures, seed=args.seed, out=out / "track.json",
                    progress=_bars(args), log=_log)
     (out / "track.csv").write_text(result.to_csv())
-    _save_track_plot(result, args.lr, out, args.column)
+    figures = _save_track_plot(result, args.lr, out, args.column)
+    pages = result.write_pages(out, figures)
     print(result.to_csv(), end="")
-    _log(f"wrote track.json, track.csv, track.png and track.pdf to {out}")
+    for path in (out / "track.json", out / "track.csv", *pages, *figures):
+        _log(f"wrote {path}")
     return 0
 
 
-def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> None:
+def _save_track_plot(result: Any, lr: float | None, out: Path, column: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from .plot import plot_track, save_figure
 
     fig = plot_track(result, lr=lr, column=column).figure
-    save_figure(fig, out / "track")
-    plt.close(fig)
+    try:
+        return save_figure(fig, out / "track")
+    finally:
+        plt.close(fig)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -88,11 +88,17 @@ class Report:
 
     def write(self, out: Path, stem: str, figures: Sequence[Path] = ()) -> list[Path]:
         """Write STEM.json, STEM.md and STEM.html into `out` (PNG figures linked and inlined)."""
-        pngs = [f for f in figures if f.suffix == ".png"]
-        paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.html"]
-        paths[0].write_text(self.to_json())
-        paths[1].write_text(self.to_markdown([f.name for f in pngs]))
-        paths[2].write_text(self.to_html(pngs))
+        path = out / f"{stem}.json"
+        path.write_text(self.to_json())
+        return [path, *self.write_pages(out, stem, figures)]
+
+    def write_pages(self, out: Path, stem: str, figures: Sequence[Path] = ()) -> list[Path]:
+        """Write STEM.md and STEM.html into `out`: the PNG figures linked by name from the
+        Markdown (they sit beside it) and inlined in the HTML, so the page stands alone."""
+        pngs = [Path(f) for f in figures if Path(f).suffix == ".png"]
+        paths = [out / f"{stem}.md", out / f"{stem}.html"]
+        paths[0].write_text(self.to_markdown([f.name for f in pngs]))
+        paths[1].write_text(self.to_html(pngs))
         return paths
 
 

@@ -3,7 +3,9 @@
 `track(["ckpt_100.pt", "ckpt_200.pt", ...], model_fn=..., data=...)` measures each checkpoint
 (the top Hessian eigenvalue by default) and returns a `Track` table against the training step,
 read from each file name's last integer. With `out=` the table is saved after every checkpoint
-and a rerun skips the checkpoints already measured.
+and a rerun skips the checkpoints already measured. `Track.to_report()` is the table as a
+`landscape.report.Report` (one row per checkpoint, the provenance table), and
+`Track.write_pages(out, figures)` writes it as track.md and track.html.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .checkpoint import load_checkpoint
 from .errors import LandscapeError
 from .measures import REGISTRY, MeasureContext
 from .probe import Probe
-from .provenance import provenance
+from .provenance import provenance, provenance_section
+from .report import UNCONVERGED_MARK, Report, Row, Section, fmt, uncertainty_text, with_note
 
 TRACK_MEASURES = ("top_eigenvalue", "trace", "sharpness", "gradient_norm", "loss")
 # Each estimated column of a track is a registry measure with the track's settings.
@@ -37,6 +40,7 @@ _FROM_REGISTRY: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]
     "sharpness": ("sharpness_worst_l2", lambda t: {"rho": t["rho"], "seed": t["seed"]}),
 }
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+_EXACT = ("loss", "gradient_norm")  # computed, not estimated: their uncertainty reads "exact"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,65 @@ class Track:
         lines += [",".join("" if r.get(k) is None else _csv_field(r.get(k)) for k in keys)
                   for r in self.rows]
         return "\n".join(lines) + "\n"
+
+    def to_report(self) -> Report:
+        """The report's content: one table row per checkpoint (every column of the JSON: step,
+        each measure with its uncertainty and note, seconds) and the provenance table."""
+        extra = [k for r in self.rows for k in r if k not in _known_keys(self.measures)]
+        extra = list(dict.fromkeys(extra))
+        columns = ["checkpoint", "step"]
+        for m in self.measures:
+            columns += [m, f"{m} uncertainty"]
+        columns += ["seconds", *extra]
+        rows = tuple(Row((str(r["checkpoint"]), str(r["step"]),
+                          *(cell for m in self.measures for cell in _measure_cells(r, m)),
+                          fmt(r.get("seconds")), *(_any_text(r.get(k)) for k in extra)))
+                     for r in self.rows)
+        data = (self.provenance or {}).get("data") or "data not described"
+        summary = (f"{len(self.rows)} checkpoints measured on {data}: "
+                   f"{', '.join(self.measures)}. Seed {self.seed}. A value marked "
+                   f"{UNCONVERGED_MARK} did not reach its tolerance; its uncertainty cell says "
+                   "why and what to raise.")
+        table = Section("Checkpoints", columns=tuple(columns), rows=rows)
+        sections = (table, provenance_section(self.provenance))
+        return Report("Track of a training run", summary,
+                      tuple(s for s in sections if s is not None), self.to_dict())
+
+    def to_markdown(self, figures: Sequence[str] = ()) -> str:
+        return self.to_report().to_markdown(figures)
+
+    def to_html(self, figures: Sequence[Path] = ()) -> str:
+        return self.to_report().to_html(figures)
+
+    def write_pages(self, out: str | os.PathLike, figures: Sequence[Path] = ()) -> list[Path]:
+        """Write track.md and track.html into `out` (PNG figures linked and inlined); the
+        JSON is the file `track(out=...)` saves."""
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return self.to_report().write_pages(Path(out), "track", figures)
+
+
+def _known_keys(measures: Sequence[str]) -> set[str]:
+    keys = {"checkpoint", "step", "seconds"}
+    for m in measures:
+        keys |= {m, f"{m}_stderr", f"{m}_note"}
+    return keys
+
+
+def _measure_cells(row: dict[str, Any], measure: str) -> tuple[str, str]:
+    """A measure's value (marked when it did not reach its tolerance) and its uncertainty."""
+    note = row.get(f"{measure}_note")
+    value = fmt(row.get(measure))
+    if note is not None and row.get(measure) is not None:
+        value = f"{value} {UNCONVERGED_MARK}"
+    if measure in _EXACT:
+        return value, "exact"
+    return value, with_note(uncertainty_text(row.get(f"{measure}_stderr"), None), note)
+
+
+def _any_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return fmt(value) if isinstance(value, float) else str(value)
 
 
 def _csv_field(value: Any) -> str:

@@ -102,6 +102,10 @@ def test_compare_and_track(workdir):
     first = json.loads((track_out / "track.json").read_text())["rows"]
     assert [r["step"] for r in first] == [2, 3]
     assert (track_out / "track.png").is_file()
+    for name in ("track.md", "track.html"):  # the reports, beside track.json, their paths shown
+        assert (track_out / name).is_file() and f"wrote {track_out / name}" in proc.stderr
+    assert "Provenance" in (track_out / "track.md").read_text()
+    assert "data:image/png;base64," in (track_out / "track.html").read_text()
     proc = run_cli(*args, cwd=workdir)  # a rerun measures nothing again
     assert proc.returncode == 0 and "measuring" not in proc.stderr
     assert json.loads((track_out / "track.json").read_text())["rows"] == first

@@ -220,3 +220,65 @@ def test_no_uncertainty_is_a_bare_dash():
     assert uncertainty["`loss`"] == "exact"
     assert uncertainty["`hessian_density`"] in ("not estimated",) or "s.e." in \
         uncertainty["`hessian_density`"]
+
+
+def test_track_markdown_and_html_carry_every_column_and_the_provenance(tmp_path):
+    """track.md and track.html: one row per checkpoint with every column of track.json (each
+    measure with its uncertainty, "exact" or "not estimated", never a bare dash), an unconverged
+    value marked, the provenance table with every field, the figure linked and inlined."""
+    import json
+
+    import torch
+
+    from landscape import track
+    from landscape.provenance import FIELDS
+    from landscape.track import Track
+
+    x, y = digits_tensors("train")
+    ckpts = []
+    for step in (3, 7):
+        ckpts.append(tmp_path / f"net_{step}.pt")
+        torch.save(digits_mlp(hidden=8, seed=step).state_dict(), ckpts[-1])
+    tracked = track(ckpts, model_fn=lambda: digits_mlp(hidden=8), data=(x[:120], y[:120]),
+                    measures=["top_eigenvalue", "trace", "loss"], n_hvp=6,
+                    out=tmp_path / "track.json", data_name="digits:train[:120]")
+    rows = [dict(r) for r in tracked.rows]  # the second top eigenvalue did not converge
+    rows[1]["top_eigenvalue_note"] = "Not converged after 3 iterations: raise max_iter."
+    tracked = Track(rows, tracked.measures, tracked.seed, tracked.provenance)
+    figure = tmp_path / "track.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    md_path, html_path = tracked.write_pages(tmp_path, [figure])
+    assert (md_path.name, html_path.name) == ("track.md", "track.html")
+    md = md_path.read_text()
+    saved = json.loads((tmp_path / "track.json").read_text())
+
+    table, prov = tables(md)  # the cells as parsed; then as a reader sees them
+    assert len(table) == 1 + len(saved["rows"]) and all(len(r) == len(table[0]) for r in table)
+    table = rendered_cells(md)[:len(table)]
+    header = table[0]
+    assert header[:2] == ["checkpoint", "step"] and header[-1] == "seconds"
+    assert header[2:4] == ["top_eigenvalue", "top_eigenvalue uncertainty"]
+    assert [r[0] for r in table[1:]] == [str(c) for c in ckpts]
+    cols = {name: [row[i] for row in table[1:]] for i, name in enumerate(header)}
+    assert cols["step"] == ["3", "7"]
+    assert cols["loss uncertainty"] == ["exact", "exact"]
+    assert all(c.startswith("± ") and "(s.e.)" in c for c in cols["trace uncertainty"])
+    eig, eig_unc = cols["top_eigenvalue"], cols["top_eigenvalue uncertainty"]
+    assert not eig[0].endswith("(not converged)") and eig_unc[0] == "not estimated"
+    assert eig[1].endswith(" (not converged)") and float(eig[1].split()[0]) > 0
+    assert eig_unc[1] == "not estimated; Not converged after 3 iterations: raise max_iter."
+    assert "-" not in [c for name, col in cols.items() for c in col if "uncertainty" in name]
+    assert all(len(r) == 2 for r in prov) and len(prov) == 1 + len(FIELDS)
+    info = dict(rendered_cells(md)[-len(FIELDS):])
+    assert list(info) == list(FIELDS.values())  # every provenance field, in order
+    assert info["data"] == "digits:train[:120]" and info["seed"] == "0"
+    for entry in saved["provenance"]["checkpoints"]:
+        assert entry["sha256"] in info["checkpoints (SHA-256)"]
+    assert "![track](track.png)" in md
+
+    parser = _Cells()
+    parser.feed(html_path.read_text())
+    assert {"table", "img", "h1"} <= set(parser.tags)
+    assert [r for r in parser.rows if len(r) == len(header)] == table
+    assert sum(len(r) == 2 for r in parser.rows) == 1 + len(FIELDS)
+    assert "data:image/png;base64," in html_path.read_text()
