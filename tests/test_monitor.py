@@ -256,6 +256,44 @@ def test_measures_table_is_the_registry():
                              "preconditioned_sharpness", "update_curvature"}
 
 
+def test_the_monitor_takes_its_measures_from_the_shared_registry():
+    """One registry for every workflow (issue 20): each monitor measure is listed in
+    `landscape.measures.MONITOR_REGISTRY` with its settings and a cost estimate, and a measure
+    registered there is one the monitor takes, its optimizer check included."""
+    from landscape.measures import MONITOR_REGISTRY, MonitorSpec, monitor_cost, register_monitor
+    from landscape.monitor.measures import Settings
+
+    assert set(MONITOR_REGISTRY) == set(MEASURES)
+    fields = set(Settings.__dataclass_fields__)
+    assert all(s.description and set(s.settings) <= fields for s in MONITOR_REGISTRY.values())
+    costs = monitor_cost(tuple(MONITOR_REGISTRY), Settings(max_iter=40, n_hvp=12))
+    assert costs["top_eigenvalue"] == {"n_hvp": 40} and costs["trace"] == {"n_hvp": 12}
+    assert costs["loss"] == {"n_gradient": 1} and all(costs.values())
+
+    def weight_norm_sq(ctx):
+        return {"weight_norm_sq": float(sum(p.detach().pow(2).sum()
+                                            for p in ctx.probe.model.parameters()))}
+
+    def no_optimizer(optimizer):
+        if optimizer is not None:
+            raise LandscapeError("weight_norm_sq takes no optimizer")
+
+    register_monitor(MonitorSpec("weight_norm_sq", "Squared weight norm (test).", (),
+                                 weight_norm_sq, lambda s: {}, no_optimizer))
+    try:
+        model, data = tiny_mlp(), tiny_data()
+        row = CurvatureMonitor(model, data, measures=("weight_norm_sq", "loss")).measure(0)
+        expected = float(sum(p.detach().pow(2).sum() for p in model.parameters()))
+        assert row["weight_norm_sq"] == pytest.approx(expected) and "loss" in row
+        assert "weight_norm_sq" in MEASURES
+        with pytest.raises(LandscapeError, match="takes no optimizer"):
+            CurvatureMonitor(model, data, measures=("weight_norm_sq",),
+                             optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    finally:
+        del MONITOR_REGISTRY["weight_norm_sq"]
+    assert "weight_norm_sq" not in MEASURES
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(measures=("eos_ratio",)), "needs the training optimizer"),
     (dict(measures=("preconditioned_sharpness",), optimizer="sgd"), "Adam or AdamW"),

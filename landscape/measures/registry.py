@@ -14,6 +14,12 @@ monitor) looks the name up here. A `MeasureSpec` holds:
 A new measure is one `register(MeasureSpec(...))` call (in a module of this package, imported
 by its `__init__`); `audit` and `compare` pick it up. Estimators are imported when a measure
 runs, so no estimator is imported at load time.
+
+The measures a training monitor takes at every measurement are in the same module, in
+`MONITOR_REGISTRY`: a `MonitorSpec` (description, the monitor settings it reads, the function
+that returns its row entries, estimated cost, the optimizer it needs). `landscape.monitor`
+registers its own with `register_monitor` and looks every name up here, so a measure registered
+from anywhere is one a `CurvatureMonitor` can take.
 """
 
 from __future__ import annotations
@@ -128,6 +134,40 @@ def register(spec: MeasureSpec) -> MeasureSpec:
     """Add `spec` to the registry (a name registered twice is replaced); returns it."""
     REGISTRY[spec.name] = spec
     return spec
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """A measure of a training monitor (`landscape.monitor.CurvatureMonitor`).
+
+    `settings` names the fields of the monitor's `Settings` it reads (tol, max_iter, n_hvp,
+    max_basis, seed); `run(context)` takes a `landscape.monitor.MeasureContext` and returns the
+    measure's row entries (a dict of floats); `cost(settings)` estimates its work from the
+    monitor's `Settings` before it runs (an upper bound: warm starts and shared results spend
+    less); `requires(optimizer)`, when not None, raises `LandscapeError` when the monitor is
+    built with an optimizer the measure cannot use.
+    """
+
+    name: str
+    description: str
+    settings: tuple[str, ...]
+    run: Callable[[Any], dict[str, float]]
+    cost: Callable[[Any], dict[str, int]]
+    requires: Callable[[Any], None] | None = None
+
+
+MONITOR_REGISTRY: dict[str, MonitorSpec] = {}
+
+
+def register_monitor(spec: MonitorSpec) -> MonitorSpec:
+    """Add `spec` to the monitor's measures (a name registered twice is replaced); returns it."""
+    MONITOR_REGISTRY[spec.name] = spec
+    return spec
+
+
+def monitor_cost(names: list[str] | tuple[str, ...], settings: Any) -> dict[str, dict[str, int]]:
+    """The cost estimate of each named monitor measure for the monitor's `Settings`."""
+    return {n: MONITOR_REGISTRY[n].cost(settings) for n in names}
 
 
 def measure_names(*, optional: bool | None = None) -> tuple[str, ...]:

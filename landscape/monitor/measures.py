@@ -34,14 +34,17 @@ layers on their running statistics):
   product; the monitor copies the weights before the optimizer step preceding a measurement).
   NaN when that step was not seen. Keys `update_curvature`, `update_norm` (||u||).
 
-A measure is a function of a `MeasureContext` returning its row entries (a dict of floats).
-Adding one is one entry in `MEASURES`; if it needs a kind of optimizer, one in `REQUIREMENTS`.
+A measure is a function of a `MeasureContext` returning its row entries (a dict of floats),
+registered with its description, settings, cost estimate and optimizer check in the shared
+registry (`landscape.measures.MONITOR_REGISTRY`, by `register_monitor`); the monitor looks names
+up there. `MEASURES` (name -> function) and `REQUIREMENTS` (name -> optimizer check) are live
+views of it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +55,7 @@ from .._random import generator
 from ..curvature import hessian_frobenius, hessian_trace
 from ..curvature.lanczos import lanczos_eigs
 from ..errors import LandscapeError
+from ..measures.registry import MONITOR_REGISTRY, MonitorSpec, register_monitor
 from ..probe import Probe
 from .optimizers import (
     adam_edge,
@@ -207,25 +211,72 @@ def _require_lr(optimizer: Any) -> None:
 
 Measure = Callable[[MeasureContext], dict[str, float]]
 
-# name -> function of a MeasureContext. One entry adds a measure to the monitor.
-MEASURES: dict[str, Measure] = {
-    "top_eigenvalue": top_eigenvalue,
-    "trace": trace,
-    "frobenius": frobenius,
-    "trace_ratio": trace_ratio,
-    "gradient_norm": gradient_norm,
-    "loss": loss,
-    "eos_ratio": eos_ratio,
-    "preconditioned_sharpness": preconditioned_sharpness,
-    "update_curvature": update_curvature,
-}
+_EIGEN = ("tol", "max_iter", "max_basis", "seed")
+_HUTCH = ("n_hvp", "seed")
 
-# name -> check of the optimizer, run when the monitor is built (a clear error then, not at
-# step 5,000). Measures absent here work with any optimizer, or none.
-REQUIREMENTS: dict[str, Callable[[Any], None]] = {
-    "eos_ratio": lambda opt: require_kind(opt, ("sgd", "adam"), "eos_ratio"),
-    "preconditioned_sharpness": lambda opt: require_kind(opt, ("adam",),
-                                                         "preconditioned_sharpness"),
-    "update_curvature": lambda opt: require_optimizer(opt, "update_curvature"),
-    "trace_ratio": lambda opt: _require_lr(opt),
-}
+
+def _lanczos_cost(s: Settings) -> dict[str, int]:
+    return {"n_hvp": max(s.max_iter, 2)}  # at most max_iter products, the check included
+
+
+def _hutch_cost(s: Settings) -> dict[str, int]:
+    return {"n_hvp": s.n_hvp}
+
+
+# The monitor's measures, in the shared registry (`landscape.measures.MONITOR_REGISTRY`): one
+# `register_monitor` call adds a measure to the monitor. `requires` checks the optimizer when the
+# monitor is built (a clear error then, not at step 5,000); None works with any, or none.
+for _spec in (
+    MonitorSpec("top_eigenvalue", "Largest algebraic Hessian eigenvalue by warm-started Lanczos.",
+                _EIGEN, top_eigenvalue, _lanczos_cost),
+    MonitorSpec("trace", "Hessian trace by Hutch++, with its standard error.", _HUTCH, trace,
+                _hutch_cost),
+    MonitorSpec("frobenius", "Frobenius norm of the Hessian by Hutch++ on H^2, with its "
+                "standard error.", _HUTCH, frobenius, _hutch_cost),
+    MonitorSpec("trace_ratio", "SGD's linear-stability ratio tr(H) lr / 2 (stable only if "
+                "<= 1).", _HUTCH, trace_ratio, _hutch_cost, lambda opt: _require_lr(opt)),
+    MonitorSpec("gradient_norm", "Euclidean norm of the gradient (exact).", (), gradient_norm,
+                lambda s: {"n_gradient": 1}),
+    MonitorSpec("loss", "Mean loss over the measurement set (exact).", (), loss,
+                lambda s: {"n_gradient": 1}),
+    MonitorSpec("eos_ratio", "How close training is to the edge of stability (1 = at the "
+                "edge), from the (preconditioned) sharpness.", _EIGEN, eos_ratio, _lanczos_cost,
+                lambda opt: require_kind(opt, ("sgd", "adam"), "eos_ratio")),
+    MonitorSpec("preconditioned_sharpness", "Largest eigenvalue of Adam's preconditioned "
+                "Hessian P^-1 H by warm-started Lanczos.", _EIGEN, preconditioned_sharpness,
+                _lanczos_cost,
+                lambda opt: require_kind(opt, ("adam",), "preconditioned_sharpness")),
+    MonitorSpec("update_curvature", "Curvature u^T H u / ||u||^2 along the optimizer's last "
+                "update u (one product).", (), update_curvature, lambda s: {"n_hvp": 1},
+                lambda opt: require_optimizer(opt, "update_curvature")),
+):
+    register_monitor(_spec)
+
+
+class _RegistryView(Mapping[str, Any]):
+    """A live, read-only view of `MONITOR_REGISTRY`: name -> one field of each spec (specs where
+    that field is None left out)."""
+
+    def __init__(self, field: str):
+        self._field = field
+
+    def _table(self) -> dict[str, Any]:
+        return {n: getattr(s, self._field) for n, s in MONITOR_REGISTRY.items()
+                if getattr(s, self._field) is not None}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+
+# name -> function of a MeasureContext, and name -> check of the optimizer: views of the registry.
+MEASURES: Mapping[str, Measure] = _RegistryView("run")
+REQUIREMENTS: Mapping[str, Callable[[Any], None]] = _RegistryView("requires")

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from .._checks import check_int, check_positive
 from ..distributed import resolve_comm
 from ..errors import LandscapeError
+from ..measures.registry import MONITOR_REGISTRY
 from ..probe import Probe
 from .guard import rng_untouched, untouched
 from .loggers import make_loggers
-from .measures import MEASURES, REQUIREMENTS, MeasureContext, Settings
+from .measures import MeasureContext, Settings
 from .optimizers import unwrap
 
 DEFAULT_MEASURES = ("top_eigenvalue", "eos_ratio", "gradient_norm")
@@ -50,7 +51,8 @@ class CurvatureMonitor:
         batch_loss: `batch_loss(model, batch) -> mean loss`, for dict batches or models that
             compute their own loss (replaces `loss_fn`).
         every: measure when `step % every == 0`.
-        measures: names in `landscape.monitor.MEASURES`. The default's "eos_ratio" is left out
+        measures: names in the shared registry's `landscape.measures.MONITOR_REGISTRY` (also
+            `landscape.monitor.MEASURES`). The default's "eos_ratio" is left out
             when `optimizer` is None; asked for explicitly it needs an optimizer.
         optimizer: the training optimizer (read only): lr and momentum for "eos_ratio", Adam's
             state for "preconditioned_sharpness", its steps for "update_curvature". A measure
@@ -206,7 +208,7 @@ class CurvatureMonitor:
                                  self._last_update(probe))
             row: dict[str, Any] = {"step": step}
             for name in self.measures:
-                row.update(MEASURES[name](ctx))
+                row.update(MONITOR_REGISTRY[name].run(ctx))
             row["n_hvp"] = meter.cost().n_hvp
             del ctx, probe  # the probe's kept gradient graphs go before training resumes
         row["seconds"] = time.perf_counter() - t0
@@ -230,14 +232,14 @@ class CurvatureMonitor:
         if isinstance(measures, str):
             measures = (measures,)
         measures = tuple(dict.fromkeys(measures))
-        unknown = [m for m in measures if m not in MEASURES]
+        unknown = [m for m in measures if m not in MONITOR_REGISTRY]
         if unknown or not measures:
-            raise LandscapeError(f"measures must be among {tuple(MEASURES)}; got "
+            raise LandscapeError(f"measures must be among {tuple(MONITOR_REGISTRY)}; got "
                                  f"{list(measures)}.")
         if default and optimizer is None:
             measures = tuple(m for m in measures if m != "eos_ratio")
         for name in measures:
-            check = REQUIREMENTS.get(name)
+            check = MONITOR_REGISTRY[name].requires
             if check is not None:
                 check(optimizer)
         return measures
