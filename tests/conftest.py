@@ -1,13 +1,13 @@
-"""Shared fixtures and checks: exact Hessians of small float64 models, and model snapshots."""
+"""Shared fixtures (model snapshots, a seeded global generator). Shared helpers live in
+tests/helpers/; the test files sit in folders that mirror the package (tests/curvature/ for
+landscape/curvature/, ...). The folders have no __init__.py: pytest puts each on sys.path (and
+tests/ itself, for `helpers`), so every test file name must be unique across tests/."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers.models import ModelSnapshot, exact_hessian, tiny_data, tiny_mlp  # noqa: F401
-
-# `exact_hessian`, `tiny_data` and `tiny_mlp` stay importable from here for older test files;
-# new tests import them from tests/helpers.
+from helpers.models import ModelSnapshot
 
 
 @pytest.fixture

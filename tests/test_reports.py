@@ -3,9 +3,8 @@ formatted text (no Markdown source), each cost appears once, the audited checkpo
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import pytest
+from helpers.tables import Cells, rendered_cells, tables
 from markdown_it import MarkdownIt
 
 from landscape import Probe, audit, compare
@@ -14,63 +13,6 @@ from landscape.report import md_row as _md_row
 from landscape.report import md_text as _md_text
 
 MEASURES = ["loss_line", "hessian_trace"]
-
-
-def tables(markdown: str) -> list[list[list[str]]]:
-    """Every table in `markdown` as rows of cell texts, as a CommonMark + GFM-tables parser
-    reads it."""
-    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
-    out, row, cell = [], None, None
-    for tok in tokens:
-        if tok.type == "table_open":
-            out.append([])
-        elif tok.type == "tr_open":
-            row = []
-        elif tok.type in ("th_open", "td_open"):
-            cell = []
-        elif tok.type == "inline" and cell is not None:
-            cell.append(tok.content)
-        elif tok.type in ("th_close", "td_close"):
-            row.append("".join(cell))
-            cell = None
-        elif tok.type == "tr_close":
-            out[-1].append(row)
-    return out
-
-
-def rendered_cells(markdown: str) -> list[list[str]]:
-    """The text of each rendered table row (HTML of the cells), to read what a reader sees."""
-    html = MarkdownIt("commonmark").enable("table").render(markdown)
-    parser = _Cells()
-    parser.feed(html)
-    return parser.rows
-
-
-class _Cells(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self.in_cell = False
-        self.texts: list[str] = []
-        self.all_text: list[str] = []
-        self.tags: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self.in_cell, self.texts = True, []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.rows[-1].append("".join(self.texts))
-            self.in_cell = False
-
-    def handle_data(self, data):
-        self.all_text.append(data)
-        if self.in_cell:
-            self.texts.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +65,7 @@ def test_each_cost_appears_once(report):
 def test_html_shows_formatted_text_not_markdown_source(report, tmp_path):
     report.write(tmp_path)
     page = (tmp_path / "report.html").read_text()
-    parser = _Cells()
+    parser = Cells()
     parser.feed(page)
     text = "".join(parser.all_text)
     assert "`" not in text and "**" not in text and "](" not in text
@@ -148,7 +90,7 @@ def test_comparison_markdown_tables_keep_their_columns(tmp_path):
 @pytest.mark.parametrize("text", ["|x|", "a_b_c", "*bold*", "`code`", "<b>", "[link](x)", "#"])
 def test_escaped_text_renders_as_itself(text):
     html = MarkdownIt("commonmark").enable("table").render(_md_text(text))
-    parser = _Cells()
+    parser = Cells()
     parser.feed(html)
     assert "".join(parser.all_text).strip() == text
     row = _md_row(["`name|x`", text])
@@ -276,7 +218,7 @@ def test_track_markdown_and_html_carry_every_column_and_the_provenance(tmp_path)
         assert entry["sha256"] in info["checkpoints (SHA-256)"]
     assert "![track](track.png)" in md
 
-    parser = _Cells()
+    parser = Cells()
     parser.feed(html_path.read_text())
     assert {"table", "img", "h1"} <= set(parser.tags)
     assert [r for r in parser.rows if len(r) == len(header)] == table

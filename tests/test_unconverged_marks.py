@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_reports import rendered_cells, tables
+from helpers.tables import Cells, rendered_cells, tables
 
 from landscape import Probe, audit, compare, hessian_eigenvalues
 from landscape.curvature import LayerResults
@@ -90,9 +90,7 @@ def test_html_and_json_carry_the_same_marks(starved):
 
 
 def _html_rows(page):
-    from test_reports import _Cells
-
-    parser = _Cells()
+    parser = Cells()
     parser.feed(page)
     return parser.rows
 

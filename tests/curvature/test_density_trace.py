@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_curvature import designed, quad_probe
+from helpers.spectra import designed, quad_probe
 
 from landscape import hessian_density, hessian_trace
 
