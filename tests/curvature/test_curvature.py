@@ -172,6 +172,19 @@ def test_trace_rtol_stops_early(method):
     assert res.estimate == pytest.approx(float(H.trace()), rel=0.1)
 
 
+def test_hutchpp_rtol_is_relative_to_the_whole_estimate():
+    # The sketch captures the five large eigenvalues exactly, so the residual's terms scatter
+    # around about 0: the stop must compare their stderr with the whole estimate (sketch part
+    # included), and only after the minimum number of residual samples.
+    eigs = np.concatenate([[1000.0] * 5, np.linspace(-0.01, 0.01, 195)])
+    H, _ = designed(eigs, seed=3)
+    probe = quad_probe(H)
+    res = hessian_trace(probe, n_hvp=150, method="hutch++", rtol=1e-3, seed=0)
+    # 50 sketch products, 50 for tr(Q^T H Q) (full rank), then the minimum of 10 residual samples
+    assert res.stopped_early and res.n_hvp == 50 + 50 + 10
+    assert res.estimate == pytest.approx(float(H.trace()), rel=1e-4)
+
+
 def test_trace_exact_when_budget_covers_all_parameters():
     model = tiny_mlp()
     x, y = tiny_data(20)
