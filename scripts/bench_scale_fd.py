@@ -31,27 +31,11 @@ import warnings
 
 import torch
 
+# the RSS high-water mark, read the same way as the scale benchmark beside this script
+from bench_scale import peak_bytes, peak_reset
+
 from landscape import Probe, hessian_eigenvalues
 from landscape.data.architectures import causal_lm_loss, gpt2_lm, token_data
-
-
-def peak_reset() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def timed(fn, repeats: int = 2) -> tuple[float, int | None]:
