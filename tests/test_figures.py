@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers.figure_checks import checked_savefig, text_problems  # noqa: E402
+from helpers.figure_checks import checked_savefig, ink_extent, text_problems  # noqa: E402
 from helpers.figure_data import bowl_surface, eigenvalue_track, parabola_lines  # noqa: E402
 
 from landscape import LandscapeError, Probe, audit, compare  # noqa: E402
@@ -166,6 +166,10 @@ def test_make_figures_script_figures_are_clean(tmp_path):
                                 tmp_path / f"zmax{zmax}", zmax=zmax, formats=("png", "pdf"))
     assert_clean(record, 12)
     assert png_width(tmp_path / "zmaxNone" / "resnet_contour.png") == DOUBLE_PX
+    # each 3D panel fills its half of the canvas (mplot3d's default margins left 65-75% wide)
+    for zmax in (None, 1.0):
+        for height, width in ink_extent(tmp_path / f"zmax{zmax}" / "resnet_surface3d.png", 2):
+            assert height > 0.9 and width > 0.8, (zmax, height, width)
 
 
 def test_clipping_is_stated_and_leaves_holes_not_a_plateau():
