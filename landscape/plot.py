@@ -67,6 +67,11 @@ def set_title(target: Any, text: str) -> None:
         fig.suptitle(text, fontsize=STYLE["figure.titlesize"], fontweight="normal")
 
 
+def _two_digits(value: float) -> str:
+    """Two significant digits without an exponent below 1e5: 100, 30, 0.3 (not 1e+02)."""
+    return f"{float(f'{value:.2g}'):g}"
+
+
 def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
               labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
               stderr: bool = True, xlabel: str = r"$\alpha$",
@@ -224,7 +229,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
         from matplotlib.colors import LogNorm
 
         norm = LogNorm(vmin=min(levels), vmax=max(levels))
-        label, fmt = f"loss − {m:.3g} (log scale)", "%.2g"
+        label, fmt = f"loss − {m:.3g} (log scale)", _two_digits
     with plt.rc_context(STYLE):
         ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
@@ -243,7 +248,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
             from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
             cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
-            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _two_digits(v)))
             cbar.ax.yaxis.set_minor_formatter(NullFormatter())
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
