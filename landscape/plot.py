@@ -76,7 +76,7 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
               labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
               stderr: bool = True, xlabel: str = r"$\alpha$",
               accuracy_range: tuple[float, float] | None = (0.0, 1.0),
-              column: str | float = "single") -> Any:
+              column: str | float = "single", styles: Sequence[dict] | None = None) -> Any:
     """Loss along one or several lines; accuracy in its own panel.
 
     With `ax=None` and accuracy to draw, the new figure has two panels sharing the alpha axis:
@@ -95,6 +95,8 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         accuracy_range: the accuracy axis' limits (default [0, 1]); None fits the curves, and
             the axis label then says "zoomed".
         column: width of a new figure: "single", "double" or inches.
+        styles: per line, `color` and `linestyle` (matplotlib's) overriding the default: the
+            k-th Okabe-Ito colour, solid (e.g. one colour per pair, dashed after alignment).
 
     Returns:
         The loss Axes (`ax.figure` holds the accuracy panel too).
@@ -128,15 +130,17 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         else:
             acc_ax, twin = (ax.twinx(), True) if draw_acc else (None, False)
         for k, line in enumerate(lines):
-            color = OKABE_ITO[k % len(OKABE_ITO)]
+            style = {"color": OKABE_ITO[k % len(OKABE_ITO)], "linestyle": "-",
+                     **(styles[k] if styles is not None else {})}
+            color = style["color"]
             label = labels[k] if labels is not None else None
-            ax.plot(line.alphas, line.loss, color=color, label=label)
+            ax.plot(line.alphas, line.loss, label=label, **style)
             if stderr and line.loss_stderr is not None:
                 ax.fill_between(line.alphas, line.loss - line.loss_stderr,
                                 line.loss + line.loss_stderr, color=color, alpha=0.25, lw=0)
             if acc_ax is not None and line.accuracy is not None:
-                acc_ax.plot(line.alphas, line.accuracy, color=color, ls="--" if twin else "-",
-                            lw=0.9 if twin else None)
+                acc_ax.plot(line.alphas, line.accuracy, color=color,
+                            ls="--" if twin else style["linestyle"], lw=0.9 if twin else None)
         if log:
             ax.set_yscale("log")
         ax.set_ylabel("loss")

@@ -250,3 +250,33 @@ def test_save_figure_writes_vector_pdf_and_300_dpi_png(tmp_path):
     assert written[0].read_bytes()[:5] == b"%PDF-"
     assert png_width(written[1]) == SINGLE_PX
     plt.close("all")
+
+
+def test_each_pair_has_one_colour_and_its_aligned_path_is_dashed(tmp_path, monkeypatch):
+    """Six pairs with their aligned paths are twelve curves: more than the palette's eight
+    colours. Each pair keeps one colour, raw solid and aligned dashed over it, so an aligned
+    path equal to the raw one still shows, and no two pairs share a colour."""
+    from landscape.compare import Comparison, comparison_figures
+
+    drawn = []
+    original = lp.plot_line
+
+    def spy(*args, **kwargs):
+        ax = original(*args, **kwargs)
+        drawn.append(ax)
+        return ax
+
+    monkeypatch.setattr(lp, "plot_line", spy)
+    lines = parabola_lines(6)
+    keys = [f"m{i} -> m{j}" for i in range(4) for j in range(i + 1, 4)]
+    comparison = Comparison({}, [], 0, "quick", 0.0, interpolations=dict(zip(keys, lines)),
+                            aligned_interpolations=dict(zip(keys, lines)))
+    comparison_figures(comparison, tmp_path)
+    (ax,) = drawn
+    curves = [(line.get_label(), line.get_color(), line.get_linestyle()) for line in ax.lines]
+    assert len(curves) == 12
+    raw = [c for c in curves if not c[0].endswith(", aligned")]
+    aligned = [c for c in curves if c[0].endswith(", aligned")]
+    assert [c[2] for c in raw] == ["-"] * 6 and [c[2] for c in aligned] == ["--"] * 6
+    assert [c[1] for c in raw] == [c[1] for c in aligned]
+    assert len({c[1] for c in raw}) == 6
