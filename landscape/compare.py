@@ -130,11 +130,20 @@ class Comparison:
             "pairs": [p.to_dict() for p in self.pairs],
             "across_data": {k: r.to_dict() for k, r in self.across_data.items()},
             "data_names": list(self.data_names),
+            "tests": [t.to_dict() for t in self.tests()],
             "provenance": self.provenance,
         }
 
+    def tests(self) -> list[Any]:
+        """For every pair and measure, the test of their difference (`DifferenceTest`: z-test
+        with Holm's adjustment over the pair's measures, exact or by error bounds)."""
+        from .compare_stats import difference_tests
+
+        return difference_tests(self.audits)
+
     def to_report(self) -> Report:
-        """The comparison's content: the measures side by side, then every pair's barriers."""
+        """The comparison's content: the measures side by side, the tests of their
+        differences, every pair's barriers, the alignment across data sets, the provenance."""
         names = self.names
         summary = (f"Budget {self.budget}, seed {self.seed}, {self.seconds:.1f} s. x ± s is an "
                    "estimate with one standard error; x (± b) a Lanczos eigenvalue with its "
@@ -146,6 +155,10 @@ class Comparison:
                                for n in names)))
             for key in self.table())
         sections = [Section(columns=("measure", *names), rows=rows)]
+        if len(names) > 1:
+            from .compare_stats import tests_section
+
+            sections.append(tests_section(self.tests()))
         if self.pairs:
             sections.append(self._pairs_section())
         if self.across_data:
