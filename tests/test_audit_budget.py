@@ -18,15 +18,16 @@ def _probe() -> Probe:
     return Probe(digits_mlp(hidden=16, seed=0), (x[:200], y[:200]))
 
 
-def _kept(report, spent) -> None:
+def _kept(report, spent, fits: bool = True) -> None:
     """Every measure spent at most its planned counts, and the whole audit (counted by an
-    independent meter) at most the plan's totals, which fit the budget."""
+    independent meter) at most the plan's totals, which fit the budget (`fits`)."""
     plan = report.plan
     for name, entry in plan["measures"].items():
         used = report.spent["measures"][name]
         assert all(used[k] <= entry[k] for k in COUNTS), (name, used, entry)
     assert all(getattr(spent, k) <= plan[k] for k in COUNTS), (spent, plan)
-    assert plan["gradients"] <= plan["budget_gradients"]
+    if fits:
+        assert plan["gradients"] <= plan["budget_gradients"]
 
 
 def test_quick_budget_is_stated_first_split_and_kept():
@@ -80,8 +81,12 @@ def test_measured_unit_costs_and_the_time_guard_keep_the_counts(monkeypatch):
     meter = probe.meter()
     report = audit(probe, budget="quick", max_gradients=120,
                    measures=["hessian_eigenvalues", "hessian_trace", "loss_line"])
-    _kept(report, meter.cost())
+    # (on a model this small the timed setup is mostly Python overhead and may leave the
+    # measures only their minimum settings, which the plan then says exceed the budget)
+    _kept(report, meter.cost(), fits=False)
     assert report.plan["units_measured"] and report.plan["setup"]["n_hvp"] == 2
+    if report.plan["gradients"] > 120:
+        assert "above the budget" in report.summary()
 
 
 def test_without_a_gradient_budget_every_measure_gets_the_effort():
