@@ -27,6 +27,7 @@ from .audit_budget import (
     calibrate,
     plan_text,
     refit,
+    skipped_measure,
     spent_counts,
     timed_units,
 )
@@ -293,6 +294,13 @@ class _Keeper:
         entry, settings = self.plan["measures"][key], self.settings[key]
         if self.units.measured and self.plan["budget_gradients"] is not None:
             time_left = self.plan["budget_gradients"] - (time.perf_counter() - self.t0) / self.unit
+            if time_left <= 0:  # spent: the measure is not run, and says so
+                self.left.remove(key)
+                self.spent[key] = {}
+                self.plan["measures"][key] = {**entry, "n_hvp": 0, "n_gradient": 0,
+                                              "n_forward": 0, "gradients": 0, "skipped": True}
+                say(f"{key}: not measured, the budget was spent")
+                return skipped_measure(key, self.plan)
             units = timed_units(self.units, self.spent, self.unit)
             shares = sum(REGISTRY[n].share for n in self.left)
             cut = refit(key, self.budget, self.seed, entry, time_left, shares, units)

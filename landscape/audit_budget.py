@@ -26,7 +26,8 @@ for any budget), spent as follows:
    never exceed the plan's. With measured unit costs, the wall time is also watched: before each
    measure, if the time left (the budget minus the time spent so far) is less than its share of
    what is left, the measure is cut further, with the products timed so far (estimator overhead
-   included) as the unit. A cut measure that misses its tolerance says so on the line of the
+   included) as the unit; when no time is left, the measure is not run and says so. A cut
+   measure that misses its tolerance says so on the line of the
    number, with what to raise (`budget_note`).
 5. **Reported.** `AuditReport.plan` holds the plan, `AuditReport.spent` the products, gradients
    and forward passes counted by the probe per measure and in all, and the summary line says
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .measures import EFFORT, REGISTRY
+from .measures import EFFORT, REGISTRY, Measure
 from .probe import Probe
 
 # None: no gradient budget (each measure gets the budget's effort, as before).
@@ -212,6 +213,15 @@ def budget_note(name: str, entry: Mapping[str, Any], plan: Mapping[str, Any]) ->
     return (f"Cut by the audit's budget to {entry['knob']}={entry['value']} (the effort's "
             f"{entry['effort']}; {why}): raise max_gradients= (--max-gradients) or use a larger "
             f"budget.")
+
+
+def skipped_measure(name: str, plan: Mapping[str, Any]) -> Measure:
+    """A measure not run because the time was spent before it: NaN, marked, and why."""
+    return Measure(name, float("nan"), None, REGISTRY[name].description, {}, {},
+                   unconverged=[True],
+                   note=(f"Not measured: the audit's budget of {plan['budget_gradients']:g} "
+                         f"gradients of time was spent before it; raise max_gradients= "
+                         f"(--max-gradients) or use a larger budget."))
 
 
 def spent_counts(measures: Mapping[str, Mapping[str, Any]], setup: Mapping[str, Any],

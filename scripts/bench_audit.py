@@ -36,18 +36,22 @@ def run(key: str, small: bool, max_gradients: float | None, out: str | None) -> 
     torch.manual_seed(0)
     model = case.build()
     probe = make_probe(case, model, case.data())
-    lines: list[str] = []
     peak_reset()
     wall, cpu = time.perf_counter(), time.process_time()
-    report = audit(probe, budget="quick", seed=0, max_gradients=max_gradients,
-                   log=lambda line: lines.append(f"{time.perf_counter() - wall:7.1f} s  {line}"),
+
+    def log(line: str) -> None:  # as it happens, with wall and CPU seconds since the start
+        print(f"{time.perf_counter() - wall:7.1f} s wall {time.process_time() - cpu:7.1f} s CPU"
+              f"  {line}", flush=True)
+
+    report = audit(probe, budget="quick", seed=0, max_gradients=max_gradients, log=log,
                    name=key)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     peak = peak_bytes()
     if out:
         report.write(os.path.join(out, key))
+    log(f"done; {report.summary()}")
     return {"key": key, "case": case, "report": report, "wall": wall, "cpu": cpu,
-            "peak": peak, "lines": lines}
+            "peak": peak}
 
 
 def budget_row(r: dict) -> str:
@@ -90,7 +94,6 @@ def main() -> None:
     runs = []
     for key in args.models:
         runs.append(run(key, args.small, args.max_gradients, args.out))
-        print("\n".join(runs[-1]["lines"]), flush=True)
         print(budget_row(runs[-1]), flush=True)
     print("\n| model | params | one gradient, s | budget, gradients | plan, gradients | spent: "
           "products / gradients / forward passes | took, gradients of time | wall, min | CPU, "

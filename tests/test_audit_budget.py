@@ -99,3 +99,17 @@ def test_without_a_gradient_budget_every_measure_gets_the_effort():
 def test_max_gradients_must_be_positive():
     with pytest.raises(LandscapeError, match="max_gradients"):
         audit(_probe(), budget="quick", max_gradients=0)
+
+
+def test_a_measure_after_the_time_is_spent_is_not_run_and_says_so(monkeypatch):
+    # timed unit costs on a tiny model: the setup alone takes more than one gradient of time
+    monkeypatch.setattr(audit_budget, "MEASURED_FROM", 0.0)
+    probe = _probe()
+    meter = probe.meter()
+    report = audit(probe, budget="quick", max_gradients=1, measures=["hessian_trace"])
+    _kept(report, meter.cost(), fits=False)
+    trace = report.measures["hessian_trace"]
+    assert report.spent["measures"]["hessian_trace"] == {k: 0 for k in COUNTS}
+    assert not trace.converged and "Not measured: the audit's budget of 1 gradients" in trace.note
+    row = next(r for r in report.to_markdown().splitlines() if "`hessian_trace`" in r)
+    assert "(not converged)" in row and "Not measured" in row
