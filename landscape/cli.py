@@ -149,7 +149,8 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
-                   resume=partial, checkpoint=args.checkpoint)
+                   resume=partial, checkpoint=args.checkpoint,
+                   max_gradients=args.max_gradients)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())

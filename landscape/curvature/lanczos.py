@@ -16,8 +16,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
-from .._random import generator
+from .._random import generator, normal
 from .._reduce import accumulation_dtype, fdot, fnorm, norm, normalize_
+from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
@@ -154,7 +155,7 @@ def hessian_eigenvalues(
     home_of = _basis_home(basis_device)
 
     def estimate(p: Probe) -> EigenResult:
-        if k > p.num_params:
+        if k > dimension(p.num_params):
             raise LandscapeError(
                 f"k={k} exceeds the number of probed parameters ({p.num_params}); ask for fewer."
             )
@@ -164,7 +165,7 @@ def hessian_eigenvalues(
         # the start vector is handed over without a name here, so the estimator's copy of it
         # is the only one alive (its memory counts in stored_vectors)
         home, pin = home_of(p)
-        v0 = [_on(torch.randn(p.num_params, generator=gen, dtype=p.dtype), home, pin)]
+        v0 = [_on(normal(p.num_params, gen, p.dtype), home, pin)]
         with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
             def counted(v: Tensor) -> Tensor:
                 bar.update(1)
@@ -177,8 +178,7 @@ def hessian_eigenvalues(
                     v0.clear()
 
                     def start() -> Tensor:  # the same start vector, for both passes
-                        return _on(torch.randn(p.num_params, generator=generator(seed),
-                                               dtype=p.dtype), home, pin)
+                        return _on(normal(p.num_params, generator(seed), p.dtype), home, pin)
 
                     out = recurrence_eig(counted, start, which, tol, budget)
                 else:
@@ -234,7 +234,7 @@ def _on(x: Tensor, device: torch.device, pin: bool) -> Tensor:
 def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
           max_vectors: int | None) -> tuple[int, int]:
     """(basis size m before a restart, 0 for the three-term recurrence; vectors stored)."""
-    n = probe.num_params
+    n = dimension(probe.num_params)
     wanted = min(n, max_basis or max(50, 4 * k))
     budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
                                                                          wanted + 1)
@@ -268,7 +268,7 @@ def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tenso
 
 def _random_orthogonal(basis: Basis, size: int, gen: torch.Generator) -> Tensor:
     """A unit vector orthogonal to rows[:size] (to continue after an invariant subspace)."""
-    r = torch.randn(basis.n, generator=gen, dtype=basis.dtype).to(basis.device)
+    r = normal(basis.n, gen, basis.dtype).to(basis.device)
     basis.orthogonalize(r, size)
     return normalize_(r)
 
@@ -321,8 +321,8 @@ def lanczos_eigs(
     checks included (k + 1 when max_iter is smaller). Stores at most max_basis + 1 vectors
     (allocated as the basis grows) besides the product.
     """
-    n = v0.numel()
-    m = min(max_basis, n)
+    n, full = v0.numel(), dimension(v0.numel())  # full: N when v0 is a rank's shard
+    m = min(max_basis, full)
     eps = torch.finfo(v0.dtype).eps
     basis = Basis(n, m + 1, v0.device, v0.dtype, pin=v0.is_pinned())
     T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=accumulation_dtype(v0.device))
@@ -340,7 +340,7 @@ def lanczos_eigs(
         Tc = Tc[:size, :size]
         theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
         want, res, ok, breakdown = _stop_test(theta, S, b, k, which, tol * trust, eps)
-        invariant = breakdown or size >= n
+        invariant = breakdown or size >= full
         if (size >= k and (ok or invariant)) or n_mv >= limit:
             if not breakdown:
                 basis.set(size, w.div_(beta))
@@ -428,7 +428,7 @@ def recurrence_eig(
     """
     v0 = start()
     eps = torch.finfo(v0.dtype).eps
-    n = v0.numel()
+    n = dimension(v0.numel())
     limit = max(1, (max_iter - 1) // 2)
     alphas: list[float] = []
     betas: list[float] = []
