@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._vector_space import Layout, using
+from ._vector_space import Layout, active, using
 from .distributed import Comm
 from .errors import LandscapeError
 from .hvp_choice import FINITE_DIFFERENCE
@@ -175,8 +175,6 @@ class ShardedProbe(Probe):
     # ------------------------------------------------------------------ guarded entry points
 
     def _inside(self, what: str) -> None:
-        from ._vector_space import active
-
         if active() is not self.layout:
             raise LandscapeError(f"{what}: {_OUTSIDE}.")
 
