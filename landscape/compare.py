@@ -357,9 +357,9 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
 def comparison_figures(comparison: Comparison, out: Path, column: str | float = "single",
                        log: bool = True) -> list[Path]:
     """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair in one
-    colour, its path on the raw weights ("A -> B") solid and its path after permutation
-    alignment ("A -> B, aligned", where alignment was possible) dashed over it, so paths that
-    coincide stay visible. `log`: logarithmic loss axes."""
+    colour, its path on the raw weights ("A -> B") solid (pale and wide under an aligned path) and
+    its path after permutation alignment ("A -> B, aligned", where alignment was possible)
+    dashed over it, so paths that coincide stay visible. `log`: logarithmic loss axes."""
     from . import plot
 
     def overlay(lines: dict[str, Any], xlabel: str, title: str, styles: Any) -> Any:
@@ -372,8 +372,10 @@ def comparison_figures(comparison: Comparison, out: Path, column: str | float = 
     for k, (key, line) in enumerate(comparison.interpolations.items()):
         color = plot.OKABE_ITO[k % len(plot.OKABE_ITO)]
         paths[key] = line
-        styles.append({"color": color})
-        if key in comparison.aligned_interpolations:
+        aligned = key in comparison.aligned_interpolations
+        # pale under its aligned path, so dashes that coincide with it still show
+        styles.append({"color": color, **({"alpha": 0.45, "linewidth": 2.0} if aligned else {})})
+        if aligned:
             paths[f"{key}, aligned"] = comparison.aligned_interpolations[key]
             styles.append({"color": color, "linestyle": (0, (3, 2))})
     figures = (

@@ -95,8 +95,10 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         accuracy_range: the accuracy axis' limits (default [0, 1]); None fits the curves, and
             the axis label then says "zoomed".
         column: width of a new figure: "single", "double" or inches.
-        styles: per line, `color` and `linestyle` (matplotlib's) overriding the default: the
-            k-th Okabe-Ito colour, solid (e.g. one colour per pair, dashed after alignment).
+        styles: per line, keyword arguments of matplotlib's `plot` (`color`, `linestyle`,
+            `alpha`, `linewidth`) overriding the default, the k-th Okabe-Ito colour, solid (e.g.
+            one colour per pair, dashed after alignment); the accuracy panel takes the colour
+            and line style.
 
     Returns:
         The loss Axes (`ax.figure` holds the accuracy panel too).
