@@ -15,12 +15,17 @@ sums are added in float64. So
 about the inputs' own float32 rounding, and as fast as the BLAS dot. Other dtypes (bfloat16,
 float16) are upcast to float64 chunk by chunk; float64 inputs are reduced directly. On a device
 without float64 (Apple MPS) the chunks are summed in float32 with Kahan compensation instead.
+
+Over a sharded model's vectors (`landscape._vector_space`) each of these sums is this rank's
+float64 partial sum, then all-reduced over the ranks.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ._vector_space import reduced
 
 CHUNK = 2**21  # elements reduced at a time (an 8 MB float32 temporary)
 
@@ -59,9 +64,9 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
     """a . b over flat vectors of equal length, as a 0-d float64 tensor on their device."""
     acc = accumulation_dtype(a.device)
     if a.dtype == acc and b.dtype == acc or a.numel() <= CHUNK // 8:
-        return a.to(acc) @ b.to(acc)
-    return _chunked_sum(_partial(a[i : i + CHUNK], b[i : i + CHUNK], acc)
-                        for i in range(0, a.numel(), CHUNK))
+        return reduced(a.to(acc) @ b.to(acc), a.numel())
+    return reduced(_chunked_sum(_partial(a[i : i + CHUNK], b[i : i + CHUNK], acc)
+                                for i in range(0, a.numel(), CHUNK)), a.numel())
 
 
 def norm(a: Tensor) -> Tensor:
@@ -88,23 +93,25 @@ def rows_dot(rows: Tensor, w: Tensor) -> Tensor:
     """rows @ w for rows of shape (r, n) and w of shape (n,): shape (r,), float64, summed over
     column chunks of about CHUNK / r columns (so the temporary stays about CHUNK elements)."""
     acc = accumulation_dtype(w.device)
-    if rows.dtype == acc and w.dtype == acc:
-        return rows @ w
     r, n = rows.shape
     step = max(1, CHUNK // max(r, 1))
-    if n <= step:
-        return rows.to(acc) @ w.to(acc)
-    return _chunked_sum(_partial(rows[:, i : i + step], w[i : i + step], acc)
-                        for i in range(0, n, step))
+    if rows.dtype == acc and w.dtype == acc:
+        out = rows @ w
+    elif n <= step:
+        out = rows.to(acc) @ w.to(acc)
+    else:
+        out = _chunked_sum(_partial(rows[:, i : i + step], w[i : i + step], acc)
+                           for i in range(0, n, step))
+    return reduced(out, n)
 
 
 def gram(a: Tensor, b: Tensor) -> Tensor:
     """a^T @ b for column blocks a (n, p) and b (n, q): shape (p, q), float64, summed over row
     chunks of about CHUNK / (p + q) rows."""
     acc = accumulation_dtype(a.device)
-    if a.dtype == acc and b.dtype == acc:
-        return a.T @ b
     n = a.shape[0]
+    if a.dtype == acc and b.dtype == acc:
+        return reduced(a.T @ b, n)
     step = max(1, CHUNK // max(a.shape[1] + b.shape[1], 1))
-    return _chunked_sum(a[i : i + step].to(acc).T @ b[i : i + step].to(acc)
-                        for i in range(0, n, step))
+    return reduced(_chunked_sum(a[i : i + step].to(acc).T @ b[i : i + step].to(acc)
+                                for i in range(0, n, step)), n)

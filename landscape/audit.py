@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._checks import check_positive
 from ._validate import OneOf, validate_params
+from .audit_budget import (
+    FORWARD_GRADIENTS,
+    GRADIENT_BUDGETS,
+    HVP_GRADIENTS,
+    UnitCosts,
+    budget_note,
+    budget_plan,
+    budget_text,
+    calibrate,
+    plan_text,
+    refit,
+    skipped_measure,
+    spent_counts,
+    timed_units,
+)
 from .audit_resume import AuditProgress, audit_key
 from .errors import LandscapeError
 from .measures import (
@@ -25,7 +41,6 @@ from .measures import (
     MeasureContext,
     base_measures,
     descriptions,
-    estimated_cost,
     measure_names,
     run_measure,
 )
@@ -45,14 +60,9 @@ from .report import (
     with_note,
 )
 
-__all__ = ["BUDGETS", "DEFAULT_MEASURES", "DESCRIPTIONS", "MEASURES", "OPTIONAL_MEASURES",
-           "AuditReport", "Measure", "audit", "error_line", "value_cell"]
-
-# Time of one Hessian-vector product and of one forward pass, in gradients, for the plan an
-# audit states up front (docs/guides/large-models.md: a product costs 1.2-3 gradients measured,
-# more on recurrent and small-spatial convolutional models; a forward pass about a third).
-HVP_GRADIENTS = 3.0
-FORWARD_GRADIENTS = 1 / 3
+__all__ = ["BUDGETS", "DEFAULT_MEASURES", "DESCRIPTIONS", "FORWARD_GRADIENTS",
+           "GRADIENT_BUDGETS", "HVP_GRADIENTS", "MEASURES", "OPTIONAL_MEASURES", "AuditReport",
+           "Measure", "audit", "audit_plan", "error_line", "plan_text", "value_cell"]
 
 # The names below are read at import time; measures registered later are found through
 # `landscape.measures.REGISTRY`, which `audit` reads at call time.
@@ -81,6 +91,7 @@ class AuditReport:
     provenance: dict[str, Any] | None = None
     plan: dict[str, Any] = field(default_factory=dict)
     gradient_seconds: float | None = None
+    spent: dict[str, Any] = field(default_factory=dict)
 
     @property
     def spent_gradients(self) -> float | None:
@@ -103,8 +114,12 @@ class AuditReport:
                 f"{self.budget}, seed {self.seed}, {self.seconds:.1f} s.")
         if self.plan:
             line += f" {plan_text(self.plan)}"
+        if self.spent:
+            line += (f" Spent {self.spent['n_hvp']} products, {self.spent['n_gradient']} "
+                     f"gradients and {self.spent['n_forward']} forward passes (about "
+                     f"{self.spent['gradients']:g} gradients at the plan's costs).")
         if self.spent_gradients is not None:
-            line += (f" Spent {self.spent_gradients:.0f} gradients of time (one gradient: "
+            line += (f" Took {self.spent_gradients:.0f} gradients of time (one gradient: "
                      f"{self.gradient_seconds:.3g} s).")
         return line
 
@@ -113,7 +128,8 @@ class AuditReport:
             "name": self.name, "data": self.data_name,
             "budget": self.budget, "seed": self.seed, "seconds": self.seconds,
             "n_params": self.n_params, "n_samples": self.n_samples,
-            "plan": self.plan, "gradient_seconds": self.gradient_seconds,
+            "plan": self.plan, "spent": self.spent,
+            "gradient_seconds": self.gradient_seconds,
             "spent_gradients": self.spent_gradients,
             "measures": {k: m.to_dict() for k, m in self.measures.items()},
             "provenance": self.provenance,
@@ -168,13 +184,16 @@ def audit(
     lr: float | None = None,
     batch_sizes: Sequence[int] | None = None,
     resume: str | Path | None = None,
+    max_gradients: float | None = None,
 ) -> AuditReport:
     """Measure the minimum at the probe's weights by every standard measure.
 
     Args:
         probe: the model, data and loss to audit.
-        budget: "quick" (22 s of CPU time for the digits CNN), "standard" or "thorough":
-            scales iterations, Hessian-vector products, Monte Carlo draws and grid sizes.
+        budget: "quick", "standard" or "thorough": scales iterations, Hessian-vector
+            products, Monte Carlo draws and grid sizes (`landscape.measures.EFFORT`). "quick"
+            is also a budget of `GRADIENT_BUDGETS["quick"]` (150) gradients of time, split over
+            the measures and kept (`landscape.audit_budget`).
         seed: seed of every stochastic estimator (each gets this seed).
         measures: subset of `landscape.audit.MEASURES` (default: `DEFAULT_MEASURES`, all but
             the costly `OPTIONAL_MEASURES`: PAC-Bayes flatness, local entropy and quadratic-model
@@ -196,12 +215,18 @@ def audit(
             atomically), so an interrupted or failed audit keeps what it measured. A rerun with
             the same file, weights, data, budget and seed takes the saved measures instead of
             measuring them again (see `landscape.audit_resume`). None: nothing saved.
+        max_gradients: the budget in gradients of time (one gradient: the wall time of a
+            full-data gradient on this checkpoint), for any `budget`: stated first, split
+            over the measures, kept in products, gradients and forward passes, and reported
+            as planned and spent (`report.plan`, `report.spent`); each measure is at most
+            at the budget's effort. None: the budget's own (150 for "quick", no limit for
+            "standard" and "thorough").
 
     Returns:
         An `AuditReport`; `report.measures[name].value` is each headline number.
 
     Raises:
-        LandscapeError: unknown budget or measure names.
+        LandscapeError: unknown budget or measure names, max_gradients not positive.
     """
     known = measure_names()
     chosen = measure_names(optional=False) if measures is None else tuple(measures)
@@ -209,20 +234,31 @@ def audit(
     unknown = [m for m in chosen if m not in known and m != "loss"]
     if unknown:
         raise LandscapeError(f"unknown measures {unknown}; choose among {['loss', *known]}.")
+    total = GRADIENT_BUDGETS[budget] if max_gradients is None else max_gradients
+    if total is not None:
+        check_positive("max_gradients", total)
     say = log or (lambda _line: None)
-    plan = audit_plan([m for m in known if m in chosen], budget, seed)
-    say(plan_text(plan))
+    names = [m for m in known if m in chosen]  # the registry's order: later ones reuse results
+    say(budget_text(total, budget))
     t0 = time.perf_counter()
+    meter = probe.meter()
     out, loss = base_measures(probe)
     started = time.perf_counter()
     probe.gradient()  # timed once the probe is warm: the unit of the time spent
     gradient_seconds = time.perf_counter() - started
+    units = UnitCosts() if total is None else calibrate(
+        probe, gradient_seconds, any(REGISTRY[n].cost(REGISTRY[n].settings(EFFORT[budget], seed))
+                                     .get("n_hvp") for n in names))
+    setup = {k: getattr(meter.cost(), k) for k in ("n_hvp", "n_gradient", "n_forward")}
+    if units.measured:
+        setup["gradients"] = round((time.perf_counter() - t0) / gradient_seconds, 1)
+    plan, settings = budget_plan(names, budget, seed, total, units, setup)
+    say(plan_text(plan))
     context = MeasureContext(probe, progress, loss=loss, has_accuracy="accuracy" in out,
                              options={"lr": lr, "batch_sizes": batch_sizes})
     saved = AuditProgress(resume, audit_key(probe, budget, seed, loss))
-    for key in known:  # in the registry's order: later measures may reuse earlier results
-        if key not in chosen:
-            continue
+    keeper = _Keeper(plan, settings, units, budget, seed, t0, gradient_seconds)
+    for key in names:
         if key in saved:
             say(f"{key}: taken from {resume} (measured before with the same settings)")
             out[key] = saved.measure(key, Measure)
@@ -230,8 +266,7 @@ def audit(
             if figure is not None:
                 context.results[key] = figure
             continue
-        spec = REGISTRY[key]
-        out[key] = run_measure(spec, context, spec.settings(EFFORT[budget], seed), say)
+        out[key] = keeper.run(key, context, say)
         if out[key].error is None:  # kept on disk at once: an interruption loses nothing of it
             saved.save(key, out[key], context.results.get(key))
     files = {name or Path(checkpoint).name: checkpoint} if checkpoint is not None else None
@@ -239,29 +274,55 @@ def audit(
     return AuditReport(out, budget, seed, time.perf_counter() - t0, probe.num_params,
                        probe.n_samples, context.results, name=name, data_name=data_name,
                        plan=plan, gradient_seconds=gradient_seconds,
-                       provenance=info)
+                       spent=spent_counts(keeper.spent, setup, units), provenance=info)
+
+
+class _Keeper:
+    """Runs each measure with its planned settings (cut further to the time left when the
+    units were measured), counts what it spent with the probe's meter and marks a cut
+    measure (`landscape.audit_budget`)."""
+
+    def __init__(self, plan: dict[str, Any], settings: dict[str, dict[str, Any]],
+                 units: UnitCosts, budget: str, seed: int, t0: float,
+                 gradient_seconds: float) -> None:
+        self.plan, self.settings, self.units = plan, settings, units
+        self.budget, self.seed, self.t0, self.unit = budget, seed, t0, gradient_seconds
+        self.spent: dict[str, dict[str, Any]] = {}
+        self.left = [n for n in plan["measures"]]
+
+    def run(self, key: str, context: MeasureContext, say: Callable[[str], None]) -> Measure:
+        entry, settings = self.plan["measures"][key], self.settings[key]
+        if self.units.measured and self.plan["budget_gradients"] is not None:
+            time_left = self.plan["budget_gradients"] - (time.perf_counter() - self.t0) / self.unit
+            if time_left <= 0:  # spent: the measure is not run, and says so
+                self.left.remove(key)
+                self.spent[key] = {}
+                self.plan["measures"][key] = {**entry, "n_hvp": 0, "n_gradient": 0,
+                                              "n_forward": 0, "gradients": 0, "skipped": True}
+                say(f"{key}: not measured, the budget was spent")
+                return skipped_measure(key, self.plan)
+            units = timed_units(self.units, self.spent, self.unit)
+            shares = sum(REGISTRY[n].share for n in self.left)
+            cut = refit(key, self.budget, self.seed, entry, time_left, shares, units)
+            if cut is not None:
+                settings, entry = cut
+                self.plan["measures"][key] = {**entry, "planned": self.plan["measures"][key]}
+        self.left.remove(key)
+        meter = context.probe.meter()
+        m = run_measure(REGISTRY[key], context, settings, say)
+        self.spent[key] = meter.cost().to_dict()
+        if not entry["cut"] or m.error is not None or m.unconverged and not any(m.unconverged):
+            return m
+        note = budget_note(key, entry, self.plan)
+        return replace(m, note=f"{m.note} {note}" if m.note else note)
 
 
 def audit_plan(names: Sequence[str], budget: str, seed: int = 0) -> dict[str, Any]:
-    """What an audit of `names` at `budget` will spend at most, before it runs: products,
-    gradients and forward passes (`landscape.measures.estimated_cost`, summed; one evaluation
-    and two gradients for the loss, accuracy, gradient norm and the time unit), and their time
-    in gradients at `HVP_GRADIENTS` a product and `FORWARD_GRADIENTS` a forward pass."""
-    costs = estimated_cost(tuple(names), budget, seed)
-    total = {key: sum(int(c.get(key, 0)) for c in costs.values())
-             for key in ("n_hvp", "n_gradient", "n_forward")}
-    total["n_gradient"] += 2
-    total["n_forward"] += 1
-    gradients = (total["n_gradient"] + HVP_GRADIENTS * total["n_hvp"]
-                 + FORWARD_GRADIENTS * total["n_forward"])
-    return {**total, "gradients": round(gradients), "hvp_gradients": HVP_GRADIENTS}
-
-
-def plan_text(plan: dict[str, Any]) -> str:
-    """The plan in words: its budget in gradients first."""
-    return (f"Planned: about {plan['gradients']} gradients of time ({plan['n_hvp']} "
-            f"Hessian-vector products at about {plan['hvp_gradients']:g} gradients each, "
-            f"{plan['n_gradient']} gradients, {plan['n_forward']} forward passes).")
+    """The plan of an audit of `names` at `budget` with nominal unit costs (3 gradients a
+    product, a third of one a forward pass) and a setup of one evaluation and two gradients:
+    what a checkpoint whose gradient takes under `audit_budget.MEASURED_FROM` s is planned."""
+    order = [n for n in measure_names() if n in names]
+    return budget_plan(order, budget, seed, GRADIENT_BUDGETS[budget], UnitCosts())[0]
 
 
 def value_cell(m: Measure, uncertainty: bool = False) -> str:

@@ -68,7 +68,8 @@ def _probe_for(args: argparse.Namespace, checkpoint: str | None) -> Any:
 
 def _check_out(out: str) -> None:
     """Refuse an output folder that cannot be written, before any work: an existing file, or a
-    folder (or its nearest existing parent) without write permission."""
+    folder (or its nearest existing parent) without write permission or where no file can be
+    made (a read-only mount, /proc: refused even for root). Creates nothing."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise LandscapeError(f"--out {out!r} is an existing file; give a folder to write into.")
@@ -78,10 +79,15 @@ def _check_out(out: str) -> None:
     if not parent.is_dir():
         raise LandscapeError(f"--out {out!r} lies under the file {str(parent)!r}; give a folder "
                              "path to write into.")
+    where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
     if not os.access(parent, os.W_OK | os.X_OK):
-        where = "" if parent == path else f" (its parent {str(parent)!r} cannot be written)"
         raise LandscapeError(f"--out {out!r} is not writable{where}; give a folder you can "
                              "write to.")
+    try:  # os.access says yes to root everywhere: a read-only mount or /proc says no only here
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise LandscapeError(f"--out {out!r} is not writable{where}: {exc.strerror}; give a "
+                             "folder you can write to.") from None
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -143,7 +149,8 @@ def _audit(args: argparse.Namespace) -> int:
     report = audit(probe, budget=args.budget, seed=args.seed, measures=args.measures,
                    progress=_bars(args), log=_log, name=Path(args.checkpoint).name,
                    data_name=args.data, lr=args.lr, batch_sizes=args.batch_sizes,
-                   resume=partial, checkpoint=args.checkpoint)
+                   resume=partial, checkpoint=args.checkpoint,
+                   max_gradients=args.max_gradients)
     written = report.write(args.out, column=args.column, log=args.log)
     partial.unlink(missing_ok=True)  # the report holds every measure now
     print(report.to_markdown())

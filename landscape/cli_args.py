@@ -137,7 +137,12 @@ def audit_args(p: argparse.ArgumentParser) -> None:
                         "existing folder is written into)")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
                    help="effort: quick, standard or thorough (default: standard; `compare` "
-                        "defaults to quick because it audits every checkpoint)")
+                        "defaults to quick because it audits every checkpoint); quick is also "
+                        "a budget of 200 gradients of time")
+    p.add_argument("--max-gradients", type=positive_float, default=None,
+                   help="the audit's budget in gradients of time (one gradient: a full-data "
+                        "gradient of this checkpoint), split over the measures and kept "
+                        "(default: 200 for quick, no limit for standard and thorough)")
     p.add_argument("--measures", type=measure_list, default=None,
                    help=f"comma-separated subset of: {', '.join(AUDIT_MEASURES)} (default: all "
                         "but pac_bayes_flatness, local_entropy, quadratic_agreement, trace_ratio, "

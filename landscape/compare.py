@@ -130,11 +130,20 @@ class Comparison:
             "pairs": [p.to_dict() for p in self.pairs],
             "across_data": {k: r.to_dict() for k, r in self.across_data.items()},
             "data_names": list(self.data_names),
+            "tests": [t.to_dict() for t in self.tests()],
             "provenance": self.provenance,
         }
 
+    def tests(self) -> list[Any]:
+        """For every pair and measure, the test of their difference (`DifferenceTest`: z-test
+        with Holm's adjustment over the pair's measures, exact or by error bounds)."""
+        from .compare_stats import difference_tests
+
+        return difference_tests(self.audits)
+
     def to_report(self) -> Report:
-        """The comparison's content: the measures side by side, then every pair's barriers."""
+        """The comparison's content: the measures side by side, the tests of their
+        differences, every pair's barriers, the alignment across data sets, the provenance."""
         names = self.names
         summary = (f"Budget {self.budget}, seed {self.seed}, {self.seconds:.1f} s. x ± s is an "
                    "estimate with one standard error; x (± b) a Lanczos eigenvalue with its "
@@ -146,6 +155,10 @@ class Comparison:
                                for n in names)))
             for key in self.table())
         sections = [Section(columns=("measure", *names), rows=rows)]
+        if len(names) > 1:
+            from .compare_stats import tests_section
+
+            sections.append(tests_section(self.tests()))
         if self.pairs:
             sections.append(self._pairs_section())
         if self.across_data:
@@ -343,31 +356,38 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
 
 def comparison_figures(comparison: Comparison, out: Path, column: str | float = "single",
                        log: bool = True) -> list[Path]:
-    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair's
-    path on the raw weights ("A -> B") beside its path after permutation alignment
-    ("A -> B, aligned") where alignment was possible. `log`: logarithmic loss axes."""
+    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair in one
+    colour, its path on the raw weights ("A -> B") solid (pale and wide under an aligned path) and
+    its path after permutation alignment ("A -> B, aligned", where alignment was possible)
+    dashed over it, so paths that coincide stay visible. `log`: logarithmic loss axes."""
     from . import plot
 
-    def overlay(lines: dict[str, Any], xlabel: str, title: str) -> Any:
+    def overlay(lines: dict[str, Any], xlabel: str, title: str, styles: Any) -> Any:
         ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
-                            column=column, log=log)
+                            column=column, log=log, styles=styles)
         plot.set_title(ax.figure, title)
         return ax.figure
 
-    paths = {}
-    for key, line in comparison.interpolations.items():
+    paths, styles = {}, []
+    for k, (key, line) in enumerate(comparison.interpolations.items()):
+        color = plot.OKABE_ITO[k % len(plot.OKABE_ITO)]
         paths[key] = line
-        if key in comparison.aligned_interpolations:
+        aligned = key in comparison.aligned_interpolations
+        # pale under its aligned path, so dashes that coincide with it still show
+        styles.append({"color": color, **({"alpha": 0.45, "linewidth": 2.0} if aligned else {})})
+        if aligned:
             paths[f"{key}, aligned"] = comparison.aligned_interpolations[key]
+            styles.append({"color": color, "linestyle": (0, (3, 2))})
     figures = (
         ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
-         "1D loss of each minimum"),
+         "1D loss of each minimum", None),
         ("interpolation", paths, r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
          "Linear interpolation between minima" + (" (raw and aligned)" if len(paths) > len(
-             comparison.interpolations) else "")),
+             comparison.interpolations) else ""), styles),
     )
-    return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
-                              for stem, lines, xlabel, title in figures if lines])
+    return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title, st=st:
+                               overlay(ls, x, t, st))
+                              for stem, lines, xlabel, title, st in figures if lines])
 
 
 def _or(value: float | None, missing: str) -> str:

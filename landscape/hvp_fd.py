@@ -88,10 +88,11 @@ def is_reentrant_checkpoint_error(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def grads_kept(model: torch.nn.Module) -> Iterator[None]:
-    """`.grad` of every parameter set aside inside the block and put back on exit, so a
-    `loss.backward()` inside leaves the user's gradients (the same objects) untouched."""
-    params = list(model.parameters())
+def grads_kept(model: torch.nn.Module, params: Sequence[Tensor] | None = None
+               ) -> Iterator[None]:
+    """`.grad` of every parameter (or of `params`) set aside inside the block and put back on
+    exit, so a `loss.backward()` inside leaves the user's gradients (the same objects) untouched."""
+    params = list(model.parameters()) if params is None else list(params)
     saved = [q.grad for q in params]
     try:
         for q in params:
@@ -162,10 +163,12 @@ class FiniteDifference:
         ones = [float(torch.linalg.vector_norm(t, ord=1, dtype=torch.float64))
                 for t in self.passes.split(v)]
         squares = float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2
-        if self.sharded:  # sums over all ranks' shards
-            reduced = self.passes.comm.reduce([*sums, *ones, squares])
-            sums, ones, squares = reduced[:len(sums)], reduced[len(sums):-1], reduced[-1]
         counts = [q.numel() for q in params]
+        if self.sharded:  # sums over all ranks' shards
+            k = len(sums)
+            reduced = self.passes.comm.reduce([*sums, *counts, *ones, squares])
+            sums, counts, ones, squares = (reduced[:k], reduced[k:2 * k], reduced[2 * k:-1],
+                                           reduced[-1])
         overall = (sum(sums) / max(sum(counts), 1)) ** 0.5 or 1.0
         c = [(s2 / max(k, 1)) ** 0.5 or overall for s2, k in zip(sums, counts)]
         return sum(ci * oi for ci, oi in zip(c, ones)) / squares ** 0.5 if squares else overall

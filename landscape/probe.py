@@ -43,6 +43,8 @@ from .hvp import HvpEngine, ggn_product_sum
 from .hvp_choice import PRODUCT_METHODS, HvpCheck, Products
 from .loss_reduction import check_reduction
 from .probe_data import ProbeData, default_budget, gather_samples
+from .scipy_operator import linear_operator
+from .wrapped import is_fsdp2, refuse_dtensors, sharded_probe_class
 
 __all__ = ["BatchLossFn", "Cost", "Evaluation", "LossFn", "Meter", "ParamInfo", "ParamSelection",
            "Probe"]
@@ -137,6 +139,10 @@ class Probe:
         8
     """
 
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> Probe:
+        """An FSDP2 model gets a `landscape.sharded.ShardedProbe` (measured sharded)."""
+        return super().__new__(sharded_probe_class() if cls is Probe and is_fsdp2(model) else cls)
+
     def __init__(
         self,
         model: nn.Module,
@@ -179,10 +185,10 @@ class Probe:
 
         named = select_params(model, params)
         self.param_names: list[str] = [n for n, _ in named]
-        self.params: list[nn.Parameter] = [p for _, p in named]
+        self.params: list[nn.Parameter] = self._measured(named)
         self.param_info: list[ParamInfo] = []
         start = 0
-        for name, p in named:
+        for name, p in zip(self.param_names, self.params):
             self.param_info.append(ParamInfo(name, tuple(p.shape), start, start + p.numel()))
             start += p.numel()
         self.num_params: int = start
@@ -200,6 +206,11 @@ class Probe:
         self._hvp = HvpEngine(self.batch_pass, hvp_method, self.graph_bytes)
         #: Internal: which Hessian-vector product is used (`landscape.hvp_choice`).
         self.products = Products(self.batch_pass, self._hvp, hvp_method, self.check_hvp)
+
+    def _measured(self, named: list[tuple[str, nn.Parameter]]) -> list[nn.Parameter]:
+        """The tensors the probe's flat vectors follow (`landscape.sharded`: local shards)."""
+        refuse_dtensors(named)
+        return [p for _, p in named]
 
     # ------------------------------------------------------------------ public: structure
 
@@ -395,23 +406,10 @@ class Probe:
             return total.div_(n)
 
     def hessian_operator(self, curvature: str = "hessian"):
-        """The Hessian (or GGN, `curvature="ggn"`) at w as a `scipy.sparse.linalg.LinearOperator`.
-
-        It works on float64 numpy vectors, so `scipy.sparse.linalg.eigsh(op, k=3)` just works.
-        Each matvec costs one HVP on the probe's device.
-        """
-        from scipy.sparse.linalg import LinearOperator
-
-        if curvature not in ("hessian", "ggn"):
-            raise LandscapeError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}.")
-        product = self.hvp if curvature == "hessian" else self.ggn_vp
-
-        def matvec(x):
-            v = torch.as_tensor(x.reshape(-1), dtype=self.dtype, device=self.device)
-            return product(v).detach().cpu().double().numpy()
-
-        return LinearOperator((self.num_params, self.num_params), matvec=matvec, rmatvec=matvec,
-                              dtype="float64")
+        """The Hessian (or GGN, `curvature="ggn"`) at w as a `scipy.sparse.linalg.LinearOperator`
+        on float64 numpy vectors (`scipy.sparse.linalg.eigsh(op, k=3)` just works); each matvec
+        costs one product on the probe's device (`landscape.scipy_operator`)."""
+        return linear_operator(self, curvature)
 
     @contextlib.contextmanager
     def perturbed(self, delta: Tensor) -> Iterator[Probe]:

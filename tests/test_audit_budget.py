@@ -1,27 +1,115 @@
-"""The audit states its budget in gradients before it runs, and keeps to it in products,
-gradients and forward passes (the units the plan is made of)."""
+"""The audit states its budget in gradients before it runs, splits it over its measures and
+keeps to it: no measure spends more products, gradients or forward passes than the plan gives
+it (counted by the probe), and a measure cut by the budget says so on the line of its number."""
 
 from __future__ import annotations
 
-from landscape import Probe, audit
-from landscape.audit import DEFAULT_MEASURES, HVP_GRADIENTS, audit_plan
+import pytest
+
+from landscape import LandscapeError, Probe, audit, audit_budget
+from landscape.audit import DEFAULT_MEASURES, GRADIENT_BUDGETS, HVP_GRADIENTS, audit_plan
 from landscape.data import digits_mlp, digits_tensors
 
+COUNTS = ("n_hvp", "n_gradient", "n_forward")
 
-def test_plan_is_stated_first_and_kept():
+
+def _probe() -> Probe:
     x, y = digits_tensors("train")
-    probe = Probe(digits_mlp(hidden=16, seed=0), (x[:200], y[:200]))
+    return Probe(digits_mlp(hidden=16, seed=0), (x[:200], y[:200]))
+
+
+def _kept(report, spent, fits: bool = True) -> None:
+    """Every measure spent at most its planned counts, and the whole audit (counted by an
+    independent meter) at most the plan's totals, which fit the budget (`fits`)."""
+    plan = report.plan
+    for name, entry in plan["measures"].items():
+        used = report.spent["measures"][name]
+        assert all(used[k] <= entry[k] for k in COUNTS), (name, used, entry)
+    assert all(getattr(spent, k) <= plan[k] for k in COUNTS), (spent, plan)
+    if fits:
+        assert plan["gradients"] <= plan["budget_gradients"]
+
+
+def test_quick_budget_is_stated_first_split_and_kept():
+    probe = _probe()
     lines = []
     meter = probe.meter()
     report = audit(probe, budget="quick", log=lines.append)
     spent = meter.cost()
     plan = audit_plan(DEFAULT_MEASURES, "quick")
-    assert lines[0].startswith(f"Planned: about {plan['gradients']} gradients of time")
+    assert lines[0].startswith(f"Budget: {GRADIENT_BUDGETS['quick']} gradients of time (quick)")
+    assert lines[1].startswith(f"Planned: about {plan['gradients']} gradients of time")
     assert report.plan == plan and f"Planned: about {plan['gradients']}" in report.summary()
+    assert plan["budget_gradients"] == GRADIENT_BUDGETS["quick"] <= 200
+    # the plan's gradients are its counts at the nominal unit costs (a small model: not timed)
+    assert not plan["units_measured"] and plan["hvp_gradients"] == HVP_GRADIENTS
     assert plan["gradients"] == round(plan["n_gradient"] + HVP_GRADIENTS * plan["n_hvp"]
                                       + plan["n_forward"] / 3)
-    # kept: no more products or gradients than planned (forward passes: the probe also counts
-    # its first-use data checks, two passes, beyond the plan)
-    assert spent.n_hvp <= plan["n_hvp"] and spent.n_gradient <= plan["n_gradient"]
-    assert report.spent_gradients > 0 and "Spent" in report.summary()
+    _kept(report, spent)
+    assert report.spent["n_hvp"] == spent.n_hvp and "Spent" in report.summary()
     assert report.to_dict()["plan"]["n_hvp"] == plan["n_hvp"]
+    assert report.to_dict()["spent"]["n_gradient"] == spent.n_gradient
+
+
+def test_a_measure_cut_by_the_budget_is_marked_with_what_to_raise():
+    probe = _probe()
+    meter = probe.meter()
+    report = audit(probe, budget="quick", max_gradients=60,
+                   measures=["hessian_eigenvalues", "hessian_trace", "sharpness_worst_l2"])
+    _kept(report, meter.cost())
+    entry = report.plan["measures"]["hessian_eigenvalues"]
+    assert entry["cut"] and entry["value"] < entry["effort"]
+    eig = report.measures["hessian_eigenvalues"]
+    assert eig.settings["max_iter"] == entry["value"] and eig.details["n_hvp"] <= entry["value"]
+    assert not eig.converged and all(eig.unconverged)
+    assert "Cut by the audit's budget to eig_max_iter=" in eig.note
+    assert "max_gradients=" in eig.note
+    # on the line of the number, in the Markdown report
+    row = next(r for r in report.to_markdown().splitlines() if "`hessian_eigenvalues`" in r)
+    assert "(not converged)" in row and "Cut by the audit's budget" in row
+    # a cut measure without a tolerance (a lower bound) carries the note without a mark
+    sharp = report.measures["sharpness_worst_l2"]
+    if report.plan["measures"]["sharpness_worst_l2"]["cut"]:
+        assert "Cut by the audit's budget" in sharp.note and sharp.converged
+
+
+def test_measured_unit_costs_and_the_time_guard_keep_the_counts(monkeypatch):
+    # a model whose gradient takes at least MEASURED_FROM seconds gets timed unit costs: here
+    # every model does; the products of the calibration are in the plan's setup
+    monkeypatch.setattr(audit_budget, "MEASURED_FROM", 0.0)
+    probe = _probe()
+    meter = probe.meter()
+    report = audit(probe, budget="quick", max_gradients=120,
+                   measures=["hessian_eigenvalues", "hessian_trace", "loss_line"])
+    # (on a model this small the timed setup is mostly Python overhead and may leave the
+    # measures only their minimum settings, which the plan then says exceed the budget)
+    _kept(report, meter.cost(), fits=False)
+    assert report.plan["units_measured"] and report.plan["setup"]["n_hvp"] == 2
+    if report.plan["gradients"] > 120:
+        assert "above the budget" in report.summary()
+
+
+def test_without_a_gradient_budget_every_measure_gets_the_effort():
+    report = audit(_probe(), budget="standard", measures=["hessian_trace"])
+    entry = report.plan["measures"]["hessian_trace"]
+    assert report.plan["budget_gradients"] is None and not entry["cut"]
+    assert entry["n_hvp"] == entry["effort"] == 99
+
+
+def test_max_gradients_must_be_positive():
+    with pytest.raises(LandscapeError, match="max_gradients"):
+        audit(_probe(), budget="quick", max_gradients=0)
+
+
+def test_a_measure_after_the_time_is_spent_is_not_run_and_says_so(monkeypatch):
+    # timed unit costs on a tiny model: the setup alone takes more than one gradient of time
+    monkeypatch.setattr(audit_budget, "MEASURED_FROM", 0.0)
+    probe = _probe()
+    meter = probe.meter()
+    report = audit(probe, budget="quick", max_gradients=1, measures=["hessian_trace"])
+    _kept(report, meter.cost(), fits=False)
+    trace = report.measures["hessian_trace"]
+    assert report.spent["measures"]["hessian_trace"] == {k: 0 for k in COUNTS}
+    assert not trace.converged and "Not measured: the audit's budget of 1 gradients" in trace.note
+    row = next(r for r in report.to_markdown().splitlines() if "`hessian_trace`" in r)
+    assert "(not converged)" in row and "Not measured" in row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,22 @@ def test_a_failed_run_leaves_no_empty_folder(workdir):
                    "--out", "fresh/deeper", cwd=workdir)
     assert proc.returncode == 2
     assert not (workdir / "fresh").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["audit", "compare"])
+def test_an_out_no_one_can_write_is_refused_before_any_work_even_as_root(workdir, command):
+    """The container runs as root, for whom os.access says yes everywhere: /proc takes no new
+    file from anyone, so this refusal is tested whoever runs it. Exit 2, one line, nothing
+    measured (no progress line) and no folder left."""
+    target = Path("/proc") / f"landscape-out-{os.getpid()}" / "deeper"
+    what = (("--checkpoint", "run0_epoch_2.pt") if command == "audit"
+            else ("run0_epoch_2.pt", "run1_epoch_3.pt"))
+    proc = run_cli(command, *what, "--model", "net.py:make", "--data", "small_data.py:load",
+                   "--out", target, cwd=workdir)
+    assert_one_line_error(proc, f"--out '{target}' is not writable (its parent '/proc' cannot "
+                                "be written)")
+    assert not target.parent.exists()
 
 
 def test_library_fixes_are_named_as_options(workdir):

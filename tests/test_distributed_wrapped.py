@@ -1,7 +1,5 @@
-"""Wrapped and sharded models under 2 gloo ranks: a DDP-wrapped model is measured through the
-module it wraps (equal to one process's values), an FSDP2 (`fully_shard`) model is refused with
-the fix named (before this, its top eigenvalue came out 0.0), and a once_differentiable model
-under DDP still gets the finite-difference fallback on every rank alike."""
+"""Wrapped models under 2 gloo ranks: a DDP-wrapped model is measured through the module it
+wraps (equal to one process's values). FSDP2 models: tests/test_sharded.py."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import torch
 from helpers.distributed import run_on_ranks
 from helpers.models import tiny_data, tiny_mlp
 
-from landscape import LandscapeError, Probe, hessian_eigenvalues, hessian_trace
+from landscape import Probe, hessian_eigenvalues, hessian_trace
 
 pytestmark = pytest.mark.slow  # the whole module: see `make test-fast`
 
@@ -47,23 +45,6 @@ def _ddp_rank(rank: int, world: int) -> dict:
     return out
 
 
-def _fsdp_rank(rank: int, world: int) -> str:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    x, y = tiny_data(37)
-    model = tiny_mlp()
-    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
-    try:
-        Probe(model, (x, y), batch_size=5)
-    except LandscapeError as e:
-        message = str(e)
-    else:
-        message = "not refused"
-    torch.distributed.barrier()
-    return message
-
-
 @pytest.fixture(scope="module")
 def single():
     return _single()
@@ -78,7 +59,3 @@ def test_ddp_wrapped_model_is_measured_through_its_module(single):
         assert got["trace"] == pytest.approx(single["trace"], rel=1e-6)
         assert got["method"] == single["method"]
 
-
-def test_fsdp2_model_is_refused_not_measured_as_zero():
-    for message in run_on_ranks(_fsdp_rank, world_size=2, timeout=300):
-        assert "shard" in message and "get_model_state_dict" in message

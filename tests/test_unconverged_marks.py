@@ -97,7 +97,9 @@ def _html_rows(page):
 
 def test_converged_numbers_carry_no_mark(monkeypatch):
     monkeypatch.setitem(EFFORT, "quick", {**EFFORT["quick"], "rel_stderr": 10.0})
-    report = audit(_probe(), budget="quick", measures=["hessian_eigenvalues", "hessian_trace"])
+    # a budget large enough for the quick effort (60 products for the top 5)
+    report = audit(_probe(), budget="quick", measures=["hessian_eigenvalues", "hessian_trace"],
+                   max_gradients=1000)
     assert report.results["hessian_eigenvalues"].converged
     markdown = report.to_markdown()
     row = _row(markdown, "hessian_eigenvalues")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._model_prep import require_precision
+from .._vector_space import using
 from ..errors import LandscapeError
 from ..hvp_memory import product_vectors
 from ..probe import ParamSelection, Probe
@@ -44,7 +45,8 @@ def per_group(probe: Probe, by: str | dict | None, estimate: Callable[[Probe], A
     """`estimate(probe)` for the whole probe (by=None) or a LayerResults over its groups
     ("layer", "parameter", or a dict of block name -> names or glob patterns)."""
     if by is None:
-        return estimate(probe)
+        with using(getattr(probe, "layout", None)):  # a sharded model: sums over the ranks
+            return estimate(probe)
     results, sizes = {}, {}
     for name, names in groups(probe, by).items():
         sub = probe.restricted(names)

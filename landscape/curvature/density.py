@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .._checks import check_int, check_positive, check_probe
 from .._random import generator, rademacher
 from .._reduce import accumulation_dtype, normalize_
+from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
@@ -110,7 +111,7 @@ def _density(probe: Probe, n_vectors: int, n_steps: int, sigma: float | None,
     """The density of one probe's Hessian (see `hessian_density`)."""
     gen = generator(seed)
     matvec = operator(probe, curvature)
-    n = probe.num_params
+    n = dimension(probe.num_params)  # N (all ranks' elements of a sharded model's vectors)
     steps = min(n_steps, n)
     budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
                                                                         steps + 1)
@@ -125,7 +126,8 @@ def _density(probe: Probe, n_vectors: int, n_steps: int, sigma: float | None,
         for _ in range(n_vectors):
             quadrature = _lanczos_quadrature if reorthogonalize else _recurrence_quadrature
             # the start vector is not named here: the quadrature's copy is the only one
-            theta, tau2 = quadrature(counted, rademacher((n,), gen, probe.device, probe.dtype),
+            shape = (probe.num_params,)  # this rank's share of the n entries when sharded
+            theta, tau2 = quadrature(counted, rademacher(shape, gen, probe.device, probe.dtype),
                                      steps)
             nodes.append(theta)
             weights.append(tau2 / n_vectors)

@@ -16,8 +16,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
-from .._random import generator
+from .._random import generator, normal
 from .._reduce import accumulation_dtype, fdot, fnorm, norm, normalize_
+from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
@@ -156,7 +157,7 @@ def hessian_eigenvalues(
     home_of = _basis_home(basis_device)
 
     def estimate(p: Probe) -> EigenResult:
-        if k > p.num_params:
+        if k > dimension(p.num_params):
             raise LandscapeError(
                 f"k={k} exceeds the number of probed parameters ({p.num_params}); ask for fewer."
             )
@@ -169,7 +170,7 @@ def hessian_eigenvalues(
         with products_for(p, curvature, tol, method == "lanczos") as reason, \
                 tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
             held = held_vectors(p)  # after the first product ("auto" settles it): measured
-            v0 = [_on(torch.randn(p.num_params, generator=gen, dtype=p.dtype), home, pin)]
+            v0 = [_on(normal(p.num_params, gen, p.dtype), home, pin)]
 
             def counted(v: Tensor) -> Tensor:
                 bar.update(1)
@@ -188,8 +189,7 @@ def hessian_eigenvalues(
                     v0.clear()
 
                     def start() -> Tensor:  # the same start vector, for both passes
-                        return _on(torch.randn(p.num_params, generator=generator(seed),
-                                               dtype=p.dtype), home, pin)
+                        return _on(normal(p.num_params, generator(seed), p.dtype), home, pin)
 
                     out = recurrence_eig(counted, start, which, tol, budget, exact)
                 else:
@@ -250,7 +250,7 @@ def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
           max_vectors: int | None, held: float = 0.0) -> tuple[int, int]:
     """(basis size m before a restart, 0 for the three-term recurrence; vectors stored), the
     default budget leaving room for the `held` vectors of the product."""
-    n = probe.num_params
+    n = dimension(probe.num_params)
     wanted = min(n, max_basis or max(50, 4 * k))
     budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
                                                                          wanted + 1, held)
@@ -284,7 +284,7 @@ def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tenso
 
 def _random_orthogonal(basis: Basis, size: int, gen: torch.Generator) -> Tensor:
     """A unit vector orthogonal to rows[:size] (to continue after an invariant subspace)."""
-    r = torch.randn(basis.n, generator=gen, dtype=basis.dtype).to(basis.device)
+    r = normal(basis.n, gen, basis.dtype).to(basis.device)
     basis.orthogonalize(r, size)
     return normalize_(r)
 
@@ -340,8 +340,8 @@ def lanczos_eigs(
     replaced by it for the rest of the run.
     """
     check = matvec if check is None else check
-    n = v0.numel()
-    m = min(max_basis, n)
+    n, full = v0.numel(), dimension(v0.numel())  # full: N when v0 is a rank's shard
+    m = min(max_basis, full)
     eps = torch.finfo(v0.dtype).eps
     basis = Basis(n, m + 1, v0.device, v0.dtype, pin=v0.is_pinned())
     T = torch.zeros(m + 1, m + 1, device=v0.device, dtype=accumulation_dtype(v0.device))
@@ -359,7 +359,7 @@ def lanczos_eigs(
         Tc = Tc[:size, :size]
         theta, S = np.linalg.eigh(0.5 * (Tc + Tc.T))
         want, res, ok, breakdown = _stop_test(theta, S, b, k, which, tol * trust, eps)
-        invariant = breakdown or size >= n
+        invariant = breakdown or size >= full
         if (size >= k and (ok or invariant)) or n_mv >= limit:
             if not breakdown:
                 basis.set(size, w.div_(beta))
@@ -451,7 +451,7 @@ def recurrence_eig(
     """
     v0 = start()
     eps = torch.finfo(v0.dtype).eps
-    n = v0.numel()
+    n = dimension(v0.numel())
     limit = max(1, (max_iter - 1) // 2)
     alphas: list[float] = []
     betas: list[float] = []

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._random import normal
 from .._reduce import dot, fdot, fnorm, norm, normalize_
 from ._common import MatVec
 from ._eigs import Eigs
@@ -30,7 +31,7 @@ def power_eigs(
     floor = 100 * torch.finfo(v0.dtype).eps
     for i in range(k):
         if i:
-            v = torch.randn(n, generator=gen, dtype=v0.dtype).to(v0.device)
+            v = normal(n, gen, v0.dtype).to(v0.device)
         target = tol * 10.0 ** -(k - 1 - i)
         while n_mv < max_iter:
             for u in found:

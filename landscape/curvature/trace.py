@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, rademacher
 from .._reduce import dot, fdot, gram
+from .._vector_space import dimension, require_whole
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget, range_basis
@@ -118,7 +119,7 @@ def hessian_trace(
                 return matvec(v)
 
             sketch, stored = 0, 1
-            if p.num_params <= n_hvp:
+            if dimension(p.num_params) <= n_hvp:
                 value, err, used, early = _exact(counted, p), 0.0, "exact", False
             elif method == "hutchinson":
                 value, err, early = _hutchinson(counted, p, gen, n_hvp, rtol)
@@ -140,6 +141,7 @@ def hessian_trace(
 
 
 def _exact(matvec: MatVec, probe: Probe) -> float:
+    require_whole("the exact trace (num_params <= n_hvp)")
     total = torch.zeros((), device=probe.device, dtype=torch.float64)
     e = torch.zeros(probe.num_params, device=probe.device, dtype=probe.dtype)
     for i in range(probe.num_params):
@@ -200,6 +202,7 @@ def _xtrace(matvec, probe, gen, m) -> tuple[float, float]:
     i-th estimate is tr(Q_i^T H Q_i) + omega_i^T P_i H P_i omega_i (P_i = I - Q_i Q_i^T), all
     expressed through s x s matrices after the 2s products.
     """
+    require_whole("method='xtrace'")
     s = m // 2
     omega = rademacher((probe.num_params, s), gen, probe.device, probe.dtype)
     Y = torch.stack([matvec(omega[:, i]) for i in range(s)], dim=1)

@@ -9,7 +9,10 @@ monitor) looks the name up here. A `MeasureSpec` holds:
   settings, cost, details);
 - `cost(settings)`: an estimate of the work before it is done, in Hessian-vector products
   (`n_hvp`), gradients (`n_gradient`) and forward passes over the data (`n_forward`);
-- `optional`: costly measures run only when asked for by name.
+- `optional`: costly measures run only when asked for by name;
+- `knob`, `knob_min`, `share`: under a gradient budget, the effort key scaled to fit the
+  measure's share of the budget, its smallest value, and that share's weight
+  (`landscape.audit_budget`).
 
 A new measure is one `register(MeasureSpec(...))` call (in a module of this package, imported
 by its `__init__`); `audit` and `compare` pick it up. Estimators are imported when a measure
@@ -125,6 +128,11 @@ class MeasureSpec:
     run: Callable[[MeasureContext, dict[str, Any]], Measure]
     cost: Callable[[dict[str, Any]], dict[str, int]]
     optional: bool = False
+    # Under a gradient budget (`landscape.audit_budget`): the effort key that decides the
+    # cost (None: fixed), its smallest value, and the measure's weight in the split.
+    knob: str | None = None
+    knob_min: int = 1
+    share: float = 0.05
 
 
 REGISTRY: dict[str, MeasureSpec] = {}

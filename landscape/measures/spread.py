@@ -34,7 +34,10 @@ register(MeasureSpec(
     lambda e, seed: {"n_splits": N_SPLITS, "tol": e["eig_tol"], "max_iter": e["eig_max_iter"],
                      "seed": seed},
     _spread_measure("top_eigenvalue_data_spread", "top_eigenvalue"),
-    lambda s: {"n_hvp": s["n_splits"] * s["max_iter"]}, optional=True))
+    # n_splits runs of max_iter products, each over 1 / n_splits of the data (the products of
+    # the parts' own probes): max_iter full-data products of time
+    lambda s: {"n_hvp": s["max_iter"]}, optional=True, knob="eig_max_iter",
+    knob_min=2, share=0.1))
 register(MeasureSpec(
     "trace_data_spread",
     f"How much the Hessian trace depends on the samples: its standard deviation between "
@@ -43,4 +46,5 @@ register(MeasureSpec(
     lambda e, seed: {"n_splits": N_SPLITS, "method": "hutch++", "n_hvp": e["trace_hvp"],
                      "seed": seed},
     _spread_measure("trace_data_spread", "trace"),
-    lambda s: {"n_hvp": s["n_splits"] * s["n_hvp"]}, optional=True))
+    lambda s: {"n_hvp": s["n_hvp"]}, optional=True, knob="trace_hvp",
+    knob_min=6, share=0.1))

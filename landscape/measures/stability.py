@@ -79,13 +79,14 @@ register(MeasureSpec(
     "Frobenius norm of the Hessian, sqrt(tr(H^2)) = sqrt(sum of squared eigenvalues), by "
     "Hutch++ on H^2, with its standard error (SGD's stability involves it, Wu et al. 2022).",
     lambda e, seed: {"method": "hutch++", "n_hvp": e["trace_hvp"], "seed": seed},
-    _frobenius, lambda s: {"n_hvp": s["n_hvp"]}))
+    _frobenius, lambda s: {"n_hvp": s["n_hvp"]}, knob="trace_hvp", knob_min=6, share=0.06))
 register(MeasureSpec(
     "trace_ratio",
     "tr(H) x lr / 2: SGD with this learning rate is linearly stable at a minimum only if it is "
     "<= 1 (Wu and Su 2023); measured only when a learning rate is given.",
     lambda e, seed: {"method": "hutch++", "n_hvp": e["trace_hvp"], "seed": seed},
-    _trace_ratio, lambda s: {"n_hvp": s["n_hvp"]}, optional=True))
+    _trace_ratio, lambda s: {"n_hvp": s["n_hvp"]}, optional=True, knob="trace_hvp",
+    knob_min=6, share=0.1))
 register(MeasureSpec(
     "batch_spectrum",
     "Top Hessian eigenvalue of disjoint mini-batches (value: the mean at the smallest batch "
@@ -95,4 +96,5 @@ register(MeasureSpec(
     lambda e, seed: {"tol": e["eig_tol"], "max_iter": e["eig_max_iter"], "seed": seed,
                      "max_batches": max(8, min(32, e["trace_hvp"] // 6))},
     _batch_spectrum,
-    lambda s: {"n_hvp": s["max_iter"] * (1 + s["max_batches"] * 3)}, optional=True))
+    lambda s: {"n_hvp": s["max_iter"] * (1 + s["max_batches"] * 3)}, optional=True,
+    knob="eig_max_iter", knob_min=20, share=0.1))

@@ -78,33 +78,36 @@ def _lanczos_cost(s: Settings) -> dict[str, int]:
     return {"n_hvp": int(s.get("max_iter") or 100)}
 
 
-def _lanczos_spec(name: str, description: str, which: str, k: int) -> MeasureSpec:
+def _lanczos_spec(name: str, description: str, which: str, k: int,
+                  share: float) -> MeasureSpec:
     return MeasureSpec(
         name, description,
         lambda e, seed: {"k": k, "which": which, "tol": e["eig_tol"],
                          "max_iter": e["eig_max_iter"], "seed": seed},
-        _smallest if which == "smallest" else _eigenvalues, _lanczos_cost)
+        _smallest if which == "smallest" else _eigenvalues, _lanczos_cost,
+        knob="eig_max_iter", knob_min=k + 1, share=share)
 
 
 register(_lanczos_spec(
     "hessian_eigenvalues", "Largest algebraic eigenvalues of the Hessian by Lanczos (value: "
-    "the largest); large means a sharp direction.", "largest", 5))
+    "the largest); large means a sharp direction.", "largest", 5, 0.34))
 register(_lanczos_spec(
     "hessian_smallest_eigenvalue", "Smallest algebraic Hessian eigenvalue; clearly negative "
-    "means the checkpoint is not a minimum.", "smallest", 1))
+    "means the checkpoint is not a minimum.", "smallest", 1, 0.08))
 register(MeasureSpec(
     "hessian_trace",
     "Trace of the Hessian (sum of all curvatures) by Hutch++, with its standard error.",
     lambda e, seed: {"method": "hutch++", "n_hvp": e["trace_hvp"], "seed": seed,
                      "rel_stderr": e["rel_stderr"]},
-    _trace, lambda s: {"n_hvp": s["n_hvp"]}))
+    _trace, lambda s: {"n_hvp": s["n_hvp"]}, knob="trace_hvp", knob_min=6, share=0.16))
 register(MeasureSpec(
     "hessian_density",
     "Spectral density of the Hessian by stochastic Lanczos quadrature (value: the density's "
     "mean, an estimate of tr(H)/n).",
     lambda e, seed: {"n_vectors": e["density_vectors"], "n_steps": e["density_steps"],
                      "seed": seed, "rel_stderr": e["rel_stderr"]},
-    _density, lambda s: {"n_hvp": s["n_vectors"] * s["n_steps"]}))
+    _density, lambda s: {"n_hvp": s["n_vectors"] * s["n_steps"]},
+    knob="density_steps", knob_min=5, share=0.08))
 
 
 # ------------------------------------------------------------------- sharpness and flatness
@@ -127,7 +130,7 @@ def _worst_spec(name: str, description: str, rho: float, extra: Settings) -> Mea
         name, description,
         lambda e, seed: {"rho": rho, "norm": "l2", "kind": "worst", **extra, "seed": seed,
                          "steps": e["ascent_steps"]},
-        _sharpness_measure(name), _ascent_cost)
+        _sharpness_measure(name), _ascent_cost, knob="ascent_steps", share=0.04)
 
 
 register(_worst_spec(
@@ -144,7 +147,8 @@ register(MeasureSpec(
     lambda e, seed: {"rho": RHO_AVERAGE, "norm": "l2", "kind": "average", "adaptive": True,
                      "n_samples": e["average_draws"], "seed": seed},
     _sharpness_measure("sharpness_average_l2"),
-    lambda s: {"n_forward": int(s["n_samples"]) + 1}))
+    lambda s: {"n_forward": int(s["n_samples"]) + 1}, knob="average_draws", knob_min=2,
+    share=0.03))
 
 
 def _flatness(ctx: MeasureContext, s: Settings) -> Measure:
@@ -159,7 +163,9 @@ register(MeasureSpec(
     f"GAM first-order flatness: {RHO_FLATNESS} times the largest gradient norm found in the l2 "
     "ball of that radius.",
     lambda e, seed: {"rho": RHO_FLATNESS, "steps": e["ascent_steps"], "seed": seed},
-    _flatness, lambda s: {"n_hvp": s["steps"], "n_gradient": s["steps"] + 1}))
+    # counted by the probe: a gradient and a product a step, and two gradients at w
+    _flatness, lambda s: {"n_hvp": s["steps"], "n_gradient": s["steps"] + 2},
+    knob="ascent_steps", share=0.06))
 
 
 # ------------------------------------------------------------------------- lines and planes
@@ -199,14 +205,15 @@ register(MeasureSpec(
     "al. 2018).",
     lambda e, seed: {"normalization": "filter", "ignore": "biasbn", "seed": seed,
                      "points": e["line_points"], "range": [-1, 1]},
-    _line, lambda s: {"n_forward": s["points"]}))
+    _line, lambda s: {"n_forward": s["points"]}, knob="line_points", knob_min=5, share=0.02))
 register(MeasureSpec(
     "loss_surface",
     "Largest loss increase over a filter-normalized random plane for |alpha|, |beta| <= 1 (Li "
     "et al. 2018).",
     lambda e, seed: {"normalization": "filter", "ignore": "biasbn", "seeds": [seed, seed + 1],
                      "grid": [e["grid_points"], e["grid_points"]], "range": [-1, 1]},
-    _surface, lambda s: {"n_forward": s["grid"][0] * s["grid"][1]}))
+    _surface, lambda s: {"n_forward": s["grid"][0] * s["grid"][1]}, knob="grid_points",
+    knob_min=3, share=0.05))
 
 
 # ----------------------------------------------------------------- optional (costly) measures
@@ -253,13 +260,18 @@ register(MeasureSpec(
     "PAC-Bayes flatness: the largest std sigma of Gaussian weight noise that raises the training "
     "error (or loss) by at most 0.1 (Jiang et al. 2020); larger is flatter.",
     _pac_bayes_settings, _pac_bayes,
-    lambda s: {"n_forward": 60 * s["n_samples"]}, optional=True))
+    lambda s: {"n_forward": 60 * s["n_samples"]}, optional=True, knob="average_draws",
+    knob_min=2, share=0.1))
 register(MeasureSpec(
     "local_entropy",
     "Local entropy Phi(w; gamma=100) relative to its Gaussian limit (Chaudhari et al. 2017), by "
     "Langevin sampling; higher is a wider basin.",
     lambda e, seed: {"gamma": 100.0, "n_steps": 10 * e["ascent_steps"], "seed": seed},
-    _entropy, lambda s: {"n_gradient": s["n_steps"]}, optional=True))
+    # local_entropy's grid: 4 nodes a decade over gamma to 100 gamma, 9 nodes; each node runs
+    # 50 burn-in steps and n_steps recorded ones, a gradient each, and one more
+    _entropy, lambda s: {"n_gradient": 9 * (s["n_steps"] + 51), "n_forward": 1}, optional=True,
+    knob="ascent_steps",
+    share=0.1))
 register(MeasureSpec(
     "quadratic_agreement",
     "Smallest sharpness radius at which measured sharpness departs from the quadratic "
@@ -268,4 +280,5 @@ register(MeasureSpec(
                      "n_samples": e["average_draws"], "seed": seed},
     _agreement,
     lambda s: {"n_gradient": len(s["rhos"]) * (s["steps"] + 1),
-               "n_forward": len(s["rhos"]) * s["n_samples"]}, optional=True))
+               "n_forward": len(s["rhos"]) * (s["n_samples"] + 3)}, optional=True,
+    knob="ascent_steps", share=0.1))
