@@ -162,7 +162,8 @@ class Products:
         if self.method != "auto" or not at_checkpoint:
             yield f"hvp_method={self.method!r}" + ("" if at_checkpoint else " (off the checkpoint)")
             return
-        self.settle(at_checkpoint)
+        with self.passes.session(None):  # eval mode, restored: the model is not changed
+            self.settle(at_checkpoint)
         if self.use_fd:
             yield ("finite differences: double backward is unavailable or wrong through this "
                    "model (probe.hvp_check)")
