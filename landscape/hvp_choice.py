@@ -215,17 +215,19 @@ class Products:
             return None
         return out.div_(n)
 
-    def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
-        """The central-difference product (2 gradients), step times `shrink`."""
+    def finite_difference(self, v: Tensor, shrink: float = 1.0, sizes: bool = False) -> Tensor:
+        """The central-difference product (2 gradients), step times `shrink`; with `sizes`,
+        the gradients' size for the error bound is kept (`_grad_size`)."""
         p = self.passes
         out, n, size, error = None, 0, 0.0, None
         try:  # no placeholder output while the product runs: one vector less at the peak
-            out, n, size = self.fd.hvp_sum(v, shrink)
+            out, n, size = self.fd.hvp_sum(v, shrink, sizes)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
         out = torch.zeros_like(v) if out is None else out
         n, size = p.comm.reduce([n, size], [out], error)
-        self._grad_size = size / max(n, 1)
+        if sizes:
+            self._grad_size = size / max(n, 1)
         return out.div_(n)
 
     def _random_vector(self) -> Tensor:
@@ -242,7 +244,7 @@ class Products:
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
             with PeakNew() as meter:
-                fd_r = self.finite_difference(r)
+                fd_r = self.finite_difference(r, sizes=True)
             t_fd = _since(t0, p.device)
             # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
             self.gradient_bytes = meter.peak - r.numel() * r.element_size()
