@@ -219,6 +219,7 @@ class FiniteDifference:
                     _add_scaled(views, grads, sign * n_b / (2 * eps))
                     size += n_b * self.norm_local(grads) / 2
                     n += n_b
+                    del grads  # not alive during the next gradient: one vector less at the peak
         return out, n, size
 
     @staticmethod
