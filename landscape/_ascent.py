@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._random import normal_like
+from ._random import normal_like, uniform_like
 from ._reduce import fnorm
 from ._results import jsonable_without
 from .probe import Cost, Probe
@@ -131,7 +131,7 @@ def ascent(
     for restart in range(restarts):
         radius = START_RADII[0] if restart == 0 else START_RADII[1]
         if norm == "linf":
-            u = (2 * torch.rand(c.shape, generator=gen, dtype=c.dtype) - 1).to(c.device)
+            u = 2 * uniform_like(c, gen) - 1
             u = u * active * (radius * rho)
         else:
             z = normal_like(c, gen) * active

@@ -22,8 +22,18 @@ def generator(seed: int) -> torch.Generator:
 
 
 def normal_like(like: Tensor, gen: torch.Generator) -> Tensor:
-    """Standard normal draws with the shape, dtype and device of `like`."""
-    return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
+    """Standard normal draws with the shape, dtype and device of `like` (a shard's draws over a
+    sharded model's vectors)."""
+    return drawn(tuple(like.shape),
+                 lambda shape: torch.randn(shape, generator=gen, dtype=like.dtype)
+                 ).to(like.device)
+
+
+def uniform_like(like: Tensor, gen: torch.Generator) -> Tensor:
+    """Uniform draws in [0, 1) with the shape, dtype and device of `like` (as `normal_like`)."""
+    return drawn(tuple(like.shape),
+                 lambda shape: torch.rand(shape, generator=gen, dtype=like.dtype)
+                 ).to(like.device)
 
 
 def normal(n: int, gen: torch.Generator, dtype: torch.dtype) -> Tensor:

@@ -32,6 +32,7 @@ from ._checks import check_radii
 from ._model_prep import require_precision
 from ._reduce import fnorm
 from ._validate import Integer, OneOf, validate_params
+from ._vector_space import using
 from .errors import LandscapeError
 from .probe import Probe
 
@@ -110,11 +111,13 @@ def first_order_flatness(
     rhos, many = check_radii(rho)
     require_precision(probe, "first-order flatness")
     c = scaling(probe, False, perturb=perturb)
-    if not bool((c != 0).any()):
-        raise LandscapeError(
-            "perturb='weights' but no probed parameter has ndim > 1; use perturb='all'."
-        )
-    out = [_flatness_one(probe, r, c, steps, restarts, perturb, seed, progress) for r in rhos]
+    with using(getattr(probe, "layout", None)):  # a sharded model: sums over the ranks
+        if not fnorm(c) > 0:
+            raise LandscapeError(
+                "perturb='weights' but no probed parameter has ndim > 1; use perturb='all'."
+            )
+        out = [_flatness_one(probe, r, c, steps, restarts, perturb, seed, progress)
+               for r in rhos]
     return out if many else out[0]
 
 

@@ -17,9 +17,9 @@ of `probe.layout.numel` entries (the single-process order).
   W, which is undone here), so each rank gets its shard of sum over all ranks' batches of n_b g_b,
   and the probe's tensor sums are not all-reduced again (`ShardedComm`); scalar sums (losses,
   sample counts) are.
-* Inner products, norms and random vectors: the curvature estimators that support sharded
-  vectors (`hessian_eigenvalues`, `hessian_trace`, `hessian_density`) run inside
-  `probe.vectors()`, where `landscape._reduce` all-reduces its float64 partial sums and
+* Inner products, norms and random vectors: the estimators that support sharded vectors
+  (`hessian_eigenvalues`, `hessian_trace`, `hessian_density`, `first_order_flatness`,
+  `sharpness` without `m`) run inside `probe.vectors()`, where `landscape._reduce` all-reduces its float64 partial sums and
   `landscape._random` draws the full vector from the seed and keeps this rank's elements
   (`landscape._vector_space`). So the ranks together hold exactly the vectors of one process, and
   the results equal one process's on the unsharded model up to summation order (1e-12 relative
@@ -31,8 +31,9 @@ by one pass over the loader without the model). Methods that return vectors (`hv
 a loss at w + delta) must run inside `probe.vectors()` (the estimators above enter it), so an
 estimator that would take local inner products for global ones raises instead of measuring
 wrong. Not available on a sharded model: `params=`/`by=` subsets after construction, Gauss-Newton
-products, sample subsets, surfaces, `dtype=`, exact products (`hvp_method` other than "auto" or
-"finite_difference"), XTrace and the exact trace. FSDP2 sharding over a 1-D mesh of all the
+products, sample subsets (m-sharpness), surfaces, `dtype=`, exact products (`hvp_method` other
+than "auto" or "finite_difference"), XTrace and the exact trace. A result's `delta` (sharpness,
+flatness) is this rank's shard of it. FSDP2 sharding over a 1-D mesh of all the
 probe's ranks with `Shard(0)` placements (the default) is supported; other meshes and placements
 are refused. A custom gradient divide factor (`set_gradient_divide_factor`) or
 `set_requires_gradient_sync(False)` would change the gradients: leave them at their defaults.
@@ -48,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._vector_space import Layout, using
+from ._vector_space import Layout, active, using
 from .distributed import Comm
 from .errors import LandscapeError
 from .hvp_choice import FINITE_DIFFERENCE
@@ -58,8 +59,8 @@ from .wrapped import is_dtensor
 
 _OUTSIDE = (
     "a sharded (FSDP2) probe's vectors are each rank's shards, so this needs landscape's "
-    "reductions over the ranks: use hessian_eigenvalues, hessian_trace or hessian_density, or "
-    "call it inside `with probe.vectors():`"
+    "reductions over the ranks: use hessian_eigenvalues, hessian_trace, hessian_density, "
+    "first_order_flatness or sharpness, or call it inside `with probe.vectors():`"
 )
 
 
@@ -174,8 +175,6 @@ class ShardedProbe(Probe):
     # ------------------------------------------------------------------ guarded entry points
 
     def _inside(self, what: str) -> None:
-        from ._vector_space import active
-
         if active() is not self.layout:
             raise LandscapeError(f"{what}: {_OUTSIDE}.")
 

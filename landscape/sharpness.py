@@ -57,7 +57,9 @@ from ._ascent import apgd_checkpoints as apgd_checkpoints  # re-exported: tests,
 from ._checks import check_radii
 from ._model_prep import require_precision
 from ._random import normal_like
+from ._reduce import fnorm
 from ._validate import Integer, OneOf, Optional, Real, validate_params
+from ._vector_space import using
 from .errors import LandscapeError
 from .probe import Probe
 
@@ -218,11 +220,12 @@ def sharpness(
                     progress=progress)
     c = scaling(probe, adaptive, eta=eta, perturb=perturb)
     out = []
-    for r in rhos:
-        if by == "layer":
-            out.append(_by_layer(probe, r, c, settings))
-        else:
-            out.append(_measure(probe, r, c, settings))
+    with using(getattr(probe, "layout", None)):  # a sharded model: sums over the ranks
+        for r in rhos:
+            if by == "layer":
+                out.append(_by_layer(probe, r, c, settings))
+            else:
+                out.append(_measure(probe, r, c, settings))
     return out if many else out[0]
 
 
@@ -258,7 +261,7 @@ def _check_combinations(*, norm, kind, adaptive, eta, m) -> None:
 
 
 def _measure(probe: Probe, rho: float, c: Tensor, s: dict) -> SharpnessResult:
-    if not bool((c != 0).any()):
+    if not fnorm(c) > 0:  # (over all ranks' shards of a sharded model)
         raise LandscapeError(
             "no coordinate is perturbed (the scaling c is zero everywhere): with "
             "perturb='weights' the probed parameters must include a weight with ndim > 1, "
@@ -315,7 +318,7 @@ def _by_layer(probe: Probe, rho: float, c: Tensor, s: dict) -> LayerSharpnessRes
         for info in infos:
             mask[info.start:info.stop] = 1.0
         c_layer = c * mask
-        if not bool((c_layer != 0).any()):
+        if not fnorm(c_layer) > 0:
             continue  # e.g. a layer of biases only with perturb="weights"
         names.append(name)
         results.append(_measure(probe, rho, c_layer, s))

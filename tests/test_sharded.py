@@ -75,6 +75,8 @@ def test_sharded_results_equal_one_process(ranks, single):
                                    rtol=1e-6, atol=1e-9)
         assert got["density_trace"] == pytest.approx(single["density_trace"], rel=1e-6)
         assert got["loss"] == pytest.approx(single["loss"], rel=1e-12)
+        for name in ("flatness", "sharpness", "average_sharpness", "linf_sharpness"):
+            np.testing.assert_allclose(got[name], single[name], rtol=1e-6, err_msg=name)
     assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # every rank the same numbers
 
 

@@ -18,7 +18,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from landscape import Probe, hessian_density, hessian_eigenvalues, hessian_trace
+from landscape import (
+    Probe,
+    first_order_flatness,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    sharpness,
+)
 
 
 def model() -> nn.Sequential:
@@ -44,12 +51,18 @@ def measure(probe: Probe) -> dict:
     hpp = hessian_trace(probe, method="hutch++", n_hvp=12, seed=3)
     hutch = hessian_trace(probe, method="hutchinson", n_hvp=9, seed=4)
     dens = hessian_density(probe, n_vectors=2, n_steps=8, seed=5)
+    flat = first_order_flatness(probe, 0.05, steps=4, restarts=2, seed=6)
+    sharp = sharpness(probe, 0.05, steps=4, restarts=2, seed=7)
+    average = sharpness(probe, 0.05, kind="average", n_samples=4, seed=8)
+    box = sharpness(probe, 0.01, norm="linf", adaptive=True, steps=3, restarts=2, seed=9)
     return {
         "eigenvalues": eig.eigenvalues.tolist(), "eig_converged": eig.converged,
         "hutchpp": [hpp.estimate, hpp.stderr], "hutchinson": [hutch.estimate, hutch.stderr],
         "density_nodes": dens.nodes.tolist(), "density_weights": dens.weights.tolist(),
         "density_trace": dens.trace, "loss": probe.loss(), "num_params": probe.num_params,
         "method": probe.hvp_method_used,
+        "flatness": [flat.value, flat.grad_norm], "sharpness": sharp.value,
+        "average_sharpness": [average.value, average.stderr], "linf_sharpness": box.value,
     }
 
 
