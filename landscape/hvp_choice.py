@@ -47,7 +47,7 @@ from torch import Tensor
 
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
 from .hvp_fd import FiniteDifference, error_bound
-from .hvp_memory import PeakNew
+from .hvp_memory import PeakNew, warm_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch_pass import BatchPass
@@ -215,17 +215,19 @@ class Products:
             return None
         return out.div_(n)
 
-    def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
-        """The central-difference product (2 gradients), step times `shrink`."""
+    def finite_difference(self, v: Tensor, shrink: float = 1.0, sizes: bool = False) -> Tensor:
+        """The central-difference product (2 gradients), step times `shrink`; with `sizes`,
+        the gradients' size for the error bound is kept (`_grad_size`)."""
         p = self.passes
         out, n, size, error = None, 0, 0.0, None
         try:  # no placeholder output while the product runs: one vector less at the peak
-            out, n, size = self.fd.hvp_sum(v, shrink)
+            out, n, size = self.fd.hvp_sum(v, shrink, sizes)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
         out = torch.zeros_like(v) if out is None else out
         n, size = p.comm.reduce([n, size], [out], error)
-        self._grad_size = size / max(n, 1)
+        if sizes:
+            self._grad_size = size / max(n, 1)
         return out.div_(n)
 
     def _random_vector(self) -> Tensor:
@@ -237,13 +239,15 @@ class Products:
         """The first product under "auto": fallback on error, then (check_hvp) the self-check;
         returns H v (None when not `want`ed: `settle`)."""
         p = self.passes
+        p.prepare()  # the first-use data checks, before anything is timed
+        warm_up()  # and the memory meter's one-time setup
         r = self._random_vector() if self.check_first else v
         fd_r, t_fd = None, 0.0
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
             with PeakNew() as meter:
-                fd_r = self.finite_difference(r)
-            t_fd = _since(t0, p.device)
+                fd_r = self.finite_difference(r, sizes=True)
+            t_fd = _since(t0, p.device) - meter.seconds
             # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
             self.gradient_bytes = meter.peak - r.numel() * r.element_size()
         t0 = time.perf_counter()

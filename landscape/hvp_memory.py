@@ -32,9 +32,11 @@ parameters.
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -49,11 +51,13 @@ UNMEASURED_WORK = 2.0  # W, in vectors, before it is measured: the product and i
 class PeakNew(TorchDispatchMode):
     """`peak`: the largest total of tensor storage created inside the block and still alive
     (each storage counted once, from its first appearance as an operation's output that is not
-    one of the operation's inputs, until a finalizer on it runs when it is freed)."""
+    one of the operation's inputs, until a finalizer on it runs when it is freed). `seconds`:
+    the time its own bookkeeping took, to subtract from a timing of the block."""
 
     def __init__(self) -> None:
         super().__init__()
         self.peak = self.total = 0
+        self.seconds = 0.0
         self._seen: set[int] = set()
 
     def _free(self, key: int, nbytes: int) -> None:
@@ -62,6 +66,7 @@ class PeakNew(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        t0 = time.perf_counter()
         inputs = {_address(t) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
         for t in tree_leaves(out):
             key = _address(t) if isinstance(t, Tensor) else 0
@@ -71,7 +76,15 @@ class PeakNew(TorchDispatchMode):
                 self.total += storage.nbytes()
                 weakref.finalize(storage, self._free, key, storage.nbytes())
         self.peak = max(self.peak, self.total)
+        self.seconds += time.perf_counter() - t0
         return out
+
+
+def warm_up() -> None:
+    """Pay the one-time cost of a process's first dispatch mode (about 2 s of setup on CPU)
+    outside any timed region."""
+    with PeakNew():
+        torch.zeros(1).add_(1)
 
 
 def _address(t: Tensor) -> int:

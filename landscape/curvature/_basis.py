@@ -17,7 +17,9 @@ from .._random import rademacher
 from .._reduce import accumulation_dtype, norm, rows_dot
 
 _BLOCK_ROWS = 8  # rows allocated at a time
-_COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
+# columns transformed at a time in a restart: a capacity x 256k temporary (8 MB for 8 float32
+# rows, a small part of a vector at size; 1M columns took 0.8 vectors of a 14.5M-parameter LSTM)
+_COLUMN_BLOCK = 2**18
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
 LARGE_MODEL_VECTORS = 8  # the default budget, in vectors, when the default above does not fit
 # 8, not more: on ConvNeXt-T a basis of 10 took the same products as 8 (docs/benchmarks/scale.md)
