@@ -356,31 +356,38 @@ def _as_probe(name: str, item: Any, model_fn: Callable[[], nn.Module] | None, da
 
 def comparison_figures(comparison: Comparison, out: Path, column: str | float = "single",
                        log: bool = True) -> list[Path]:
-    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair's
-    path on the raw weights ("A -> B") beside its path after permutation alignment
-    ("A -> B, aligned") where alignment was possible. `log`: logarithmic loss axes."""
+    """The minima's 1D lines overlaid, and the pairs' interpolations overlaid: each pair in one
+    colour, its path on the raw weights ("A -> B") solid (pale and wide under an aligned path) and
+    its path after permutation alignment ("A -> B, aligned", where alignment was possible)
+    dashed over it, so paths that coincide stay visible. `log`: logarithmic loss axes."""
     from . import plot
 
-    def overlay(lines: dict[str, Any], xlabel: str, title: str) -> Any:
+    def overlay(lines: dict[str, Any], xlabel: str, title: str, styles: Any) -> Any:
         ax = plot.plot_line(list(lines.values()), labels=list(lines), xlabel=xlabel,
-                            column=column, log=log)
+                            column=column, log=log, styles=styles)
         plot.set_title(ax.figure, title)
         return ax.figure
 
-    paths = {}
-    for key, line in comparison.interpolations.items():
+    paths, styles = {}, []
+    for k, (key, line) in enumerate(comparison.interpolations.items()):
+        color = plot.OKABE_ITO[k % len(plot.OKABE_ITO)]
         paths[key] = line
-        if key in comparison.aligned_interpolations:
+        aligned = key in comparison.aligned_interpolations
+        # pale under its aligned path, so dashes that coincide with it still show
+        styles.append({"color": color, **({"alpha": 0.45, "linewidth": 2.0} if aligned else {})})
+        if aligned:
             paths[f"{key}, aligned"] = comparison.aligned_interpolations[key]
+            styles.append({"color": color, "linestyle": (0, (3, 2))})
     figures = (
         ("lines", comparison.lines, r"$\alpha$ along a filter-normalized random direction",
-         "1D loss of each minimum"),
+         "1D loss of each minimum", None),
         ("interpolation", paths, r"$\alpha$ in $(1 - \alpha)\, w_A + \alpha\, w_B$",
          "Linear interpolation between minima" + (" (raw and aligned)" if len(paths) > len(
-             comparison.interpolations) else "")),
+             comparison.interpolations) else ""), styles),
     )
-    return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title: overlay(ls, x, t))
-                              for stem, lines, xlabel, title in figures if lines])
+    return save_figures(out, [(stem, lambda ls=lines, x=xlabel, t=title, st=st:
+                               overlay(ls, x, t, st))
+                              for stem, lines, xlabel, title, st in figures if lines])
 
 
 def _or(value: float | None, missing: str) -> str:

@@ -122,11 +122,14 @@ def tests_section(tests: Sequence[DifferenceTest], alpha: float = ALPHA) -> Sect
     def num(x: float | None, text: str = "not computed") -> str:
         return text if x is None else fmt(x)
 
+    def p_text(p: float | None) -> str:  # the normal tail is not worth more digits than this
+        return "< 1e-16" if p is not None and p < 1e-16 else num(p)
+
     se_text = {"exact": "exact", "bounds": "error bounds", "none": "no uncertainty"}
     rows = tuple(Row((
         f"{t.a} -> {t.b}", f"`{t.measure}`", num(t.difference, "no value"),
-        num(t.stderr) if t.kind == "z-test" else se_text[t.kind], num(t.z), num(t.p_value),
-        num(t.holm_p_value), t.verdict)) for t in tests)
+        num(t.stderr) if t.kind == "z-test" else se_text[t.kind], num(t.z), p_text(t.p_value),
+        p_text(t.holm_p_value), t.verdict)) for t in tests)
     return Section(
         "Tests of the differences",
         ("For each pair A -> B and each measure both have: difference value(B) - value(A); "

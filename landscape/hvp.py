@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ._model_prep import cudnn_off_needed, recurrent_safe, twice_differentiable  # noqa: F401
 from .batch_pass import BatchPass
+from .hvp_memory import PeakNew
 from .probe_data import call_model, unpack
 
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
@@ -78,7 +79,10 @@ class SavedStorage:
 
     def _pack(self, t: Tensor) -> Tensor:
         self.add(t)
-        return t
+        # detached: a saved output packed as itself refers to its own grad_fn, a cycle that is
+        # never freed (the graph's saved outputs would outlive it); autograd re-attaches the
+        # saved tensor's history when it unpacks it, so double backward is unchanged
+        return t.detach()
 
     def counting(self) -> contextlib.AbstractContextManager:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -111,7 +115,8 @@ class HvpEngine:
 
     State: the method chosen by "auto" (`chosen`), the seconds per product measured for the
     choice (`times`, by method), the bytes the kept graph was measured to hold
-    (`graph_bytes_measured`: distinct saved storage, extrapolated to all batches), and the
+    (`graph_bytes_measured`: distinct saved storage, extrapolated to all batches; with
+    `activation_bytes` and `work_bytes` for `landscape.hvp_memory`), and the
     kept gradient graph of "cached_graph" with the parameter versions it was built at (rebuilt
     when they change).
     """
@@ -123,6 +128,12 @@ class HvpEngine:
         self.chosen: str | None = None
         self.times: dict[str, float] = {}
         self.graph_bytes_measured: int | None = None
+        # measured on the first product (`landscape.hvp_memory`): the forward's saved storage
+        # (one batch) and the peak of the storage made by a backward pass through the graph
+        self.activation_bytes: int | None = None
+        self.work_bytes: int | None = None
+        self.build_bytes: int | None = None  # the peak storage made while building the graph
+        self.meter_seconds = 0.0  # the time `work_bytes`'s measurement took (not the product's)
         # (the gradient of sum_b n_b * mean loss_b with its graph; n samples; param versions)
         self._graph: tuple[list[Tensor | None], int, list[int]] | None = None
 
@@ -148,6 +159,10 @@ class HvpEngine:
                 return self._cached(v)
             return self._batches(v, "double_backward")
         return self._batches(v, self.chosen)
+
+    def drop_graph(self) -> None:
+        """Free the kept gradient graph (rebuilt by the next cached product that needs it)."""
+        self._graph = None
 
     def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
         """d/dw <g(w), v> = H v from gradients computed with create_graph=True: one parameter
@@ -208,16 +223,19 @@ class HvpEngine:
         n, t_build = 0, 0.0
         versions = [q._version for q in p.params]
         batches = iter(data.batches())
+        meter = PeakNew()
         for batch in batches:
             t0 = time.perf_counter()
-            with saved.counting():
-                n += self._add_scaled_gradient(summed, batch)
-            t_build += self._since(t0)
+            seconds = meter.seconds
+            with saved.counting(), meter:
+                n += self._add_scaled_gradient(summed, batch, saved)
+            t_build += self._since(t0) - (meter.seconds - seconds)  # less the meter's own time
+            self.build_bytes = meter.peak
             kept = saved.total * data.n_local / max(n, 1)
             if kept > self.graph_bytes:
                 # too large to keep: this product from the graphs built so far, the rest of
                 # the batches (and all later products) without a kept graph
-                total = self.vjp_of_grads(summed, v)
+                total = self._measured_vjp(summed, v)
                 del summed
                 self.graph_bytes_measured = int(kept)
                 timed = data.n_batches >= MIN_BATCHES_TO_TIME
@@ -226,8 +244,8 @@ class HvpEngine:
                 return total.add_(rest), n + n_rest
         self.graph_bytes_measured = int(kept) if n else 0
         t0 = time.perf_counter()
-        out = self.vjp_of_grads(summed, v)
-        t_vjp = self._since(t0)
+        out = self._measured_vjp(summed, v)
+        t_vjp = self._since(t0) - self.meter_seconds
         times = {"cached_graph": t_vjp, "double_backward": t_build + t_vjp}
         if data.n_batches >= MIN_BATCHES_TO_TIME:
             one = self._time_uncached(v)
@@ -300,12 +318,17 @@ class HvpEngine:
 
     # ------------------------------------------------------------------ products
 
-    def _add_scaled_gradient(self, summed: list[Tensor | None], batch: Any) -> int:
+    def _add_scaled_gradient(self, summed: list[Tensor | None], batch: Any,
+                             saved: SavedStorage | None = None) -> int:
         """summed[i] += the gradient of n_b * (mean loss of the batch), with its graph kept;
         returns n_b. The sum keeps one gradient (not one per batch): an addition saves
-        nothing for backward."""
+        nothing for backward. With the `saved` storage being counted, the forward's part of it
+        is recorded (`activation_bytes`, the largest batch's)."""
         p = self.passes
+        before = 0 if saved is None else saved.total
         loss, n_b, _ = p.compute(batch)
+        if saved is not None:
+            self.activation_bytes = max(self.activation_bytes or 0, saved.total - before)
         grads = torch.autograd.grad(loss * n_b, p.params, create_graph=True, allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
@@ -319,15 +342,26 @@ class HvpEngine:
         if self._graph is None or self._graph[2] != versions:
             self._graph = None
             summed: list[Tensor | None] = [None] * len(p.params)
-            saved = SavedStorage()
+            saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
             n = 0
             with saved.counting():
                 for batch in p.data.batches():
-                    n += self._add_scaled_gradient(summed, batch)
+                    n += self._add_scaled_gradient(summed, batch, saved)
             release_values(summed, saved)
+            self.graph_bytes_measured = saved.total
             self._graph = (summed, n, versions)
         grads, n = self._graph[0], self._graph[1]
-        return self.vjp_of_grads(grads, v), n
+        return self._measured_vjp(grads, v), n
+
+    def _measured_vjp(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
+        """`vjp_of_grads`, measuring the peak of the storage it makes the first time
+        (`work_bytes`, for `landscape.hvp_memory`)."""
+        if self.work_bytes is not None:
+            return self.vjp_of_grads(grads, v)
+        with PeakNew() as meter:
+            out = self.vjp_of_grads(grads, v)
+        self.work_bytes, self.meter_seconds = meter.peak, meter.seconds
+        return out
 
     def _batches(self, v: Tensor, method: str, batches: Any = None) -> tuple[Tensor, int]:
         """(sum over the batches of n_b H_b v, number of samples), one batch at a time."""
@@ -354,9 +388,17 @@ class HvpEngine:
             _, hv = jvp(grad(loss_of), (primals,), (tangents,))
             n_b = p.n_samples(batch)
             return torch.cat([hv["model." + n].reshape(-1) for n in p.param_names]), n_b
-        loss, n_b, _ = p.compute(batch)
-        grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
-        return self.vjp_of_grads(grads, v), n_b
+        if self.graph_bytes_measured is not None:
+            loss, n_b, _ = p.compute(batch)
+            grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+            return self._measured_vjp(grads, v), n_b
+        # the first batch measures its graph (for `landscape.hvp_memory`)
+        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
+        summed: list[Tensor | None] = [None] * len(p.params)
+        with saved.counting():
+            n_b = self._add_scaled_gradient(summed, batch, saved)
+        self.graph_bytes_measured = int(saved.total * p.data.n_local / max(n_b, 1))
+        return self._measured_vjp(summed, v).div_(n_b), n_b
 
 
 def ggn_product_sum(bp: BatchPass, vs: list[Tensor], total: Tensor) -> int:

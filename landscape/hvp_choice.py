@@ -34,8 +34,11 @@ Distributed: every decision is reduced over the ranks, so all ranks take the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +47,7 @@ from torch import Tensor
 
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
 from .hvp_fd import FiniteDifference, error_bound
+from .hvp_memory import PeakNew, warm_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch_pass import BatchPass
@@ -52,6 +56,11 @@ FINITE_DIFFERENCE = "finite_difference"
 PRODUCT_METHODS = (*HVP_METHODS, FINITE_DIFFERENCE)
 CHECK_SEED = 21  # seeds the self-check's random vector
 CONFIRM = 10.0  # switch when exact and finite difference differ by this many times its error
+# An estimator asking for relative tolerance tol may use finite differences when their measured
+# relative error on the check's random vector is at most FD_ERROR_SHARE * tol (`fd_verdict`)
+FD_ERROR_SHARE = 0.5
+# ... and at least this many times faster than the exact product (timings on first use are noisy)
+FD_SPEEDUP = 1.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,9 @@ class HvpCheck:
     step, (4/3) ||H_fd(h) r - H_fd(h/2) r|| (large for a gradient with kinks; NaN when not
     measured); `error`: the exact product's error message when it raised (then the numbers are
     NaN); `uses_finite_difference`: the probe's products are finite differences from then on.
+    `exact_seconds`: one exact product by the method "auto" chose (its measured time per
+    product, e.g. a backward pass through the kept graph); `fd_seconds`: the measured time of
+    the finite difference on r (both summed over the ranks; NaN when not measured).
     """
 
     difference: float
@@ -73,9 +85,38 @@ class HvpCheck:
     step_error: float = float("nan")
     error: str | None = None
     uses_finite_difference: bool = False
+    exact_seconds: float = float("nan")
+    fd_seconds: float = float("nan")
+
+    @property
+    def fd_error(self) -> float:
+        """The finite difference's measured relative error, ||H_exact r - H_fd r|| / ||H_fd r||."""
+        return self.difference / max(self.product_norm, 1e-300)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+
+def fd_verdict(check: HvpCheck | None, tol: float) -> tuple[bool, str]:
+    """Whether an estimator asking for relative tolerance `tol` should use finite-difference
+    products instead of the exact ones, and why (one line). Yes when the self-check passed,
+    the finite difference's measured relative error is at most FD_ERROR_SHARE * tol (measured
+    on a random vector r) and it was measured at least FD_SPEEDUP times faster than an exact
+    product. The estimator still checks its results with exact products (`exact_only`)."""
+    if check is None or check.error is not None or check.uses_finite_difference:
+        return False, "no self-check of the exact product ran (check_hvp=False?)"
+    if not check.passed:
+        return False, ("exact: the finite difference disagreed with it beyond its error bound "
+                       "(a gradient with kinks at the step's scale?)")
+    error, fast, slow = check.fd_error, check.fd_seconds, check.exact_seconds
+    if not error <= FD_ERROR_SHARE * tol:
+        return False, (f"exact: the finite difference's measured relative error {error:.2g} "
+                       f"exceeds {FD_ERROR_SHARE:g} tol = {FD_ERROR_SHARE * tol:.2g}")
+    if not fast * FD_SPEEDUP < slow:
+        return False, (f"exact: {slow:.3g} s a product against {fast:.3g} s by finite "
+                       f"differences (not {FD_SPEEDUP:g} times faster)")
+    return True, (f"finite differences: {fast:.3g} s a product against {slow:.3g} s exact, "
+                  f"relative error {error:.2g} <= {FD_ERROR_SHARE:g} tol")
 
 
 class Products:
@@ -88,6 +129,9 @@ class Products:
         self.use_fd = method == FINITE_DIFFERENCE
         self.settled = method != "auto"
         self.check: HvpCheck | None = None
+        self.chosen_fd = False  # finite differences chosen for a call by `for_tolerance`
+        # the peak storage of a plain gradient, measured by the self-check (`hvp_memory`)
+        self.gradient_bytes: int | None = None
 
     def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
         """H v at the probe's current parameters (inside its session)."""
@@ -107,7 +151,45 @@ class Products:
     def settle(self, at_checkpoint: bool) -> None:
         """Make the "auto" decision now (before a product that bypasses `hvp`)."""
         if not self.settled:
-            self._first(self._random_vector(), at_checkpoint)
+            self._first(self._random_vector(), at_checkpoint, want=False)
+
+    @contextlib.contextmanager
+    def for_tolerance(self, tol: float, at_checkpoint: bool = True) -> Iterator[str]:
+        """Inside the block, products are finite differences when `fd_verdict` says so for
+        relative tolerance `tol` (the kept gradient graph is dropped then: it is rebuilt when an
+        exact product at the checkpoint is needed again); yields the one-line reason. Only under
+        hvp_method="auto" (settled here first, at the checkpoint)."""
+        if self.method != "auto" or not at_checkpoint:
+            yield f"hvp_method={self.method!r}" + ("" if at_checkpoint else " (off the checkpoint)")
+            return
+        with self.passes.session(None):  # eval mode, restored: the model is not changed
+            self.settle(at_checkpoint)
+        if self.use_fd:
+            yield ("finite differences: double backward is unavailable or wrong through this "
+                   "model (probe.hvp_check)")
+            return
+        use, reason = fd_verdict(self.check, tol)
+        if not use:
+            yield reason
+            return
+        self.engine.drop_graph()
+        self.use_fd = self.chosen_fd = True
+        try:
+            yield reason
+        finally:
+            self.use_fd = self.chosen_fd = False
+
+    @contextlib.contextmanager
+    def exact_only(self) -> Iterator[None]:
+        """Exact products inside the block where `for_tolerance` chose finite differences."""
+        if not self.chosen_fd:
+            yield
+            return
+        self.use_fd = False
+        try:
+            yield
+        finally:
+            self.use_fd = True
 
     def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool) -> Tensor | None:
         """The exact product; with `tolerant`, None (on every rank) when it raised a
@@ -133,16 +215,19 @@ class Products:
             return None
         return out.div_(n)
 
-    def finite_difference(self, v: Tensor, shrink: float = 1.0) -> Tensor:
-        """The central-difference product (2 gradients), step times `shrink`."""
+    def finite_difference(self, v: Tensor, shrink: float = 1.0, sizes: bool = False) -> Tensor:
+        """The central-difference product (2 gradients), step times `shrink`; with `sizes`,
+        the gradients' size for the error bound is kept (`_grad_size`)."""
         p = self.passes
-        out, n, size, error = torch.zeros_like(v), 0, 0.0, None
-        try:
-            out, n, size = self.fd.hvp_sum(v, shrink)
+        out, n, size, error = None, 0, 0.0, None
+        try:  # no placeholder output while the product runs: one vector less at the peak
+            out, n, size = self.fd.hvp_sum(v, shrink, sizes)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
+        out = torch.zeros_like(v) if out is None else out
         n, size = p.comm.reduce([n, size], [out], error)
-        self._grad_size = size / max(n, 1)
+        if sizes:
+            self._grad_size = size / max(n, 1)
         return out.div_(n)
 
     def _random_vector(self) -> Tensor:
@@ -150,11 +235,24 @@ class Products:
         gen = torch.Generator().manual_seed(CHECK_SEED)
         return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
 
-    def _first(self, v: Tensor, at_checkpoint: bool) -> Tensor:
-        """The first product under "auto": fallback on error, then (check_hvp) the self-check."""
+    def _first(self, v: Tensor, at_checkpoint: bool, want: bool = True) -> Tensor | None:
+        """The first product under "auto": fallback on error, then (check_hvp) the self-check;
+        returns H v (None when not `want`ed: `settle`)."""
         p = self.passes
+        p.prepare()  # the first-use data checks, before anything is timed
+        warm_up()  # and the memory meter's one-time setup
         r = self._random_vector() if self.check_first else v
+        fd_r, t_fd = None, 0.0
+        if self.check_first:  # first: its displacements of w would invalidate a kept graph
+            t0 = time.perf_counter()
+            with PeakNew() as meter:
+                fd_r = self.finite_difference(r, sizes=True)
+            t_fd = _since(t0, p.device) - meter.seconds
+            # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
+            self.gradient_bytes = meter.peak - r.numel() * r.element_size()
+        t0 = time.perf_counter()
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
+        t_exact = _since(t0, p.device)
         if exact_r is None:
             out = self.finite_difference(v)  # a data error raises here, before any warning
             self.check = HvpCheck(float("nan"), float("nan"), float("nan"), False,
@@ -164,12 +262,14 @@ class Products:
                 f"({self._reason}); using finite-difference Hessian-vector products "
                 "(2 gradients each). Pass hvp_method='finite_difference' to choose it.")
             return out
-        if not self.check_first:
+        if fd_r is None:
             self.settled = True
             return exact_r
-        fd_r = self.finite_difference(r)
+        # an exact product from now on costs what the engine measured for its choice
+        t_exact = self.engine.times.get(self.engine.chosen or "", t_exact)
+        t_exact, t_fd = p.comm.reduce([t_exact, t_fd])
         fd_norm = float(torch.linalg.vector_norm(fd_r))
-        diff = float(torch.linalg.vector_norm(exact_r - fd_r))
+        diff = float(torch.linalg.vector_norm(exact_r.sub_(fd_r)))  # in place: no temporary
         bound = error_bound(fd_norm, self._grad_size, float(torch.linalg.vector_norm(r)),
                             self.fd.scale(r), p.dtype)
         del exact_r
@@ -181,10 +281,11 @@ class Products:
         del fd_r
         switch = diff > CONFIRM * (bound + step_error)  # False while step_error is NaN
         self.check = HvpCheck(diff, bound, fd_norm, diff <= bound, step_error,
-                              uses_finite_difference=switch)
+                              uses_finite_difference=switch, exact_seconds=t_exact,
+                              fd_seconds=t_fd)
         if not switch:
             self.settled = True
-            return self.exact(v, at_checkpoint, tolerant=False)  # type: ignore[return-value]
+            return self.exact(v, at_checkpoint, tolerant=False) if want else None
         self._switch(
             f"Hessian-vector product self-check (check_hvp) failed: the exact product (double "
             f"backward) and the finite difference differ by {diff / max(fd_norm, 1e-300):.3g} "
@@ -193,9 +294,17 @@ class Products:
             "wrong through some part of the model (a once_differentiable autograd Function?). "
             "Using finite-difference products (2 gradients each); pass "
             "hvp_method='finite_difference' to choose it, or check_hvp=False to skip the check.")
-        return self.finite_difference(v)
+        return self.finite_difference(v) if want else None
 
     def _switch(self, message: str) -> None:
+        self.engine.drop_graph()
         self.use_fd = True
         self.settled = True
         warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
+def _since(t0: float, device: torch.device) -> float:
+    """Seconds since t0, after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

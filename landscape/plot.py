@@ -67,11 +67,16 @@ def set_title(target: Any, text: str) -> None:
         fig.suptitle(text, fontsize=STYLE["figure.titlesize"], fontweight="normal")
 
 
+def _two_digits(value: float) -> str:
+    """Two significant digits without an exponent below 1e5: 100, 30, 0.3 (not 1e+02)."""
+    return f"{float(f'{value:.2g}'):g}"
+
+
 def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
               labels: Sequence[str] | None = None, accuracy: bool = True, log: bool = False,
               stderr: bool = True, xlabel: str = r"$\alpha$",
               accuracy_range: tuple[float, float] | None = (0.0, 1.0),
-              column: str | float = "single") -> Any:
+              column: str | float = "single", styles: Sequence[dict] | None = None) -> Any:
     """Loss along one or several lines; accuracy in its own panel.
 
     With `ax=None` and accuracy to draw, the new figure has two panels sharing the alpha axis:
@@ -90,6 +95,10 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         accuracy_range: the accuracy axis' limits (default [0, 1]); None fits the curves, and
             the axis label then says "zoomed".
         column: width of a new figure: "single", "double" or inches.
+        styles: per line, keyword arguments of matplotlib's `plot` (`color`, `linestyle`,
+            `alpha`, `linewidth`) overriding the default, the k-th Okabe-Ito colour, solid (e.g.
+            one colour per pair, dashed after alignment); the accuracy panel takes the colour
+            and line style.
 
     Returns:
         The loss Axes (`ax.figure` holds the accuracy panel too).
@@ -123,15 +132,17 @@ def plot_line(lines: Line | Sequence[Line], ax: Any = None, *,
         else:
             acc_ax, twin = (ax.twinx(), True) if draw_acc else (None, False)
         for k, line in enumerate(lines):
-            color = OKABE_ITO[k % len(OKABE_ITO)]
+            style = {"color": OKABE_ITO[k % len(OKABE_ITO)], "linestyle": "-",
+                     **(styles[k] if styles is not None else {})}
+            color = style["color"]
             label = labels[k] if labels is not None else None
-            ax.plot(line.alphas, line.loss, color=color, label=label)
+            ax.plot(line.alphas, line.loss, label=label, **style)
             if stderr and line.loss_stderr is not None:
                 ax.fill_between(line.alphas, line.loss - line.loss_stderr,
                                 line.loss + line.loss_stderr, color=color, alpha=0.25, lw=0)
             if acc_ax is not None and line.accuracy is not None:
-                acc_ax.plot(line.alphas, line.accuracy, color=color, ls="--" if twin else "-",
-                            lw=0.9 if twin else None)
+                acc_ax.plot(line.alphas, line.accuracy, color=color,
+                            ls="--" if twin else style["linestyle"], lw=0.9 if twin else None)
         if log:
             ax.set_yscale("log")
         ax.set_ylabel("loss")
@@ -224,7 +235,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
         from matplotlib.colors import LogNorm
 
         norm = LogNorm(vmin=min(levels), vmax=max(levels))
-        label, fmt = f"loss − {m:.3g} (log scale)", "%.2g"
+        label, fmt = f"loss − {m:.3g} (log scale)", _two_digits
     with plt.rc_context(STYLE):
         ax = _axes(ax, column, "compressed")
         x, y = np.meshgrid(surface.xs, surface.ys, indexing="ij")
@@ -243,7 +254,7 @@ def plot_contour(surface: Surface, ax: Any = None, *, levels: int | Sequence[flo
             from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
             cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
-            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _two_digits(v)))
             cbar.ax.yaxis.set_minor_formatter(NullFormatter())
         ax.plot([0], [0], marker="*", color="k", ms=6, ls="none")
         _xy_labels(ax, surface)
@@ -305,9 +316,14 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
             note = f"clipped at {zmax:.3g} ({above.mean():.0%} of the points above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
-        if ax is None:
-            fig = plt.figure(figsize=figure_size(column, 0.8), layout="constrained")
-            ax = fig.add_subplot(projection="3d")
+        own = ax is None
+        if own:  # placed by hand: mplot3d's box leaves wide margins in a laid-out Axes
+            from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+            fig = plt.figure(figsize=figure_size(column, 0.8))
+            fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True,
+                                                          colorbar_gridspec=False))
+            ax = fig.add_axes((-0.07, 0.06, 1.0, 0.96), projection="3d")
         elif getattr(ax, "name", "") != "3d":
             raise LandscapeError(
                 "plot_surface_3d needs a 3D Axes: fig.add_subplot(projection='3d')."
@@ -326,11 +342,13 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
         ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
-        ax.set_box_aspect(None, zoom=0.92)
+        # labels take fixed inches: a wider canvas leaves the box more of itself
+        wider = ax.figure.get_figwidth() - COLUMN_WIDTHS["single"]
+        ax.set_box_aspect(None, zoom=min(1.12, 1.0 + 0.034 * wider) if own else 0.92)
         ax.clip_note = note
         if note is not None:
-            ax.text2D(0.5, 1.0, note, transform=ax.transAxes, ha="center", va="top",
-                      fontsize=STYLE["legend.fontsize"], color="0.25")
+            ax.text2D(0.5, 0.97 if own else 1.0, note, transform=ax.transAxes, ha="center",
+                      va="top", fontsize=STYLE["legend.fontsize"], color="0.25")
     _fonts(ax)
     return ax
 

@@ -8,16 +8,18 @@ random initialization, since nothing can be downloaded here).
 
 For every model it prints one row:
 
-* `grad s`: one full-data gradient (median of 3 after a warm-up): the unit of time;
+* `grad s`: one full-data gradient (median of 3 after a warm-up): the unit of time, in CPU
+  seconds of this process (`time.process_time`; with one torch thread, what the work cost
+  whatever else the machine runs) and in wall seconds;
 * `fresh k=1 @1e-3`: `hessian_eigenvalues(k=1, tol=1e-3)` on a *fresh* probe (first-use data
-  checks, HVP-method choice and all included): products, converged, and wall time per product
-  in gradients (target <= 4);
+  checks, HVP-method choice and all included): products, converged, and time per product
+  in gradients (target <= 4), by CPU time (the load-robust number) and by wall time;
 * `peak`: the peak resident memory during that call minus the peak of a plain gradient on a
-  warm probe, in parameter-sized vectors (target <= 12), next to the `stored_vectors` the
-  estimator reports;
-* `hvp/grad`: one product in steady state, in gradients (the median of three products each
-  divided by a gradient timed just before it, so both see the same load), and the HVP method
-  "auto" chose (with the kept graph's measured size when it was measured).
+  warm probe, in parameter-sized vectors (target <= 12), next to the `peak_vectors` and
+  `stored_vectors` the estimator reports;
+* `hvp/grad`: one product in steady state, in gradients of CPU time (the median of three
+  products each divided by a gradient timed just before it), and the HVP method the call used
+  with the kept graph's measured size and the one-line reason.
 
 The unit of the first call is the median of the gradients timed before it and right after it.
 
@@ -112,7 +114,7 @@ def cases(small: bool) -> dict[str, Case]:
     }
 
 
-DEFAULT_MODELS = ("resnet50", "convnext_t", "vit_s", "gpt2", "lstm_lm")
+DEFAULT_MODELS = ("convnext_t", "lstm_lm", "vit_s", "gpt2", "resnet50")  # the slowest last
 
 
 def peak_reset() -> None:
@@ -134,14 +136,15 @@ def peak_bytes() -> int | None:
     return None
 
 
-def measured(fn: Callable[[], Any]) -> tuple[Any, float, int | None]:
-    """(result, seconds, peak resident bytes during the call)."""
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, int | None, float]:
+    """(result, wall seconds, peak resident bytes during the call, CPU seconds)."""
     gc.collect()
     peak_reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    cpu = time.process_time() - c0
     seconds = time.perf_counter() - t0
-    return out, seconds, peak_bytes()
+    return out, seconds, peak_bytes(), cpu
 
 
 def make_probe(case: Case, model: torch.nn.Module, data: Any) -> Probe:
@@ -150,16 +153,18 @@ def make_probe(case: Case, model: torch.nn.Module, data: Any) -> Probe:
     return Probe(model, data, batch_size=len(data[0]))
 
 
-def gradient_baseline(case: Case, model: torch.nn.Module, data: Any) -> tuple[float, int | None]:
-    """(seconds of one full-data gradient, median of 3 after a warm-up; peak resident bytes of
-    a plain gradient on a warm probe)."""
+def gradient_baseline(case: Case, model: torch.nn.Module, data: Any
+                      ) -> tuple[float, int | None, float]:
+    """(wall seconds of one full-data gradient, median of 3 after a warm-up; peak resident
+    bytes of a plain gradient on a warm probe; CPU seconds, median of 3)."""
     probe = make_probe(case, model, data)
     probe.gradient()  # warm-up (first-use checks)
-    times, peak = [], None
+    times, cpus, peak = [], [], None
     for _ in range(3):
-        _, seconds, peak = measured(probe.gradient)
+        _, seconds, peak, cpu = measured(probe.gradient)
         times.append(seconds)
-    return statistics.median(times), peak
+        cpus.append(cpu)
+    return statistics.median(times), peak, statistics.median(cpus)
 
 
 def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
@@ -168,7 +173,7 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
     data = case.data()
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     vec_bytes = 4 * n
-    grad_s, grad_peak = gradient_baseline(case, model, data)
+    grad_s, grad_peak, grad_cpu = gradient_baseline(case, model, data)
 
     def memory(peak: int | None) -> str:
         if peak is None or grad_peak is None:
@@ -177,26 +182,27 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
 
     # a fresh probe: the first call pays every fixed cost
     fresh = make_probe(case, model, data)
-    first, first_s, first_peak = measured(
+    first, first_s, first_peak, first_cpu = measured(
         lambda: hessian_eigenvalues(fresh, k=1, tol=1e-3, seed=0))
-    chosen = fresh.hvp_method_used
-    del fresh
+    engine = fresh.products.engine
+    graph = "" if engine.graph_bytes_measured is None else \
+        f", graph {engine.graph_bytes_measured / vec_bytes:.2f} vectors"
+    chosen = f"{first.hvp_method}{graph}: {first.hvp_reason}"
+    del fresh, engine
     probe = make_probe(case, model, data)
     v = torch.randn(n, generator=torch.Generator().manual_seed(0))
     probe.gradient()
     probe.hvp(v)  # warm-up: the method choice (and the kept graph)
     # a gradient and a product back to back, three times: each ratio under the same load
-    pairs = [(measured(probe.gradient)[1], measured(lambda: probe.hvp(v))[1]) for _ in range(3)]
+    pairs = [(measured(probe.gradient)[3], measured(lambda: probe.hvp(v))[3]) for _ in range(3)]
     hvp_ratio = statistics.median(h / g for g, h in pairs)
     # the unit of the first call: gradients timed before it and right after it
-    grad_s = statistics.median([grad_s, *(g for g, _ in pairs)])
-    engine = probe._hvp
-    graph = "" if engine.graph_bytes_measured is None else \
-        f", graph {engine.graph_bytes_measured / vec_bytes:.2f} vectors"
+    grad_cpu = statistics.median([grad_cpu, *(g for g, _ in pairs)])
     rows = [
-        f"| {key} | {n / 1e6:.1f}M | {grad_s:.2f} | {first.n_hvp} | {first.converged} | "
+        f"| {key} | {n / 1e6:.1f}M | {grad_cpu:.2f} / {grad_s:.2f} | {first.n_hvp} | "
+        f"{first.converged} | {first_cpu / first.n_hvp / grad_cpu:.2f} / "
         f"{first_s / first.n_hvp / grad_s:.2f} | {memory(first_peak)} | "
-        f"{first.stored_vectors} | {hvp_ratio:.2f} | {chosen}{graph} |"]
+        f"{first.peak_vectors:.1f} | {first.stored_vectors} | {hvp_ratio:.2f} | {chosen} |"]
     print(rows[-1], flush=True)
     if full:
         runs = {
@@ -206,7 +212,7 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
             "density 1x30": lambda: hessian_density(probe, n_vectors=1, n_steps=30, seed=0),
         }
         for label, run in runs.items():
-            res, seconds, peak = measured(run)
+            res, seconds, peak, _ = measured(run)
             extra = ""
             if hasattr(res, "converged"):
                 extra = f"converged={res.converged}, top={res.eigenvalues[0]:.4g}"
@@ -216,7 +222,7 @@ def bench(key: str, case: Case, full: bool, run_audit: bool) -> list[str]:
             print(rows[-1], flush=True)
     if run_audit:
         fresh = make_probe(case, model, data)
-        report, seconds, peak = measured(lambda: audit(fresh, budget="quick", seed=0))
+        report, seconds, peak, _ = measured(lambda: audit(fresh, budget="quick", seed=0))
         eig = report.measures.get("hessian_eigenvalues")
         converged = None if eig is None else eig.details.get("converged")
         budget = report.plan.get("gradients", "n/a")
@@ -247,10 +253,11 @@ def main() -> None:
         parser.error(f"unknown models {unknown}; choose among {list(table)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}, float32, CPU")
-    print("| model | params | grad s | fresh k=1 @1e-3: products | converged | gradients per "
-          "product, first call included | peak beyond a gradient's, vectors | stored vectors | "
-          "hvp/grad steady | HVP method |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | grad s, CPU / wall | fresh k=1 @1e-3: products | converged | "
+          "gradients per product, first call included, CPU / wall | peak beyond a gradient's, "
+          "vectors, measured | peak_vectors reported | stored vectors | hvp/grad steady, CPU | "
+          "HVP method: reason |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     extra_rows = []
     for key in models:
         rows = bench(key, table[key], key in args.full, key in args.audit)

@@ -125,3 +125,13 @@ def test_every_table_of_the_json_is_in_the_markdown_and_the_html(tmp_path):
         for expected in _rows_expected(data_json):
             assert any(all(e in [c.strip() for c in row] for e in expected) for row in rows), \
                 f"{name} has no row for {expected}"
+
+
+def test_a_p_value_below_double_precision_reads_as_a_bound():
+    a = _audit(_measure("hessian_trace", 0.0, 0.01))
+    b = _audit(_measure("hessian_trace", 1.0, 0.01))  # z = 70.7: p underflows to 0
+    result = Comparison({"A": a, "B": b}, [], 0, "quick", 0.0)
+    (test,) = result.tests()
+    assert test.p_value == 0.0
+    row = next(r for r in rendered_cells(result.to_markdown()) if len(r) == 8 and r[0] != "pair")
+    assert row[5:7] == ["< 1e-16", "< 1e-16"]

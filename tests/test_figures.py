@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers.figure_checks import checked_savefig, text_problems  # noqa: E402
+from helpers.figure_checks import checked_savefig, ink_extent, text_problems  # noqa: E402
 from helpers.figure_data import bowl_surface, eigenvalue_track, parabola_lines  # noqa: E402
 
 from landscape import LandscapeError, Probe, audit, compare  # noqa: E402
@@ -166,6 +166,10 @@ def test_make_figures_script_figures_are_clean(tmp_path):
                                 tmp_path / f"zmax{zmax}", zmax=zmax, formats=("png", "pdf"))
     assert_clean(record, 12)
     assert png_width(tmp_path / "zmaxNone" / "resnet_contour.png") == DOUBLE_PX
+    # each 3D panel fills its half of the canvas (mplot3d's default margins left 65-75% wide)
+    for zmax in (None, 1.0):
+        for height, width in ink_extent(tmp_path / f"zmax{zmax}" / "resnet_surface3d.png", 2):
+            assert height > 0.9 and width > 0.8, (zmax, height, width)
 
 
 def test_clipping_is_stated_and_leaves_holes_not_a_plateau():
@@ -245,4 +249,46 @@ def test_save_figure_writes_vector_pdf_and_300_dpi_png(tmp_path):
     assert [p.name for p in written] == ["heat.pdf", "heat.png"]
     assert written[0].read_bytes()[:5] == b"%PDF-"
     assert png_width(written[1]) == SINGLE_PX
+    plt.close("all")
+
+
+def test_each_pair_has_one_colour_and_its_aligned_path_is_dashed(tmp_path, monkeypatch):
+    """Six pairs with their aligned paths are twelve curves: more than the palette's eight
+    colours. Each pair keeps one colour, raw solid and aligned dashed over it, so an aligned
+    path equal to the raw one still shows, and no two pairs share a colour."""
+    from landscape.compare import Comparison, comparison_figures
+
+    drawn = []
+    original = lp.plot_line
+
+    def spy(*args, **kwargs):
+        ax = original(*args, **kwargs)
+        drawn.append(ax)
+        return ax
+
+    monkeypatch.setattr(lp, "plot_line", spy)
+    lines = parabola_lines(6)
+    keys = [f"m{i} -> m{j}" for i in range(4) for j in range(i + 1, 4)]
+    comparison = Comparison({}, [], 0, "quick", 0.0, interpolations=dict(zip(keys, lines)),
+                            aligned_interpolations=dict(zip(keys, lines)))
+    comparison_figures(comparison, tmp_path)
+    (ax,) = drawn
+    curves = [(line.get_label(), line.get_color(), line.get_linestyle()) for line in ax.lines]
+    assert len(curves) == 12
+    raw = [c for c in curves if not c[0].endswith(", aligned")]
+    aligned = [c for c in curves if c[0].endswith(", aligned")]
+    assert [c[2] for c in raw] == ["-"] * 6 and [c[2] for c in aligned] == ["--"] * 6
+    assert [c[1] for c in raw] == [c[1] for c in aligned]
+    assert len({c[1] for c in raw}) == 6
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"zmax": 2.0}, {"log": True}, {"column": "double"}])
+def test_a_3d_view_fills_its_canvas(tmp_path, kwargs):
+    """plot_surface_3d's own figure: the box and its labels span the canvas (a laid-out 3D
+    Axes left 15% empty above and 20% at the sides), with every label inside it."""
+    ax = lp.plot_surface_3d(bowl_surface(), **kwargs)
+    assert not text_problems(ax.figure)
+    (path,) = lp.save_figure(ax.figure, tmp_path / "surface3d", ("png",))
+    ((height, width),) = ink_extent(path)
+    assert height > 0.9 and width > 0.85, (height, width)
     plt.close("all")

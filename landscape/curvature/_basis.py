@@ -17,13 +17,13 @@ from .._random import rademacher
 from .._reduce import accumulation_dtype, norm, rows_dot
 
 _BLOCK_ROWS = 8  # rows allocated at a time
-_COLUMN_BLOCK = 2**20  # columns transformed at a time in a restart (a capacity x 1M temporary)
+# columns transformed at a time in a restart: a capacity x 256k temporary (8 MB for 8 float32
+# rows, a small part of a vector at size; 1M columns took 0.8 vectors of a 14.5M-parameter LSTM)
+_COLUMN_BLOCK = 2**18
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
 LARGE_MODEL_VECTORS = 8  # the default budget, in vectors, when the default above does not fit
-# 8, not 12: at k=1 the measured peak resident memory beyond a plain gradient's is these plus
-# the kept gradient graph (0.3 vectors on ConvNeXt-T) and 1-3 vectors of allocator retention
-# and product temporaries; 10 measured 13.4 there, 8 measured 11.6 with the same products
-# (docs/benchmarks/scale.md)
+# 8, not more: on ConvNeXt-T a basis of 10 took the same products as 8 (docs/benchmarks/scale.md)
+TOTAL_VECTORS = 12  # and with what the product holds (`landscape.hvp_memory`), at most this
 
 
 def vector_bytes(n: int, dtype: torch.dtype) -> int:
@@ -31,12 +31,15 @@ def vector_bytes(n: int, dtype: torch.dtype) -> int:
     return n * torch.finfo(dtype).bits // 8
 
 
-def default_budget(n: int, dtype: torch.dtype, wanted: int) -> int:
+def default_budget(n: int, dtype: torch.dtype, wanted: int, held: float = 0.0) -> int:
     """Vectors an estimator may store when the caller sets no budget: `wanted` when they fit in
-    1 GiB (small models: the best-converging choice), else 8."""
+    1 GiB (small models: the best-converging choice), else 8, or fewer where the product holds
+    `held` vectors beyond a gradient's peak (its kept graph, its work vectors): at most
+    TOTAL_VECTORS - held, so the call's peak memory beyond a plain gradient's stays within
+    TOTAL_VECTORS (12) vectors (at least 2)."""
     if wanted * vector_bytes(n, dtype) <= DEFAULT_BYTES:
         return wanted
-    return min(wanted, LARGE_MODEL_VECTORS)
+    return max(2, min(wanted, LARGE_MODEL_VECTORS, int(TOTAL_VECTORS - max(held, 0.0))))
 
 
 class Basis:

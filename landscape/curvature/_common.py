@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor
@@ -11,6 +12,7 @@ from .._checks import check_option
 from .._model_prep import require_precision
 from .._vector_space import using
 from ..errors import LandscapeError
+from ..hvp_memory import product_vectors
 from ..probe import ParamSelection, Probe
 from .blocks import groups
 from .results import LayerResults
@@ -51,3 +53,26 @@ def per_group(probe: Probe, by: str | dict | None, estimate: Callable[[Probe], A
         results[name] = estimate(sub)
         sizes[name] = sub.num_params
     return LayerResults(results, sizes)
+
+
+@contextlib.contextmanager
+def products_for(probe: Probe, curvature: str, tol: float, checked: bool = True
+                 ) -> Iterator[str]:
+    """Inside the block the Hessian's products are finite differences where they are faster
+    and accurate enough for relative tolerance `tol` (`landscape.hvp_choice.fd_verdict`; the
+    probe's "auto" method is settled first), for an estimator that checks its results with
+    exact products (`checked`; else the probe's own method); yields the one-line reason."""
+    if curvature != "hessian" or not checked:
+        yield "Gauss-Newton products" if curvature != "hessian" else "the probe's method"
+        return
+    with probe.products.for_tolerance(tol) as reason:
+        yield reason
+
+
+def held_vectors(probe: Probe) -> float:
+    """Vectors a product holds beyond a gradient's peak, of the products a call inside
+    `products_for` uses (its checks are exact where it iterates with finite differences)."""
+    held = product_vectors(probe)
+    rebuilt = probe.products.chosen_fd  # the exact checks build the dropped graph again
+    with probe.products.exact_only():
+        return max(held, product_vectors(probe, rebuilt))

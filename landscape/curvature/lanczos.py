@@ -22,7 +22,7 @@ from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
-from ._common import MatVec, operator, per_group, select
+from ._common import MatVec, held_vectors, operator, per_group, products_for, select
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs
@@ -68,7 +68,9 @@ def hessian_eigenvalues(
     (while products are left) from the restarted basis. Near the roundoff level the bound is
     floored at 100 eps max_j |theta_j| (eps of the probe's dtype), so zero eigenvalues can
     converge. `error_bounds` = min(r_i, r_i^2 / gap_i) bounds the eigenvalue error (see
-    `EigenResult`); it is usually far below `tol`.
+    `EigenResult`); it is usually far below `tol`. Under hvp_method="auto", finite differences
+    where measured >= 1.5x faster and accurate to tol / 2 (`landscape.hvp_choice.fd_verdict`),
+    the returned pairs checked with exact products (`EigenResult.hvp_method`, `hvp_reason`).
 
     Args:
         probe: the model, data and loss.
@@ -101,9 +103,11 @@ def hessian_eigenvalues(
             second pass of as many products with 3 vectors to form the Ritz vector whose true
             residual is checked (its vectors lose orthogonality, which leaves the extreme
             eigenvalue reliable but may cost more products; see `recurrence_eig`). None: the
-            full basis (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors. The
-            vectors are allocated as the basis grows. `EigenResult.stored_vectors` reports
-            what was stored.
+            full basis (max_basis + 1 vectors) when it fits in 1 GiB, else 8 vectors, or
+            fewer so that with what one product holds (the kept gradient graph, measured on
+            the first product; `landscape.hvp_memory`) the peak stays within 12 vectors beyond
+            a plain gradient's. The vectors are allocated as the basis grows.
+            `EigenResult.stored_vectors` reports what was stored, `peak_vectors` the peak.
         progress: show a progress bar over products.
         basis_device: where the Lanczos basis (and the start vector, the Ritz vectors and the
             eigenvectors returned) live: None, the probe's device; "cpu" keeps them in host
@@ -165,28 +169,39 @@ def hessian_eigenvalues(
         # the start vector is handed over without a name here, so the estimator's copy of it
         # is the only one alive (its memory counts in stored_vectors)
         home, pin = home_of(p)
-        v0 = [_on(normal(p.num_params, gen, p.dtype), home, pin)]
-        with tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
+        with products_for(p, curvature, tol, method == "lanczos") as reason, \
+                tqdm(disable=not progress, desc="eigenvalues", unit="hvp") as bar:
+            held = held_vectors(p)  # after the first product ("auto" settles it): measured
+            v0 = [_on(normal(p.num_params, gen, p.dtype), home, pin)]
+
             def counted(v: Tensor) -> Tensor:
                 bar.update(1)
                 return matvec(v).to(home)  # the probe moves v to its own device
 
+            def exact_product(v: Tensor) -> Tensor:  # for the true residuals
+                with p.products.exact_only():
+                    return counted(v)
+
+            exact = exact_product if p.products.chosen_fd else None
+
             if method == "lanczos":
                 budget = max_iter if max_iter is not None else 1000
-                m, _ = _plan(p, k, return_vectors, max_basis, max_vectors)
+                m, _ = _plan(p, k, return_vectors, max_basis, max_vectors, held)
                 if m == 0:
                     v0.clear()
 
                     def start() -> Tensor:  # the same start vector, for both passes
                         return _on(normal(p.num_params, generator(seed), p.dtype), home, pin)
 
-                    out = recurrence_eig(counted, start, which, tol, budget)
+                    out = recurrence_eig(counted, start, which, tol, budget, exact)
                 else:
                     out = lanczos_eigs(counted, v0.pop(), k, which, tol, budget, m, gen,
-                                       return_vectors)
+                                       return_vectors, exact)
             else:
                 budget = max_iter if max_iter is not None else 1000 * k
                 out = power_eigs(counted, v0.pop(), k, tol, budget, gen)
+            used = p.hvp_method_used if curvature == "hessian" else "ggn"
+            held = held_vectors(p)  # measured on the first product by now
         cost = meter.cost()
         if not out.converged:
             warnings.warn(
@@ -198,6 +213,8 @@ def hessian_eigenvalues(
         return EigenResult(
             eigenvalues=out.values, eigenvectors=out.vectors if return_vectors else None,
             stored_vectors=out.n_vectors,
+            peak_vectors=(out.n_vectors if home == p.device else 1) + max(held, 0.0),
+            hvp_method=used, hvp_reason=reason,
             residuals=out.residuals, error_bounds=out.bounds, n_hvp=cost.n_hvp,
             converged=out.converged,
             seconds=cost.seconds, which=which, method=method, curvature=curvature, tol=tol,
@@ -232,12 +249,13 @@ def _on(x: Tensor, device: torch.device, pin: bool) -> Tensor:
 
 
 def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
-          max_vectors: int | None) -> tuple[int, int]:
-    """(basis size m before a restart, 0 for the three-term recurrence; vectors stored)."""
+          max_vectors: int | None, held: float = 0.0) -> tuple[int, int]:
+    """(basis size m before a restart, 0 for the three-term recurrence; vectors stored), the
+    default budget leaving room for the `held` vectors of the product."""
     n = dimension(probe.num_params)
     wanted = min(n, max_basis or max(50, 4 * k))
     budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
-                                                                         wanted + 1)
+                                                                         wanted + 1, held)
     m = min(wanted, budget - 1)
     if m < min(k + 2, n):
         if k == 1 and not return_vectors:
@@ -310,7 +328,7 @@ def _restart(basis: Basis, T: Tensor, theta: np.ndarray, S: np.ndarray, b: float
 
 def lanczos_eigs(
     matvec: MatVec, v0: Tensor, k: int, which: str, tol: float, max_iter: int, max_basis: int,
-    gen: torch.Generator, return_vectors: bool = True,
+    gen: torch.Generator, return_vectors: bool = True, check: MatVec | None = None,
 ) -> Eigs:
     """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above).
 
@@ -319,8 +337,11 @@ def lanczos_eigs(
     residual misses the tolerance and products are left, the iteration goes on from there,
     trusting the estimates only by the factor they were off. At most max_iter products, the
     checks included (k + 1 when max_iter is smaller). Stores at most max_basis + 1 vectors
-    (allocated as the basis grows) besides the product.
+    (allocated as the basis grows) besides the product. `check`: the operator of the checks
+    (exact products where `matvec` is a finite difference); once a check fails, `matvec` is
+    replaced by it for the rest of the run.
     """
+    check = matvec if check is None else check
     n, full = v0.numel(), dimension(v0.numel())  # full: N when v0 is a rank's shard
     m = min(max_basis, full)
     eps = torch.finfo(v0.dtype).eps
@@ -347,7 +368,7 @@ def lanczos_eigs(
             del w
             p = size if size <= k else min(size - 1, k + (size - k) // 2)
             j = _restart(basis, T, theta, S, b, _wanted(theta, p, which), size, not breakdown)
-            values, true_res = rayleigh_residuals(matvec, [basis.row(i) for i in range(len(want))])
+            values, true_res = rayleigh_residuals(check, [basis.row(i) for i in range(len(want))])
             n_mv += len(want)
             scale = max(float(np.max(np.abs(theta))), float(np.max(np.abs(values))))
             ok = size >= k and bool(np.all(true_res <= np.maximum(tol * np.abs(values),
@@ -361,6 +382,9 @@ def lanczos_eigs(
                     for v in vectors:
                         normalize_(v)
                 return Eigs(values, true_res, vectors, ok, n_mv, basis.allocated, bounds)
+            if matvec is not check:  # finite differences were not accurate enough: exact on
+                matvec = check
+                continue
             # the estimates passed but the vectors did not: believe them only that far
             trust = min(trust, float(np.min(res / np.maximum(true_res, 1e-300))))
             continue
@@ -412,6 +436,7 @@ def three_term_steps(matvec: MatVec, v0: Tensor,
 
 def recurrence_eig(
     matvec: MatVec, start: Callable[[], Tensor], which: str, tol: float, max_iter: int,
+    check: MatVec | None = None,
 ) -> Eigs:
     """The extreme eigenvalue by the Lanczos three-term recurrence, storing two vectors, then
     a second pass that forms its Ritz vector (three vectors) for the true residual.
@@ -466,7 +491,7 @@ def recurrence_eig(
     for _ in range(len(alphas)):
         next(second)
     second.close()
-    values, true_res = rayleigh_residuals(matvec, [state["y"]])
+    values, true_res = rayleigh_residuals(check or matvec, [state["y"]])
     scale = max(float(np.max(np.abs(theta))), abs(float(values[0])))
     ok = bool(true_res[0] <= max(tol * abs(values[0]), 100 * eps * scale))
     rest = np.setdiff1d(np.arange(len(theta)), want)

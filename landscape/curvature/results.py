@@ -40,6 +40,18 @@ class EigenResult:
         which, method, curvature, tol, seed: the settings.
         stored_vectors: parameter-sized vectors the estimator stored beyond the model, one
             gradient and one product (its memory; 2 for the three-term recurrence).
+        peak_vectors: the call's peak memory beyond a plain `probe.gradient()`'s peak, in
+            parameter-sized vectors: `stored_vectors` plus what one product holds beyond a
+            gradient (the kept gradient graph, measured as distinct saved storage, and the
+            product's work vectors; `landscape.hvp_memory`). With basis_device="cpu" the basis
+            lives in host memory and counts 1 here. Allocator retention and temporaries
+            inside autograd are not in it (`scripts/bench_scale.py` compares it with the
+            measured resident memory).
+        hvp_method: the Hessian-vector product the call used ("cached_graph",
+            "double_backward", "forward_over_reverse", "finite_difference"; "ggn" for the
+            Gauss-Newton matrix).
+        hvp_reason: one line saying why that product (under hvp_method="auto": finite
+            differences when measured faster and accurate enough for `tol`).
     """
 
     eigenvalues: np.ndarray
@@ -55,6 +67,9 @@ class EigenResult:
     seed: int = 0
     stored_vectors: int = 0
     error_bounds: np.ndarray | None = None
+    peak_vectors: float | None = None
+    hvp_method: str | None = None
+    hvp_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; eigenvectors are left out (too large), their shape is kept."""

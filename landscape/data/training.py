@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -10,9 +11,10 @@ from torch import Tensor, nn
 from .._validate import OneOf, validate_params
 
 OPTIMIZERS = ("sgd", "adam", "sam")
+SCHEDULES = ("constant", "cosine")
 
 
-@validate_params(optimizer=OneOf(OPTIMIZERS))
+@validate_params(optimizer=OneOf(OPTIMIZERS), schedule=OneOf(SCHEDULES))
 def train(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -25,8 +27,16 @@ def train(
     seed: int = 0,
     sam_rho: float = 0.05,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    schedule: str = "constant",
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train `model` in place with SGD (with momentum), Adam or SAM, and return it in eval mode.
+
+    `schedule="cosine"` anneals the learning rate from `lr` to 0 over the epochs
+    (lr_e = lr (1 + cos(pi e / epochs)) / 2 in epoch e, counted from 0; Loshchilov and Hutter
+    2017); "constant" keeps `lr`. `on_epoch(epoch, model)` is called after each epoch (counted
+    from 1) with the model in eval mode (training resumes in train mode): a place to record the
+    training loss, e.g. to check a plateau.
 
     SAM (Foret et al. 2021) here is the minimal two-pass version over SGD with momentum: the
     gradient is taken at w + sam_rho * g / ||g|| (l2 ball of radius `sam_rho`), then applied at w.
@@ -41,14 +51,19 @@ def train(
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model.train()
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            model.train()
+            if schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
             for x, y in loader:
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(x), y).backward()
                 if optimizer == "sam":
                     _sam_ascent_gradient(model, lambda x=x, y=y: loss_fn(model(x), y), sam_rho)
                 opt.step()
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model.eval())
     opt.zero_grad(set_to_none=True)
     return model.eval()
 

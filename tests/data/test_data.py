@@ -102,3 +102,30 @@ def test_digits_models_follow_the_global_seed_unless_given_one():
         torch.manual_seed(5)
         fixed.append(torch.nn.utils.parameters_to_vector(make(seed=3).parameters()))
         assert torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], fixed[2])
+
+
+def test_cosine_schedule_anneals_the_step_and_on_epoch_sees_each_epoch():
+    """Plain SGD on L(w) = w^2 / 2 (gradient w), one batch an epoch: w_e = w_{e-1} (1 - lr_e),
+    lr_e = lr (1 + cos(pi e / E)) / 2 for e = 0..E-1 under "cosine", lr under "constant"."""
+    import math
+
+    from landscape.data.training import train
+
+    def run(schedule):
+        model = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        seen = []
+        train(model, [(torch.zeros(1, 1), torch.zeros(1))], epochs=4, lr=0.5, momentum=0.0,
+              schedule=schedule, loss_fn=lambda out, _y: 0.5 * (model.weight ** 2).sum(),
+              on_epoch=lambda e, m: seen.append((e, m.training, m.weight.item())))
+        return seen
+
+    expected, w = [], 1.0
+    for e in range(4):
+        w *= 1 - 0.5 * (1 + math.cos(math.pi * e / 4)) / 2
+        expected.append((e + 1, False, pytest.approx(w)))
+    assert run("cosine") == expected
+    assert [s[2] for s in run("constant")] == pytest.approx([0.5 ** k for k in range(1, 5)])
+    with pytest.raises(LandscapeError, match="schedule"):
+        train(torch.nn.Linear(1, 1), [], schedule="linear")

@@ -90,3 +90,20 @@ def checked_savefig() -> Iterator[dict[str, list[str]]]:
 
     with mock.patch.object(Figure, "savefig", savefig):
         yield record
+
+
+def ink_extent(path: str | Path, panels: int = 1) -> list[tuple[float, float]]:
+    """(height, width) of the drawn part of each of `panels` equal side-by-side parts of a PNG,
+    as fractions of that part: the box around every pixel darker than near-white. A 3D view
+    that leaves wide white margins (mplot3d's default) has a small width."""
+    import numpy as np
+    from PIL import Image
+
+    ink = (np.asarray(Image.open(path).convert("RGB")) < 245).any(-1)
+    out = []
+    for k in range(panels):
+        part = ink[:, k * ink.shape[1] // panels:(k + 1) * ink.shape[1] // panels]
+        rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+        out.append(((rows[-1] - rows[0] + 1) / part.shape[0],
+                    (cols[-1] - cols[0] + 1) / part.shape[1]))
+    return out

@@ -1,0 +1,111 @@
+"""The memory a Hessian-vector product holds, in parameter-sized vectors beyond a plain gradient's.
+
+An estimator's peak memory is its stored vectors plus what one product holds while it runs. This
+module counts the product's part as the difference between its peak and the peak P of a plain
+`probe.gradient()`, from what the probe measured on its first product:
+
+* G: the distinct storage autograd saves for the gradient graph (`landscape.hvp.SavedStorage`),
+  and A: the part of it the forward pass saves (one batch, the largest);
+* W: the peak of the tensor storage created *during* the backward pass through that graph
+  (`PeakNew`, a dispatch mode that sees every tensor autograd makes: the gradients flowing back
+  through the activations, a recurrent layer's per-step weight gradients, the per-parameter
+  product and its flat copy);
+* P: under "auto" with `check_hvp`, the peak of the storage made by the self-check's
+  finite-difference product less one vector (that product holds its sum and a copy of w where a
+  gradient holds its sum: `landscape.hvp_choice`); without the check, 2 vectors (the flat
+  gradient and one batch's per-parameter gradients) + A.
+
+Then, in vectors, one product holds beyond a gradient's peak:
+
+* "cached_graph": G + W - P (the kept graph stays alive between products); where the graph is
+  built again inside the call, max(G + W, B) - P, B the peak storage made while building it;
+* "double_backward" and "forward_over_reverse": the sum of the batches' products (1), one
+  batch's gradient kept with its graph (1) and G_b + W: 2 + G_b + W - P, G_b = G / batches;
+* "finite_difference": the product's sum (1), the saved copy of w (1) and one batch's gradient
+  (1) with its activations, against a gradient's sum and the same: 1 vector.
+
+Before anything is measured, W counts 2 vectors and G, A nothing. Memory the allocator keeps
+after a free is not in these counts. `tests/curvature/test_peak_memory.py` checks them against
+the tensors actually alive, and `scripts/bench_scale.py` against resident memory at 14M-124M
+parameters.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .probe import Probe
+
+FINITE_DIFFERENCE_WORK = 1.0  # vectors of a finite-difference product (see above)
+UNMEASURED_WORK = 2.0  # W, in vectors, before it is measured: the product and its flat copy
+
+
+class PeakNew(TorchDispatchMode):
+    """`peak`: the largest total of tensor storage created inside the block and still alive
+    (each storage counted once, from its first appearance as an operation's output that is not
+    one of the operation's inputs, until a finalizer on it runs when it is freed). `seconds`:
+    the time its own bookkeeping took, to subtract from a timing of the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = self.total = 0
+        self.seconds = 0.0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.total -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        t0 = time.perf_counter()
+        inputs = {_address(t) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
+        for t in tree_leaves(out):
+            key = _address(t) if isinstance(t, Tensor) else 0
+            if key and key not in inputs and key not in self._seen:
+                storage = t.untyped_storage()
+                self._seen.add(key)
+                self.total += storage.nbytes()
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        self.peak = max(self.peak, self.total)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def warm_up() -> None:
+    """Pay the one-time cost of a process's first dispatch mode (about 2 s of setup on CPU)
+    outside any timed region."""
+    with PeakNew():
+        torch.zeros(1).add_(1)
+
+
+def _address(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def product_vectors(probe: Probe, rebuilt: bool = False) -> float:
+    """Parameter-sized vectors one product of `probe` holds at its peak beyond a plain
+    gradient's peak, by the method it uses now (see the module). `rebuilt`: the kept graph is
+    built again inside the call (after finite-difference products): B, the peak of the storage
+    made while building it, counts where it exceeds G + W."""
+    method = probe.hvp_method_used
+    if method == "finite_difference":
+        return FINITE_DIFFERENCE_WORK
+    engine = probe.products.engine
+    vector = probe.num_params * probe.dtype.itemsize
+    graph = (engine.graph_bytes_measured or 0) / vector
+    work = UNMEASURED_WORK if engine.work_bytes is None else engine.work_bytes / vector
+    gradient = probe.products.gradient_bytes
+    peak = 2 + (engine.activation_bytes or 0) / vector if gradient is None else gradient / vector
+    if method == "cached_graph":
+        build = (engine.build_bytes or 0) / vector if rebuilt else 0.0
+        return max(graph + work, build) - peak
+    return 2 + graph / max(probe.batch_pass.data.n_batches, 1) + work - peak
