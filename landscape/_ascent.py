@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ._random import normal_like, uniform_like
 from ._reduce import fnorm
-from ._results import to_jsonable
+from ._results import jsonable_without
 from .probe import Cost, Probe
 
 PERTURB = ("all", "weights")
@@ -58,10 +58,8 @@ def scaling(probe: Probe, adaptive: bool | str = False, *, eta: float = 0.0,
 
 
 def without_delta(result: Any) -> dict[str, Any]:
-    """`to_jsonable(result)` without its (parameter-sized) `delta` field."""
-    out = to_jsonable(result)
-    out.pop("delta")
-    return out
+    """`to_jsonable(result)` without its (parameter-sized) `delta` field, never converted."""
+    return jsonable_without(result, "delta")
 
 
 def passes(cost: Cost) -> tuple[int, int]:

@@ -10,6 +10,13 @@ import numpy as np
 import torch
 
 
+def jsonable_without(result: Any, *skipped: str) -> dict[str, Any]:
+    """`to_jsonable` of a dataclass without the fields named in `skipped` (parameter-sized
+    tensors: converted first, 124M floats become a 124M-element Python list, minutes)."""
+    return {f.name: to_jsonable(getattr(result, f.name)) for f in dataclasses.fields(result)
+            if f.name not in skipped}
+
+
 def to_jsonable(value: Any) -> Any:
     """Convert tensors, arrays, dataclasses and containers into plain JSON-ready Python.
 

@@ -31,6 +31,7 @@ from .cli_args import (  # noqa: F401 - the option values stay importable from h
     track_args,
 )
 from .errors import LandscapeError
+from .warnings_words import warnings_in_words
 
 
 def _log(line: str) -> None:
@@ -397,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")  # the command line writes figures to files; the library never chooses
     try:
         _check_args(args)
-        with _tidy_out(args), _torchrun(args), _words_for_warnings():
+        with _tidy_out(args), _torchrun(args), warnings_in_words(_log):
             status = handler(args)
         return status
     except LandscapeError as exc:
@@ -414,28 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape {args.command}: unexpected error: {type(exc).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-
-
-@contextlib.contextmanager
-def _words_for_warnings() -> Iterator[None]:
-    """Warnings caught and reported once each, in words, after the command: no raw
-    `RuntimeWarning: ...` lines with file names in the output."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            seen = []
-            for w in caught:
-                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
-                    continue
-                text = " ".join(str(w.message).split())
-                if text not in seen:
-                    seen.append(text)
-            for text in seen:
-                _log(f"note: {text}")
 
 
 if __name__ == "__main__":

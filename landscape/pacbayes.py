@@ -50,7 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._random import generator, normal_like
-from ._results import to_jsonable
+from ._results import jsonable_without
 from ._validate import Integer, OneOf, Positive, validate_params
 from .errors import LandscapeError
 from .probe import Cost, Probe
@@ -116,9 +116,7 @@ class PacBayesResult:
         return self.value
 
     def to_dict(self) -> dict[str, Any]:
-        out = to_jsonable(self)
-        out.pop("scale")
-        return out
+        return jsonable_without(self, "scale")
 
 
 @validate_params(criterion=OneOf(CRITERIA), noise=OneOf(NOISES), target=Positive(),

@@ -316,9 +316,14 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
             note = f"clipped at {zmax:.3g} ({above.mean():.0%} of the points above)"
         z = np.where(above, np.nan, z)
     with plt.rc_context(STYLE):
-        if ax is None:
-            fig = plt.figure(figsize=figure_size(column, 0.8), layout="constrained")
-            ax = fig.add_subplot(projection="3d")
+        own = ax is None
+        if own:  # placed by hand: mplot3d's box leaves wide margins in a laid-out Axes
+            from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+            fig = plt.figure(figsize=figure_size(column, 0.8))
+            fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True,
+                                                          colorbar_gridspec=False))
+            ax = fig.add_axes((-0.07, 0.06, 1.0, 0.96), projection="3d")
         elif getattr(ax, "name", "") != "3d":
             raise LandscapeError(
                 "plot_surface_3d needs a 3D Axes: fig.add_subplot(projection='3d')."
@@ -337,11 +342,13 @@ def plot_surface_3d(surface: Surface, ax: Any = None, *, log: bool = False,
         ax.set_xlabel(r"$\alpha$ ($d_1$)", labelpad=1)
         ax.set_ylabel(r"$\beta$ ($d_2$)", labelpad=8)
         ax.set_zlabel(zlabel, labelpad=3)
-        ax.set_box_aspect(None, zoom=0.92)
+        # labels take fixed inches: a wider canvas leaves the box more of itself
+        wider = ax.figure.get_figwidth() - COLUMN_WIDTHS["single"]
+        ax.set_box_aspect(None, zoom=min(1.12, 1.0 + 0.034 * wider) if own else 0.92)
         ax.clip_note = note
         if note is not None:
-            ax.text2D(0.5, 1.0, note, transform=ax.transAxes, ha="center", va="top",
-                      fontsize=STYLE["legend.fontsize"], color="0.25")
+            ax.text2D(0.5, 0.97 if own else 1.0, note, transform=ax.transAxes, ha="center",
+                      va="top", fontsize=STYLE["legend.fontsize"], color="0.25")
     _fonts(ax)
     return ax
 

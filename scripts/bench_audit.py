@@ -26,8 +26,8 @@ import os
 import time
 
 import torch
-
 from bench_scale import cases, make_probe, peak_bytes, peak_reset
+
 from landscape import audit
 
 
@@ -37,15 +37,15 @@ def run(key: str, small: bool, max_gradients: float | None, out: str | None) -> 
     model = case.build()
     probe = make_probe(case, model, case.data())
     peak_reset()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
 
     def log(line: str) -> None:  # as it happens, with wall and CPU seconds since the start
-        print(f"{time.perf_counter() - wall:7.1f} s wall {time.process_time() - cpu:7.1f} s CPU"
-              f"  {line}", flush=True)
+        print(f"{time.perf_counter() - wall0:7.1f} s wall {time.process_time() - cpu0:7.1f} s "
+              f"CPU  {line}", flush=True)
 
     report = audit(probe, budget="quick", seed=0, max_gradients=max_gradients, log=log,
                    name=key)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak = peak_bytes()
     if out:
         report.write(os.path.join(out, key))

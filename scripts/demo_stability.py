@@ -20,6 +20,7 @@ figures/demo_batch_spectrum.png for the docs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from landscape.data.training import train  # noqa: E402
 from landscape.demo import RECIPES  # noqa: E402
 from landscape.plot import save_figure, subplots  # noqa: E402
 from landscape.plot_batch import plot_batch_spectrum  # noqa: E402
+from landscape.warnings_words import warnings_in_words  # noqa: E402
 
 MINIMA = ("sgd_small_batch", "sgd_large_batch")
 BATCH_SIZES = (16, 64, 256)
@@ -116,4 +118,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # warnings reported once each, in words, at the end (as the command line does)
+    with warnings_in_words(lambda line: print(line, file=sys.stderr, flush=True)):
+        main()

@@ -13,6 +13,7 @@ sharpness x lr / 2 over the last third of training and the Lanczos products per 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 
 from landscape.data.edge_of_stability import gradient_descent_run  # noqa: E402
 from landscape.plot import save_figure, track_figure  # noqa: E402
+from landscape.warnings_words import warnings_in_words  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,4 +63,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # warnings reported once each, in words, at the end (as the command line does)
+    with warnings_in_words(lambda line: print(line, file=sys.stderr, flush=True)):
+        main()

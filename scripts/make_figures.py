@@ -24,6 +24,7 @@ Each figure is written as a 300 dpi PNG (`draw_figures(..., formats=("png", "pdf
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,15 +33,16 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 from torch import nn  # noqa: E402
 
 from landscape import Probe, loss_line, loss_surface, random_direction  # noqa: E402
 from landscape import plot as lp  # noqa: E402
 from landscape.data import digits_loaders, digits_resnet, digits_tensors  # noqa: E402
 from landscape.data.training import train  # noqa: E402
+from landscape.warnings_words import warnings_in_words  # noqa: E402
 
 NAMES = ("with skip connections", "without skip connections")
 EPOCHS = 60
@@ -161,4 +163,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # warnings reported once each, in words, at the end (as the command line does)
+    with warnings_in_words(lambda line: print(line, file=sys.stderr, flush=True)):
+        main()

@@ -14,6 +14,7 @@ CPU, one thread).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,7 @@ from landscape import Probe, data_spread, hessian_eigenvalues, hessian_trace  # 
 from landscape.data import digits_cnn, digits_loaders, digits_tensors  # noqa: E402
 from landscape.data.training import train  # noqa: E402
 from landscape.plot import save_figure, subplots  # noqa: E402
+from landscape.warnings_words import warnings_in_words  # noqa: E402
 
 SIZES = (16, 32, 64, 128, 256, 512)
 MEASURES = {
@@ -80,4 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # warnings reported once each, in words, at the end (as the command line does)
+    with warnings_in_words(lambda line: print(line, file=sys.stderr, flush=True)):
+        main()

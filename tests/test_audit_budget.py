@@ -113,3 +113,19 @@ def test_a_measure_after_the_time_is_spent_is_not_run_and_says_so(monkeypatch):
     assert not trace.converged and "Not measured: the audit's budget of 1 gradients" in trace.note
     row = next(r for r in report.to_markdown().splitlines() if "`hessian_trace`" in r)
     assert "(not converged)" in row and "Not measured" in row
+
+
+def test_parameter_sized_fields_are_never_converted_for_a_report():
+    # converting a 124M-element delta to a list took 150 s of a GPT-2 quick audit's 15 min;
+    # a meta tensor cannot be converted at all, so converting it raises
+    import dataclasses
+
+    import torch
+
+    from landscape import first_order_flatness, sharpness
+
+    probe = _probe()
+    huge = torch.empty(10**9, device="meta")
+    for r in (sharpness(probe, 0.05, steps=1), first_order_flatness(probe, 0.05, steps=1)):
+        out = dataclasses.replace(r, delta=huge).to_dict()
+        assert "delta" not in out and out["value"] == r.value

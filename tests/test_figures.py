@@ -280,3 +280,15 @@ def test_each_pair_has_one_colour_and_its_aligned_path_is_dashed(tmp_path, monke
     assert [c[2] for c in raw] == ["-"] * 6 and [c[2] for c in aligned] == ["--"] * 6
     assert [c[1] for c in raw] == [c[1] for c in aligned]
     assert len({c[1] for c in raw}) == 6
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"zmax": 2.0}, {"log": True}, {"column": "double"}])
+def test_a_3d_view_fills_its_canvas(tmp_path, kwargs):
+    """plot_surface_3d's own figure: the box and its labels span the canvas (a laid-out 3D
+    Axes left 15% empty above and 20% at the sides), with every label inside it."""
+    ax = lp.plot_surface_3d(bowl_surface(), **kwargs)
+    assert not text_problems(ax.figure)
+    (path,) = lp.save_figure(ax.figure, tmp_path / "surface3d", ("png",))
+    ((height, width),) = ink_extent(path)
+    assert height > 0.9 and width > 0.85, (height, width)
+    plt.close("all")
