@@ -76,3 +76,16 @@ def held_vectors(probe: Probe) -> float:
     rebuilt = probe.products.chosen_fd  # the exact checks build the dropped graph again
     with probe.products.exact_only():
         return max(held, product_vectors(probe, rebuilt))
+
+
+def exact_check(probe: Probe, matvec: MatVec) -> MatVec | None:
+    """`matvec` with exact products where `products_for` chose finite differences (for the
+    returned pairs' true residuals); None where the products are exact anyway."""
+    if not probe.products.chosen_fd:
+        return None
+
+    def exact(v: Tensor) -> Tensor:
+        with probe.products.exact_only():
+            return matvec(v)
+
+    return exact

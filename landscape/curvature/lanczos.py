@@ -22,7 +22,8 @@ from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
-from ._common import MatVec, held_vectors, operator, per_group, products_for, select
+from ._common import (MatVec, exact_check, held_vectors, operator, per_group, products_for,
+                      select)
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs
@@ -153,8 +154,7 @@ def hessian_eigenvalues(
             "for which='smallest'."
         )
     operator(probe, curvature)  # validate early
-    gen_check = generator(seed)  # validates seed
-    del gen_check
+    generator(seed)  # validates seed
     probe = select(probe, params)
     home_of = _basis_home(basis_device)
 
@@ -178,12 +178,7 @@ def hessian_eigenvalues(
                 bar.update(1)
                 return matvec(v).to(home)  # the probe moves v to its own device
 
-            def exact_product(v: Tensor) -> Tensor:  # for the true residuals
-                with p.products.exact_only():
-                    return counted(v)
-
-            exact = exact_product if p.products.chosen_fd else None
-
+            exact = exact_check(p, counted)  # exact products for the true residuals, or None
             if method == "lanczos":
                 budget = max_iter if max_iter is not None else 1000
                 m, _ = _plan(p, k, return_vectors, max_basis, max_vectors, held)
@@ -212,9 +207,8 @@ def hessian_eigenvalues(
             )
         return EigenResult(
             eigenvalues=out.values, eigenvectors=out.vectors if return_vectors else None,
-            stored_vectors=out.n_vectors,
+            stored_vectors=out.n_vectors, hvp_method=used, hvp_reason=reason,
             peak_vectors=(out.n_vectors if home == p.device else 1) + max(held, 0.0),
-            hvp_method=used, hvp_reason=reason,
             residuals=out.residuals, error_bounds=out.bounds, n_hvp=cost.n_hvp,
             converged=out.converged,
             seconds=cost.seconds, which=which, method=method, curvature=curvature, tol=tol,
