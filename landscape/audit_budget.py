@@ -185,7 +185,8 @@ def timed_units(units: UnitCosts, spent: Mapping[str, Mapping[str, Any]],
 
 def plan_text(plan: Mapping[str, Any]) -> str:
     """The plan in words: its budget in gradients first."""
-    units = (f"{plan['n_hvp']} Hessian-vector products at {'a measured' if plan.get('units_measured') else 'about'} "
+    at = "a measured" if plan.get("units_measured") else "about"
+    units = (f"{plan['n_hvp']} Hessian-vector products at {at} "
              f"{plan['hvp_gradients']:g} gradients each, {plan['n_gradient']} gradients, "
              f"{plan['n_forward']} forward passes")
     head = f"Planned: about {plan['gradients']} gradients of time ({units})"
@@ -209,7 +210,8 @@ def budget_text(total: float | None, budget: str) -> str:
 
 def budget_note(name: str, entry: Mapping[str, Any], plan: Mapping[str, Any]) -> str:
     """The sentence a cut measure carries: to what its knob was cut and what to raise."""
-    why = entry.get("refit") or f"its share: {entry['share']:g} of {plan['budget_gradients']:g} gradients"
+    why = (entry.get("refit")
+           or f"its share: {entry['share']:g} of {plan['budget_gradients']:g} gradients")
     return (f"Cut by the audit's budget to {entry['knob']}={entry['value']} (the effort's "
             f"{entry['effort']}; {why}): raise max_gradients= (--max-gradients) or use a larger "
             f"budget.")

@@ -26,8 +26,8 @@ import os
 import time
 
 import torch
-
 from bench_scale import cases, make_probe, peak_bytes, peak_reset
+
 from landscape import audit
 
 

@@ -9,16 +9,15 @@ tokens, and prints, for `hvp_method="double_backward"` (exact) and `"finite_diff
 * `peak over a gradient, vectors`: the resident memory reached during one product minus that
   reached during one gradient, in parameter-sized vectors (VmHWM on Linux, "n/a" elsewhere);
 * the agreement of the two products on one Gaussian vector, ||FD - exact|| / ||exact||;
-* the converged top eigenvalue, `hessian_eigenvalues(k=1, tol=--tol, max_vectors=3)` (the
-  three-term recurrence: 2 stored vectors, then a second pass for the Ritz vector, whose true
-  residual decides `converged`), with its products, residual, error bound, stored vectors and
-  the peak memory of the whole run over a gradient, for each method, and the relative
-  difference of the two eigenvalues.
+* the value `hessian_eigenvalues(k=1, max_vectors=2, max_iter=...)` returns after a few
+  products for each. Caution: after so few steps this is not an estimate of the top eigenvalue
+  (exact products in float32 and float64 disagree on it too), so it does not measure the
+  agreement of the products; converged eigenvalues need about 30 products per method.
 
 Heavy: about 1.4 GB per vector and, on one CPU thread, tens of seconds per product. On a shared
 machine run it under the lock with a timeout:
 
-    flock /work/wt/heavy.lock timeout 1500 python scripts/bench_scale_fd.py --threads 2
+    flock /work/wt/heavy.lock timeout 1500 python scripts/bench_scale_fd.py --threads 1
     python scripts/bench_scale_fd.py --small        # tiny widths: a smoke test in seconds
 """
 
@@ -56,8 +55,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny widths: a smoke test")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--tokens", type=int, default=16, help="tokens per sequence")
-    parser.add_argument("--tol", type=float, default=1e-3, help="eigenvalue tolerance")
-    parser.add_argument("--max-iter", type=int, default=80, help="products per eigenvalue")
+    parser.add_argument("--max-iter", type=int, default=6, help="Lanczos products per method")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,30 +91,18 @@ def main() -> None:
     del products, exact, fd
     tops = {}
     for method, probe in probes.items():
-        peak_reset()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # reported in the table instead
-            res = hessian_eigenvalues(probe, k=1, tol=args.tol, max_vectors=3,
-                                      max_iter=args.max_iter, seed=0)
-        peak = peak_bytes()
-        run = "n/a" if peak is None or grad_peak is None else \
-            f"{max(peak - grad_peak, 0) / vec:.1f}"
-        tops[method] = res
-        print(f"{method}: top eigenvalue {float(res.eigenvalues[0]):.6g} after {res.n_hvp} "
-              f"products, {res.seconds:.0f} s, converged {res.converged}", flush=True)
-        rows[[r[0] for r in rows].index(method)].append(run)
-    print(f"\n| product | gradients per product | peak over a gradient, vectors (one product) | "
-          f"top eigenvalue (tol {args.tol:g}) | residual | error bound | products | converged "
-          "| stored vectors | peak over a gradient, vectors (the eigenvalue run) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (method, ratio, beyond, run) in rows:
-        r = tops[method]
-        print(f"| {method} | {ratio} | {beyond} | {float(r.eigenvalues[0]):.6g} | "
-              f"{float(r.residuals[0]):.2g} | {float(r.error_bounds[0]):.2g} | {r.n_hvp} | "
-              f"{r.converged} | {r.stored_vectors} | {run} |")
-    a, b = (float(tops[m].eigenvalues[0]) for m in ("finite_difference", "double_backward"))
+            warnings.simplefilter("ignore", RuntimeWarning)  # not converged in few products
+            res = hessian_eigenvalues(probe, k=1, max_vectors=2, max_iter=args.max_iter, seed=0)
+        tops[method] = float(res.eigenvalues[0])
+    print("\n| product | gradients per product | peak over a gradient, vectors | "
+          f"top Ritz value after {args.max_iter} products |")
+    print("|---|---|---|---|")
+    for (method, ratio, beyond) in rows:
+        print(f"| {method} | {ratio} | {beyond} | {tops[method]:.6g} |")
+    rel = abs(tops["finite_difference"] - tops["double_backward"]) / abs(tops["double_backward"])
     print(f"\nproduct agreement on a Gaussian vector: ||FD - exact|| / ||exact|| = {agreement:.2e}")
-    print(f"top eigenvalue agreement: |FD - exact| / |exact| = {abs(a - b) / abs(b):.2e}")
+    print(f"top Ritz value agreement: {rel:.2e} relative")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

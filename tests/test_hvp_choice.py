@@ -149,3 +149,18 @@ def test_the_kept_graph_frees_the_gradient_values_only_where_no_backward_reads_t
         torch.testing.assert_close(exp_probe.hvp(u), expected)
     assert exp_probe.hvp_method_used == "cached_graph"
     assert exp_probe._hvp._graph[0][0].untyped_storage().nbytes() > 0
+
+
+def test_finite_differences_are_chosen_for_a_call_only_when_faster_and_accurate_enough():
+    from landscape.hvp_choice import HvpCheck, fd_verdict
+
+    # measured relative error 1e-4; 1 s a finite difference against 2 s exact
+    check = HvpCheck(1e-4, 1.0, 1.0, True, exact_seconds=2.0, fd_seconds=1.0)
+    assert fd_verdict(check, tol=1e-3)[0]  # 1e-4 <= tol / 2, and 2x faster
+    use, why = fd_verdict(check, tol=1e-4)  # not accurate enough for tol 1e-4
+    assert not use and "exceeds" in why
+    slow = HvpCheck(1e-4, 1.0, 1.0, True, exact_seconds=1.2, fd_seconds=1.0)
+    assert not fd_verdict(slow, tol=1e-3)[0]  # not 1.5x faster
+    kinks = HvpCheck(1e-4, 1e-5, 1.0, False, exact_seconds=2.0, fd_seconds=1.0)
+    assert not fd_verdict(kinks, tol=1e-3)[0]  # the check did not pass
+    assert not fd_verdict(None, tol=1e-3)[0]

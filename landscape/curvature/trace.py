@@ -126,7 +126,7 @@ def hessian_trace(
                 used = method
             elif method == "hutch++":
                 budget = max_vectors if max_vectors is not None else default_budget(
-                    p.num_params, p.dtype, n_hvp // 3 + 1)
+                    dimension(p.num_params), p.dtype, n_hvp // 3 + 1)  # the same on all ranks
                 value, err, early, sketch = _hutchpp(counted, p, gen, n_hvp, rtol, budget)
                 used, stored = method, sketch + 1
             else:
