@@ -12,9 +12,9 @@ then prints for each minimum:
   held-out split shifted by one pixel (a synthetic domain shift), for the whole network and for
   the classifier head (the last Linear layer, "7").
 
-Run: `python scripts/demo_stability.py [--out stability-output] [--seed 0]` (42 s of CPU time,
-2 minutes of wall time on a loaded 2-core container, 1 thread); copy `OUT/batch_spectrum.png` to
-figures/demo_batch_spectrum.png for the docs.
+Run: `python scripts/demo_stability.py [--out stability-output] [--seed 0]` (46 s of CPU time,
+1.5 minutes of wall time on a 2-core container at load average 6, 1 thread); copy
+`OUT/batch_spectrum.png` to figures/demo_batch_spectrum.png for the docs.
 """
 
 from __future__ import annotations

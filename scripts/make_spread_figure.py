@@ -7,8 +7,8 @@ training split has no room for 8. Draws the mean and the spread (one standard de
 sets, the number a single set of n samples can give) of the top eigenvalue and the Hutch++ trace
 against n, with the value on all 1438 samples, and prints the table the docs show.
 
-Run: `python scripts/make_spread_figure.py [--out docs/figures]` (about 2 minutes on a 2-core
-CPU, one thread).
+Run: `python scripts/make_spread_figure.py [--out docs/figures]` (28 s of CPU time, 1 minute of
+wall time on a 2-core CPU container at load average 6, one thread).
 """
 
 from __future__ import annotations
