@@ -19,7 +19,8 @@ of `probe.layout.numel` entries (the single-process order).
   sample counts) are.
 * Inner products, norms and random vectors: the estimators that support sharded vectors
   (`hessian_eigenvalues`, `hessian_trace`, `hessian_density`, `first_order_flatness`,
-  `sharpness` without `m`) run inside `probe.vectors()`, where `landscape._reduce` all-reduces its float64 partial sums and
+  `sharpness` without `m`) run inside `probe.vectors()`, where `landscape._reduce` all-reduces
+  its float64 partial sums and
   `landscape._random` draws the full vector from the seed and keeps this rank's elements
   (`landscape._vector_space`). So the ranks together hold exactly the vectors of one process, and
   the results equal one process's on the unsharded model up to summation order (1e-12 relative

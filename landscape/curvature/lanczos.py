@@ -22,8 +22,7 @@ from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
-from ._common import (MatVec, exact_check, held_vectors, operator, per_group, products_for,
-                      select)
+from ._common import MatVec, exact_check, held_vectors, operator, per_group, products_for, select
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs

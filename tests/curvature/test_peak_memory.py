@@ -21,8 +21,7 @@ from helpers.live_tensors import LiveTensors
 from helpers.models import exact_hessian
 from torch import nn
 
-from landscape import Probe, hessian_eigenvalues
-from landscape import hvp_choice
+from landscape import Probe, hessian_eigenvalues, hvp_choice
 from landscape.curvature import _basis
 
 
