@@ -89,6 +89,27 @@ def normalize_(a: Tensor) -> Tensor:
     return a.div_(norm(a).to(a.dtype))
 
 
+def local_square_sum(a: Tensor) -> float:
+    """sum_i a_i^2 over a tensor of any shape, on this process only (never reduced over
+    ranks), accumulated as `dot` (float32 chunks summed pairwise, the chunks in float64)."""
+    return _local_sum(a, lambda part, acc: _partial(part, part, acc))
+
+
+def local_abs_sum(a: Tensor) -> float:
+    """sum_i |a_i| over a tensor of any shape, on this process only, accumulated as `dot`."""
+    return _local_sum(a, lambda part, acc: part.abs().sum().to(acc))
+
+
+def _local_sum(a: Tensor, partial) -> float:
+    """The float64 sum of `partial(chunk, accumulation dtype)` over a's CHUNK-element chunks
+    (chunks of a dtype other than float32 upcast to float64 first)."""
+    flat = a.detach().reshape(-1)
+    acc = accumulation_dtype(flat.device)
+    parts = [partial(part if part.dtype == torch.float32 else part.to(acc), acc)
+             for part in flat.split(CHUNK)]
+    return float(_chunked_sum(parts)) if parts else 0.0
+
+
 def rows_dot(rows: Tensor, w: Tensor) -> Tensor:
     """rows @ w for rows of shape (r, n) and w of shape (n,): shape (r,), float64, summed over
     column chunks of about CHUNK / r columns (so the temporary stays about CHUNK elements)."""
