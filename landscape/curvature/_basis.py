@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._random import rademacher
-from .._reduce import accumulation_dtype, norm, rows_dot
+from .._reduce import accumulation_dtype, norm, rows_dot, sweep
 
 _BLOCK_ROWS = 8  # rows allocated at a time
 # columns transformed at a time in a restart: a capacity x 256k temporary (8 MB for 8 float32
@@ -93,11 +93,17 @@ class Basis:
     def orthogonalize(self, w: Tensor, size: int) -> Tensor:
         """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients
         (float64: the inner products are accumulated in float64)."""
-        h = self.dots(w, size)
-        self.subtract(w, h, size)
-        h2 = self.dots(w, size)
-        self.subtract(w, h2, size)
-        return h + h2
+        return self.orthogonalize_norm(w, size)[0]
+
+    def orthogonalize_norm(self, w: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        """`orthogonalize`, and the norm of what is left of w (0-d, float64), in three passes
+        over the rows (`landscape._reduce.sweep`): h = V w; w -= V^T h and h2 = V w, chunk by
+        chunk; w -= V^T h2 and ||w||^2. Returns (h + h2, ||w||)."""
+        blocks = [block for block, _, _ in self._spans(size)]
+        h, _ = sweep(blocks, w)
+        h2, _ = sweep(blocks, w, subtract=h)
+        _, squares = sweep(blocks, w, subtract=h2, dots=False, square=True)
+        return h + h2, squares.sqrt()
 
     def combine(self, coeffs: Tensor) -> Tensor:
         """coeffs @ rows[:size] as a new (k, n) tensor, coeffs of shape (k, size)."""

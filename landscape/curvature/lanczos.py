@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, normal
-from .._reduce import accumulation_dtype, fdot, fnorm, norm, normalize_
+from .._reduce import accumulation_dtype, fdot, fnorm, normalize_
 from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
@@ -268,8 +268,7 @@ def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tenso
     T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.
     """
     w = matvec(basis.row(j))
-    h = basis.orthogonalize(w, j + 1)
-    beta = norm(w)
+    h, beta = basis.orthogonalize_norm(w, j + 1)
     T[: j + 1, j] = h
     T[j, : j + 1] = h
     T[j + 1, j] = beta
