@@ -114,14 +114,20 @@ class Basis:
 
     def transform_in_place(self, coeffs: Tensor) -> None:
         """rows[:p] = coeffs.T @ rows[:size] for coeffs of shape (size, p), p <= size, column
-        block by column block, so the only temporary is size x `_COLUMN_BLOCK`."""
+        block by column block, so the only temporary is p x `_COLUMN_BLOCK` (and a copy of the
+        old rows' columns, size x `_COLUMN_BLOCK`, when they lie in several blocks)."""
         size, p = coeffs.shape
+        spans = list(self._spans(size))
         for c0 in range(0, self.n, _COLUMN_BLOCK):
             c1 = min(c0 + _COLUMN_BLOCK, self.n)
-            old = torch.cat([block[:, c0:c1] for block, _, _ in self._spans(size)])
+            if len(spans) == 1:  # rows in one block: read in place (a strided view), no copy
+                old = spans[0][0][:, c0:c1]
+            else:
+                old = torch.cat([block[:, c0:c1] for block, _, _ in spans])
             new = coeffs.T @ old
             for block, start, used in self._spans(p):
                 block[:, c0:c1].copy_(new[start : start + used])
+            del new, old  # freed before the next block's are made
 
 
 def range_basis(matvec: Callable[[Tensor], Tensor], n: int, s: int, gen: torch.Generator,

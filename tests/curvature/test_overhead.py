@@ -13,7 +13,9 @@ from torch import nn
 
 from landscape import Probe, hessian_eigenvalues, hvp_choice
 from landscape._reduce import CHUNK, local_abs_sum, local_square_sum
+from landscape.curvature import _basis
 from landscape.hvp_fd import step_length
+from landscape.hvp_memory import PeakNew
 
 
 def test_the_memory_meter_does_not_import_dynamo():
@@ -80,3 +82,19 @@ def test_finite_difference_step_follows_its_rule_in_float64():
     assert size == pytest.approx(s, rel=1e-6)  # float32 terms, float64 sums
     assert norm == pytest.approx(v_norm, rel=1e-6)
     assert eps == pytest.approx(step_length(s, torch.float32) / v_norm, rel=1e-6)
+
+
+def test_a_restart_reads_a_single_block_in_place():
+    """rows[:p] = S^T rows[:size] with all rows in one block: the only temporary is the p new
+    rows of a column block (no copy of the old rows), and the result is exact."""
+    g = torch.Generator().manual_seed(2)
+    n = 3 * _basis._COLUMN_BLOCK + 5
+    basis = _basis.Basis(n, 7, torch.device("cpu"), torch.float32)
+    for i in range(7):
+        basis.set(i, torch.randn(n, generator=g))
+    old = torch.stack([basis.row(i) for i in range(6)])
+    coeffs = torch.randn(6, 3, generator=g)
+    with PeakNew() as meter:
+        basis.transform_in_place(coeffs)
+    assert meter.peak <= 3 * _basis._COLUMN_BLOCK * 4 + 2**16
+    torch.testing.assert_close(torch.stack([basis.row(i) for i in range(3)]), coeffs.T @ old)
