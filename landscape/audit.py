@@ -243,12 +243,13 @@ def audit(
     t0 = time.perf_counter()
     meter = probe.meter()
     out, loss = base_measures(probe)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     probe.gradient()  # timed once the probe is warm: the unit of the time spent
     gradient_seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     units = UnitCosts() if total is None else calibrate(
         probe, gradient_seconds, any(REGISTRY[n].cost(REGISTRY[n].settings(EFFORT[budget], seed))
-                                     .get("n_hvp") for n in names))
+                                     .get("n_hvp") for n in names), cpu_seconds)
     setup = {k: getattr(meter.cost(), k) for k in ("n_hvp", "n_gradient", "n_forward")}
     if units.measured:
         setup["gradients"] = round((time.perf_counter() - t0) / gradient_seconds, 1)
@@ -320,7 +321,8 @@ class _Keeper:
 def audit_plan(names: Sequence[str], budget: str, seed: int = 0) -> dict[str, Any]:
     """The plan of an audit of `names` at `budget` with nominal unit costs (3 gradients a
     product, a third of one a forward pass) and a setup of one evaluation and two gradients:
-    what a checkpoint whose gradient takes under `audit_budget.MEASURED_FROM` s is planned."""
+    what a checkpoint whose gradient takes under `audit_budget.MEASURED_FROM` s (of wall time, or
+    of CPU time on a CPU probe) is planned."""
     order = [n for n in measure_names() if n in names]
     return budget_plan(order, budget, seed, GRADIENT_BUDGETS[budget], UnitCosts())[0]
 

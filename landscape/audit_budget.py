@@ -8,10 +8,13 @@ for any budget), spent as follows:
    logs). It then measures the loss, the gradient norm and the time of one gradient (the unit).
 2. **Unit costs.** A Hessian-vector product is planned at `HVP_GRADIENTS` (3) gradients and a
    forward pass at `FORWARD_GRADIENTS` (1/3), unless one gradient takes at least
-   `MEASURED_FROM` seconds (a model large enough that timing means something): then the audit
-   makes its first product up front (the product method's choice and self-check happen there)
-   and times a second product and a forward pass, and plans with those times (rounded up to a
-   half gradient a product and a tenth a forward pass). What this setup spent is deducted.
+   `MEASURED_FROM` seconds (a model large enough that timing means something; on a CPU probe,
+   seconds of this process's CPU time as well as of wall time, so that a small model on a
+   loaded machine, whose wall time is mostly waiting, is planned the same on every run): then
+   the audit makes its first product up front (the product method's choice and self-check
+   happen there) and times a second product and a forward pass, and plans with those times
+   (rounded up to a half gradient a product and a tenth a forward pass). What this setup
+   spent is deducted.
 3. **Split.** Each chosen measure gets the fraction `MeasureSpec.share` of what is left (the
    default measures' shares sum to 0.96; when the chosen ones sum to more than 1, all are
    scaled down to fit), so a measure is planned the same whichever other measures run beside
@@ -73,11 +76,25 @@ class UnitCosts:
                 + self.forward * float(cost.get("n_forward", 0)))
 
 
-def calibrate(probe: Probe, gradient_seconds: float, products: bool) -> UnitCosts:
-    """Unit costs for the plan: measured (a first product, then one product and one forward
-    pass timed) when a gradient takes at least `MEASURED_FROM` s, else nominal. `products`:
-    whether any chosen measure multiplies by the Hessian."""
+def timing_means_something(probe: Probe, gradient_seconds: float,
+                           gradient_cpu_seconds: float | None) -> bool:
+    """Whether one gradient is long enough to time the unit costs: `MEASURED_FROM` s of wall
+    time and, on a CPU probe, of the process's CPU time (`time.process_time`, all threads).
+    Wall time alone would decide by the machine's load: a 5 ms gradient waiting for a core
+    can take 0.1 s of wall time, and two audits of one checkpoint would then plan differently."""
     if gradient_seconds < MEASURED_FROM:
+        return False
+    cpu_bound = probe.device.type == "cpu" and gradient_cpu_seconds is not None
+    return not cpu_bound or gradient_cpu_seconds >= MEASURED_FROM
+
+
+def calibrate(probe: Probe, gradient_seconds: float, products: bool,
+              gradient_cpu_seconds: float | None = None) -> UnitCosts:
+    """Unit costs for the plan: measured (a first product, then one product and one forward
+    pass timed) when a gradient takes at least `MEASURED_FROM` s (`timing_means_something`:
+    wall time, and CPU time `gradient_cpu_seconds` on a CPU probe), else nominal. `products`:
+    whether any chosen measure multiplies by the Hessian."""
+    if not timing_means_something(probe, gradient_seconds, gradient_cpu_seconds):
         return UnitCosts()
     hvp = HVP_GRADIENTS
     if products:

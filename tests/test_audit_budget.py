@@ -129,3 +129,32 @@ def test_parameter_sized_fields_are_never_converted_for_a_report():
     for r in (sharpness(probe, 0.05, steps=1), first_order_flatness(probe, 0.05, steps=1)):
         out = dataclasses.replace(r, delta=huge).to_dict()
         assert "delta" not in out and out["value"] == r.value
+
+
+def test_a_small_model_on_a_loaded_machine_is_planned_as_on_a_quiet_one(monkeypatch):
+    # on a loaded machine a small model's gradient can take longer than MEASURED_FROM in wall
+    # time while its CPU time stays tiny: the plan must not depend on the load (two audits of
+    # one checkpoint, by the CLI and the API, are compared in the tests of the CLI)
+    import importlib
+    import time as real_time
+    from types import SimpleNamespace
+
+    audit_module = importlib.import_module("landscape.audit")  # the module, not the function
+
+    ticks = iter(range(10**6))
+    slow_clock = SimpleNamespace(perf_counter=lambda: real_time.perf_counter() + next(ticks),
+                                 process_time=real_time.process_time)
+    monkeypatch.setattr(audit_module, "time", slow_clock)  # each reading a second later
+    names = ["hessian_eigenvalues", "hessian_trace"]
+    report = audit(_probe(), budget="quick", measures=names)
+    assert report.gradient_seconds >= audit_budget.MEASURED_FROM  # the wall time said "large"
+    assert not report.plan["units_measured"]
+    assert report.plan["measures"] == audit_plan(names, "quick")["measures"]
+
+
+def test_timing_means_something_only_with_cpu_time_on_a_cpu_probe():
+    probe = _probe()
+    assert not audit_budget.timing_means_something(probe, 5.0, 0.001)
+    assert audit_budget.timing_means_something(probe, 5.0, 5.0)
+    assert not audit_budget.timing_means_something(probe, 0.01, 5.0)
+    assert audit_budget.timing_means_something(probe, 5.0, None)  # not measured: wall time
