@@ -52,7 +52,8 @@ def hessian_eigenvalues(
 ) -> EigenResult | LayerResults[EigenResult]:
     """The k largest (or smallest) algebraic eigenvalues of the Hessian of L at w.
 
-    Lanczos with full reorthogonalization (classical Gram-Schmidt applied twice), started from a
+    Lanczos with full reorthogonalization (classical Gram-Schmidt, applied twice where the first
+    pass leaves less than 0.717 of the product's norm: `Basis.orthogonalize_norm`), started from a
     Gaussian vector drawn from `seed`, thick-restarted (Wu and Simon 2000) when the basis reaches
     `max_basis` vectors. After every step the Ritz pairs (theta_i, y_i) of the projected matrix are
     computed and the run stops when each of the k wanted pairs satisfies
@@ -262,7 +263,7 @@ def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
 
 
 def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
-    """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1] twice.
+    """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1].
 
     Records column j of the projected matrix (T[:j+1, j] = V[:j+1]^T H V[j], symmetric) and
     T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.

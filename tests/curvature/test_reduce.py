@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from landscape._reduce import CHUNK, dot, fdot, fnorm, gram, normalize_, rows_dot, sweep
+from landscape.curvature import _basis
 from landscape.curvature._basis import Basis
 from landscape.curvature.lanczos import lanczos_eigs
 from landscape.hvp_memory import PeakNew
@@ -140,3 +141,27 @@ def test_orthogonalize_norm_returns_the_remainder_norm():
     assert float(remainder) == pytest.approx(fnorm(w), rel=1e-7)
     assert float(rows_dot(torch.stack([basis.row(i) for i in range(3)]), w).abs().max()) <= (
         1e-6 * fnorm(w))
+
+
+def test_gram_schmidt_projects_twice_only_after_cancellation(monkeypatch):
+    """DGKS: a w mostly outside the rows is projected once (two passes over the rows), a w
+    mostly inside them twice (three passes); both end orthogonal to the rows."""
+    g = torch.Generator().manual_seed(7)
+    n = CHUNK + 5
+    basis = Basis(n, 3, torch.device("cpu"), torch.float32)
+    for i in range(3):
+        x = torch.randn(n, generator=g)
+        basis.orthogonalize(x, i)
+        basis.set(i, normalize_(x))
+    passes = []
+    real = _basis.sweep
+    monkeypatch.setattr(_basis, "sweep", lambda *a, **k: passes.append(1) or real(*a, **k))
+    rows = torch.stack([basis.row(i) for i in range(3)])
+    for inside, want in ((0.1, 2), (1e3, 3)):
+        passes.clear()
+        w = torch.randn(n, generator=g) + inside * rows.sum(0)
+        h, left = basis.orthogonalize_norm(w, 3)
+        assert len(passes) == want
+        assert float(rows_dot(rows, w).abs().max()) <= 1e-6 * fnorm(w)
+        assert float(left) == pytest.approx(fnorm(w), rel=1e-7)
+        assert float(h.min()) == pytest.approx(inside, abs=5)
