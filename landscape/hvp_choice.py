@@ -219,15 +219,14 @@ class Products:
     def finite_difference(self, v: Tensor, shrink: float = 1.0, sizes: bool = False) -> Tensor:
         """The central-difference product (2 gradients), step times `shrink`, made again with
         a shorter step while the step is too long for the curvature along v
-        (`hvp_fd.shorter_step`, 2 gradients a retry); with `sizes`, the gradients' size for the
-        error bound is kept (`_grad_size`)."""
+        (`hvp_fd.shorter_step`, 2 more gradients a retry, part of the product's cost); with
+        `sizes`, the gradients' size for the error bound is kept (`_grad_size`)."""
         for retry in range(MAX_SHORTER + 1):
             out, losses = self._finite_difference_once(v, shrink, sizes)
             shorter = None if retry == MAX_SHORTER else self._shorter(v, out, losses)
             if shorter is None:
                 return out
             self.fd.length_cap = shorter
-            self.passes.counts["n_gradient"] += 2
             del out
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -61,11 +61,13 @@ def test_the_rule_alone_is_too_long_here():
 def test_a_product_along_a_sharp_direction_is_accurate(monkeypatch):
     probe = _probe()
     z = probe.model.z.clone()
+    probe.loss()  # the first-use data checks, before the meter
     meter = probe.meter()
     hz = probe.hvp(z)
     assert float(z @ hz) == pytest.approx(EXACT_TOP, rel=1e-3)
     assert probe.products.fd.length_cap < math.inf  # shortened, and kept for later products
-    assert meter.cost().n_gradient >= 2  # each retry's two gradients are counted
+    # one batch: a product is 2 gradients and the loss at w; each retry 2 gradients more
+    assert meter.cost().n_batch_forward >= 3 + 2 and meter.cost().n_hvp == 1
 
 
 def test_the_top_eigenvalue_by_finite_differences_is_the_exact_one():
@@ -77,10 +79,11 @@ def test_a_random_direction_keeps_the_rule_step():
     # along a random vector the curvature is WEAK and the loss quadratic: no retry
     probe = _probe()
     r = torch.randn(N, generator=torch.Generator().manual_seed(3))
+    probe.loss()
     meter = probe.meter()
     probe.hvp(r)
     assert probe.products.fd.length_cap == math.inf
-    assert meter.cost().n_gradient == 0
+    assert meter.cost().n_batch_forward == 3
 
 
 def test_shorter_step_follows_the_h_squared_law_and_ignores_rounding():
