@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .hvp_memory import heap_released
 from .probe_data import call_model, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,7 +213,9 @@ class FiniteDifference:
             return out, p.data.n_local, 0.0
         views, vs = p.split(out), p.split(v)
         n, size = 0, 0.0
-        with self.displaced() as move:
+        vector = p.num_params * p.dtype.itemsize
+        with self.displaced() as move, \
+                heap_released(vector, p.device.type == "cpu", last=False) as release:
             for sign in (1.0, -1.0):
                 move(sign, vs, eps)
                 n = 0
@@ -222,6 +225,8 @@ class FiniteDifference:
                     size += n_b * self.norm_local(grads) / 2 if sizes else 0.0
                     n += n_b
                     del grads  # not alive during the next gradient: one vector less at the peak
+                    if release is not None:  # a heap left fragmented by a graph's build
+                        release.check()
         return out, n, size
 
     @staticmethod
