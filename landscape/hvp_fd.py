@@ -215,7 +215,7 @@ class FiniteDifference:
         n, size = 0, 0.0
         vector = p.num_params * p.dtype.itemsize
         with self.displaced() as move, \
-                heap_released(vector, p.device.type == "cpu", last=False) as release:
+                heap_released(vector, p.device.type == "cpu") as release:
             for sign in (1.0, -1.0):
                 move(sign, vs, eps)
                 n = 0
