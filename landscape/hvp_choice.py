@@ -137,6 +137,7 @@ class Products:
         self.gradient_bytes: int | None = None
         # the resident memory the first product under "auto" left beyond its live tensors
         self.retained_bytes = 0
+        self._resident = False  # resident memory is read (`_first`)
 
     def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
         """H v at the probe's current parameters (inside its session)."""
@@ -246,8 +247,8 @@ class Products:
         `landscape.hvp_memory`: the resident memory it left beyond the tensors still alive (the
         kept graph, the product returned)."""
         p = self.passes
-        measure = p.device.type == "cpu" and p.num_params * p.dtype.itemsize >= RESIDENT_FROM
-        start = resident_bytes() if measure else None
+        self._resident = p.device.type == "cpu" and p.num_params * p.dtype.itemsize >= RESIDENT_FROM
+        start = resident_bytes() if self._resident else None
         out = self._checked_first(v, at_checkpoint, want)
         live = self.engine.kept_bytes() + (0 if out is None else out.numel() * out.element_size())
         self.retained_bytes = retained_bytes(start, live)
@@ -264,11 +265,13 @@ class Products:
         fd_r, t_fd = None, 0.0
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
-            with PeakNew() as meter:
+            with PeakNew(resident=self._resident) as meter:
                 fd_r = self.finite_difference(r, sizes=True)
             t_fd = _since(t0, p.device) - meter.seconds
             # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
-            self.gradient_bytes = meter.peak - r.numel() * r.element_size()
+            # (in resident memory where it is read: a gradient's work reuses the heap's pages)
+            peak = meter.peak if meter.resident_rise is None else meter.resident_rise
+            self.gradient_bytes = peak - r.numel() * r.element_size()
         t0 = time.perf_counter()
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
         t_exact = _since(t0, p.device)
