@@ -172,10 +172,6 @@ class HvpEngine:
             if self.passes.device.type == "cpu":
                 release_free_heap()
 
-    def kept_bytes(self) -> int:
-        """Bytes of the kept gradient graph (0 when none is kept)."""
-        return (self.graph_bytes_measured or 0) if self._graph is not None else 0
-
     @contextlib.contextmanager
     def _building(self) -> Iterator[SavedStorage]:
         """A `SavedStorage` (the model's parameters and buffers excluded) whose pack hook keeps

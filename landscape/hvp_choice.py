@@ -47,7 +47,7 @@ from torch import Tensor
 
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
 from .hvp_fd import FiniteDifference, error_bound
-from .hvp_memory import PeakNew, resident_bytes, retained_bytes, warm_up
+from .hvp_memory import PeakNew, warm_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch_pass import BatchPass
@@ -61,9 +61,6 @@ CONFIRM = 10.0  # switch when exact and finite difference differ by this many ti
 FD_ERROR_SHARE = 0.5
 # ... and at least this many times faster than the exact product (timings on first use are noisy)
 FD_SPEEDUP = 1.5
-# R (`hvp_memory`) is read for vectors of at least 16 MiB: below, the few MB of a first call's
-# one-time setup would count as many vectors
-RESIDENT_FROM = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -135,9 +132,6 @@ class Products:
         self.chosen_fd = False  # finite differences chosen for a call by `for_tolerance`
         # the peak storage of a plain gradient, measured by the self-check (`hvp_memory`)
         self.gradient_bytes: int | None = None
-        # the resident memory the first product under "auto" left beyond its live tensors
-        self.retained_bytes = 0
-        self._resident = False  # resident memory is read (`_first`)
 
     def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
         """H v at the probe's current parameters (inside its session)."""
@@ -242,20 +236,6 @@ class Products:
         return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
 
     def _first(self, v: Tensor, at_checkpoint: bool, want: bool = True) -> Tensor | None:
-        """The first product under "auto" (`_checked_first`); on a CPU probe whose vectors
-        are at least RESIDENT_FROM bytes it also records `retained_bytes`, R of
-        `landscape.hvp_memory`: the resident memory it left beyond the tensors still alive (the
-        kept graph, the product returned)."""
-        p = self.passes
-        self._resident = p.device.type == "cpu" and p.num_params * p.dtype.itemsize >= RESIDENT_FROM
-        start = resident_bytes() if self._resident else None
-        out = self._checked_first(v, at_checkpoint, want)
-        live = self.engine.kept_bytes() + (0 if out is None else out.numel() * out.element_size())
-        self.retained_bytes = retained_bytes(start, live)
-        return out
-
-    def _checked_first(self, v: Tensor, at_checkpoint: bool, want: bool = True
-                       ) -> Tensor | None:
         """The first product under "auto": fallback on error, then (check_hvp) the self-check;
         returns H v (None when not `want`ed: `settle`)."""
         p = self.passes
@@ -265,13 +245,11 @@ class Products:
         fd_r, t_fd = None, 0.0
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
-            with PeakNew(resident=self._resident) as meter:
+            with PeakNew() as meter:
                 fd_r = self.finite_difference(r, sizes=True)
             t_fd = _since(t0, p.device) - meter.seconds
             # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
-            # (in resident memory where it is read: a gradient's work reuses the heap's pages)
-            peak = meter.peak if meter.resident_rise is None else meter.resident_rise
-            self.gradient_bytes = peak - r.numel() * r.element_size()
+            self.gradient_bytes = meter.peak - r.numel() * r.element_size()
         t0 = time.perf_counter()
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
         t_exact = _since(t0, p.device)

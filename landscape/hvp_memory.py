@@ -12,11 +12,8 @@ module counts the product's part as the difference between its peak and the peak
   product and its flat copy);
 * P: under "auto" with `check_hvp`, the peak of the storage made by the self-check's
   finite-difference product less one vector (that product holds its sum and a copy of w where a
-  gradient holds its sum: `landscape.hvp_choice`); where resident memory is read (R below), the
-  peak rise of resident memory during that product instead, less one vector (a gradient's
-  activations land in heap pages that earlier gradients left resident: on ResNet-50 its
-  resident rise is 2.4 vectors where its new storage is 3.7); without the check, 2 vectors
-  (the flat gradient and one batch's per-parameter gradients) + A.
+  gradient holds its sum: `landscape.hvp_choice`); without the check, 2 vectors (the flat
+  gradient and one batch's per-parameter gradients) + A.
 
 Then, in vectors, one product holds beyond a gradient's peak:
 
@@ -25,26 +22,19 @@ Then, in vectors, one product holds beyond a gradient's peak:
 * "double_backward" and "forward_over_reverse": the sum of the batches' products (1), one
   batch's gradient kept with its graph (1) and G_b + W: 2 + G_b + W - P, G_b = G / batches;
 * "finite_difference": the product's sum (1), the saved copy of w (1) and one batch's gradient
-  (1) with its activations, against a gradient's sum and the same: 1 vector;
+  (1) with its activations, against a gradient's sum and the same: 1 vector.
 
-each plus R, the resident memory that the first product under "auto" (with its self-check) left
-beyond the tensors still alive after it (the kept graph, the product returned): what the C
-allocator keeps after a free (glibc keeps freed heap pages resident and reuses them; a later
-product's temporaries land there again), read from /proc/self/statm before and after it
-(`retained_bytes`; on CPU probes whose vectors are at least 16 MiB, elsewhere 0). Tensor
-storage alone undercounted resident memory by 2-4 vectors at 14M-28M parameters (ConvNeXt-T,
-ResNet-50, an LSTM); R is measured, not modelled, since how much the heap keeps depends on the
-process's history (glibc raises its threshold for serving a request from fresh mapped memory
-to the largest block freed so far, up to 32 MB).
+Before anything is measured, W counts 2 vectors and G, A nothing. Memory the allocator keeps
+after a free is not in these counts: resident memory also holds the heap pages glibc keeps
+after a free, how many depending on the process's history (glibc raises its threshold for
+serving a request from fresh mapped memory to the largest block freed so far, up to 32 MB), so
+resident memory differs from these counts by a few vectors either way at 14M-28M parameters.
+`tests/curvature/test_peak_memory.py` checks them against the tensors actually alive, and
+`scripts/bench_scale.py` against resident memory at 14M-124M parameters.
 
-Before anything is measured, W counts 2 vectors and G, A, R nothing.
-`tests/curvature/test_peak_memory.py` checks the tensor counts against the tensors actually
-alive (and that R counts), and `scripts/bench_scale.py` the total against resident memory at
-14M-124M parameters.
-
-The heap's free pages are also given back where a build would pile them up: building a graph
-for double backward through a recurrent model fragments the heap (`HeapRelease`), and a
-finite-difference product or a dropped graph after it would leave pages resident in the holes;
+The heap's free pages are given back where they would pile up: building a graph for double
+backward through a recurrent model fragments the heap (`HeapRelease`), and a dropped graph or
+a finite-difference product after it would leave pages resident in the holes;
 `release_free_heap` is called there (glibc's `malloc_trim(0)`; no allocator setting changes).
 """
 
@@ -99,26 +89,6 @@ def release_free_heap() -> bool:
 def _resident_bytes(fd: int) -> int:
     """Resident memory of this process (/proc/self/statm, opened as `fd`), bytes."""
     return int(os.pread(fd, 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory (VmRSS), bytes; None where /proc/self/statm is missing."""
-    try:
-        fd = os.open("/proc/self/statm", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return _resident_bytes(fd)
-    finally:
-        os.close(fd)
-
-
-def retained_bytes(start: int | None, live: int) -> int:
-    """R: the resident memory added since `start` (a `resident_bytes()` reading) beyond `live`,
-    the bytes of the tensors made since then and still alive: what the allocator keeps after
-    a free (and one-time setup); 0 where resident memory is not measured."""
-    now = resident_bytes() if start is not None else None
-    return 0 if now is None or start is None else max(0, now - start - live)
 
 
 class HeapRelease:
@@ -185,31 +155,13 @@ class PeakNew(TorchDispatchMode):
     """`peak`: the largest total of tensor storage created inside the block and still alive
     (each storage counted once, from its first appearance as an operation's output that is not
     one of the operation's inputs, until a finalizer on it runs when it is freed). `seconds`:
-    the time its own bookkeeping took, to subtract from a timing of the block. With `resident`
-    (and /proc), `resident_rise`: the largest rise of resident memory above its value on entry,
-    read after every operation (else None)."""
+    the time its own bookkeeping took, to subtract from a timing of the block."""
 
-    def __init__(self, resident: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.peak = self.total = 0
         self.seconds = 0.0
         self._seen: set[int] = set()
-        self.resident_rise: int | None = None
-        self._fd: int | None = None
-        if resident:
-            with contextlib.suppress(OSError):
-                self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-
-    def __enter__(self):
-        if self._fd is not None:
-            self._start, self.resident_rise = _resident_bytes(self._fd), 0
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        return super().__exit__(*exc)
 
     def _free(self, key: int, nbytes: int) -> None:
         self._seen.discard(key)
@@ -227,9 +179,6 @@ class PeakNew(TorchDispatchMode):
                 self.total += storage.nbytes()
                 weakref.finalize(storage, self._free, key, storage.nbytes())
         self.peak = max(self.peak, self.total)
-        if self._fd is not None:
-            rise = _resident_bytes(self._fd) - self._start
-            self.resident_rise = max(self.resident_rise or 0, rise)
         self.seconds += time.perf_counter() - t0
         return out
 
@@ -251,16 +200,15 @@ def product_vectors(probe: Probe, rebuilt: bool = False) -> float:
     built again inside the call (after finite-difference products): B, the peak of the storage
     made while building it, counts where it exceeds G + W."""
     method = probe.hvp_method_used
-    vector = probe.num_params * probe.dtype.itemsize
-    retained = probe.products.retained_bytes / vector
     if method == "finite_difference":
-        return FINITE_DIFFERENCE_WORK + retained
+        return FINITE_DIFFERENCE_WORK
     engine = probe.products.engine
+    vector = probe.num_params * probe.dtype.itemsize
     graph = (engine.graph_bytes_measured or 0) / vector
     work = UNMEASURED_WORK if engine.work_bytes is None else engine.work_bytes / vector
     gradient = probe.products.gradient_bytes
     peak = 2 + (engine.activation_bytes or 0) / vector if gradient is None else gradient / vector
     if method == "cached_graph":
         build = (engine.build_bytes or 0) / vector if rebuilt else 0.0
-        return max(graph + work, build) - peak + retained
-    return 2 + graph / max(probe.batch_pass.data.n_batches, 1) + work - peak + retained
+        return max(graph + work, build) - peak
+    return 2 + graph / max(probe.batch_pass.data.n_batches, 1) + work - peak
