@@ -10,10 +10,11 @@ for any budget), spent as follows:
    forward pass at `FORWARD_GRADIENTS` (1/3), unless one gradient takes at least
    `MEASURED_FROM` seconds (a model large enough that timing means something; on a CPU probe,
    seconds of this process's CPU time as well as of wall time, so that a small model on a
-   loaded machine, whose wall time is mostly waiting, is planned the same on every run): then the audit
-   makes its first product up front (the product method's choice and self-check happen there)
-   and times a second product and a forward pass, and plans with those times (rounded up to a
-   half gradient a product and a tenth a forward pass). What this setup spent is deducted.
+   loaded machine, whose wall time is mostly waiting, is planned the same on every run): then
+   the audit makes its first product up front (the product method's choice and self-check
+   happen there) and times a second product and a forward pass, and plans with those times
+   (rounded up to a half gradient a product and a tenth a forward pass). What this setup
+   spent is deducted.
 3. **Split.** Each chosen measure gets the fraction `MeasureSpec.share` of what is left (the
    default measures' shares sum to 0.96; when the chosen ones sum to more than 1, all are
    scaled down to fit), so a measure is planned the same whichever other measures run beside

@@ -151,7 +151,7 @@ class Products:
     def settle(self, at_checkpoint: bool) -> None:
         """Make the "auto" decision now (before a product that bypasses `hvp`)."""
         if not self.settled:
-            self._first(self._random_vector(), at_checkpoint, want=False)
+            self._first(None, at_checkpoint, want=False)
 
     @contextlib.contextmanager
     def for_tolerance(self, tol: float, at_checkpoint: bool = True) -> Iterator[str]:
@@ -235,13 +235,15 @@ class Products:
         gen = torch.Generator().manual_seed(CHECK_SEED)
         return torch.randn(p.num_params, generator=gen, dtype=p.dtype).to(p.device)
 
-    def _first(self, v: Tensor, at_checkpoint: bool, want: bool = True) -> Tensor | None:
+    def _first(self, v: Tensor | None, at_checkpoint: bool, want: bool = True
+               ) -> Tensor | None:
         """The first product under "auto": fallback on error, then (check_hvp) the self-check;
-        returns H v (None when not `want`ed: `settle`)."""
+        returns H v (None when not `want`ed: `settle`, whose v is None: the check's random
+        vector stands in for it)."""
         p = self.passes
         p.prepare()  # the first-use data checks, before anything is timed
         warm_up()  # and the memory meter's one-time setup
-        r = self._random_vector() if self.check_first else v
+        r = self._random_vector() if self.check_first or v is None else v
         fd_r, t_fd = None, 0.0
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
@@ -254,7 +256,8 @@ class Products:
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
         t_exact = _since(t0, p.device)
         if exact_r is None:
-            out = self.finite_difference(v)  # a data error raises here, before any warning
+            # a data error raises here, before any warning
+            out = self.finite_difference(r if v is None else v)
             self.check = HvpCheck(float("nan"), float("nan"), float("nan"), False,
                                   error=self._reason, uses_finite_difference=True)
             self._switch(

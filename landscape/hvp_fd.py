@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ._reduce import local_abs_sum, local_square_sum
 from .hvp_memory import heap_released
 from .probe_data import call_model, unpack
 
@@ -148,8 +149,7 @@ class FiniteDifference:
 
     def norm(self, tensors: Sequence[Tensor]) -> float:
         """The 2-norm of a list of tensors (over all ranks' shards when `sharded`)."""
-        local = sum(float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64)) ** 2
-                    for t in tensors)
+        local = sum(local_square_sum(t) for t in tensors)
         if self.sharded:
             (local,) = self.passes.comm.reduce([local])
         return local ** 0.5
@@ -159,11 +159,9 @@ class FiniteDifference:
         c_t the RMS of parameter tensor t (that of all of w where tensor t is zero; 1 when w
         is zero)."""
         params = self.passes.params
-        sums = [float(torch.linalg.vector_norm(q.detach(), dtype=torch.float64)) ** 2
-                for q in params]
-        ones = [float(torch.linalg.vector_norm(t, ord=1, dtype=torch.float64))
-                for t in self.passes.split(v)]
-        squares = float(torch.linalg.vector_norm(v, dtype=torch.float64)) ** 2
+        sums = [local_square_sum(q) for q in params]  # float64 sums, no float64 copies
+        ones = [local_abs_sum(t) for t in self.passes.split(v)]
+        squares = local_square_sum(v)
         counts = [q.numel() for q in params]
         if self.sharded:  # sums over all ranks' shards
             k = len(sums)

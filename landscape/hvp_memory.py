@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 if TYPE_CHECKING:  # pragma: no cover
     from .probe import Probe
@@ -155,13 +154,22 @@ class PeakNew(TorchDispatchMode):
     """`peak`: the largest total of tensor storage created inside the block and still alive
     (each storage counted once, from its first appearance as an operation's output that is not
     one of the operation's inputs, until a finalizer on it runs when it is freed). `seconds`:
-    the time its own bookkeeping took, to subtract from a timing of the block."""
+    the time its own bookkeeping took, to subtract from a timing of the block.
+
+    It runs without torch's default wrapper of a dispatch mode's handler (`_should_skip_dynamo`
+    False): that wrapper, which keeps torch.compile out of the handler, imports torch._dynamo on
+    first use (about 1 s of CPU, once a process) and adds a call to every operation; the handler
+    compiles nothing, and a probe refuses compiled models (`landscape._model_prep`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.peak = self.total = 0
         self.seconds = 0.0
         self._seen: set[int] = set()
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
 
     def _free(self, key: int, nbytes: int) -> None:
         self._seen.discard(key)
@@ -170,9 +178,9 @@ class PeakNew(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         t0 = time.perf_counter()
-        inputs = {_address(t) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
-        for t in tree_leaves(out):
-            key = _address(t) if isinstance(t, Tensor) else 0
+        inputs = {_address(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            key = _address(t)
             if key and key not in inputs and key not in self._seen:
                 storage = t.untyped_storage()
                 self._seen.add(key)
@@ -184,10 +192,22 @@ class PeakNew(TorchDispatchMode):
 
 
 def warm_up() -> None:
-    """Pay the one-time cost of a process's first dispatch mode (about 2 s of setup on CPU)
-    outside any timed region."""
+    """Pay any one-time cost of a process's first dispatch mode outside a timed region."""
     with PeakNew():
         torch.zeros(1).add_(1)
+
+
+def _tensors(tree) -> Iterator[Tensor]:
+    """The tensors in an operation's arguments or outputs (nested tuples, lists and dicts;
+    a lighter walk than torch's pytree, which this handler runs on every operation)."""
+    if isinstance(tree, Tensor):
+        yield tree
+    elif isinstance(tree, (tuple, list)):
+        for x in tree:
+            yield from _tensors(x)
+    elif isinstance(tree, dict):
+        for x in tree.values():
+            yield from _tensors(x)
 
 
 def _address(t: Tensor) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._random import rademacher
-from .._reduce import accumulation_dtype, norm, rows_dot
+from .._reduce import accumulation_dtype, norm, rows_dot, sweep
 
 _BLOCK_ROWS = 8  # rows allocated at a time
 # columns transformed at a time in a restart: a capacity x 256k temporary (8 MB for 8 float32
@@ -23,6 +23,8 @@ _COLUMN_BLOCK = 2**18
 DEFAULT_BYTES = 2**30  # the stored vectors of a curvature estimator fit in this by default
 LARGE_MODEL_VECTORS = 8  # the default budget, in vectors, when the default above does not fit
 # 8, not more: on ConvNeXt-T a basis of 10 took the same products as 8 (docs/benchmarks/scale.md)
+# Gram-Schmidt projects a second time unless the first left this fraction of the norm (DGKS)
+REORTHOGONALIZE = 0.717
 TOTAL_VECTORS = 12  # and with what the product holds (`landscape.hvp_memory`), at most this
 
 
@@ -91,13 +93,26 @@ class Basis:
             w.addmv_(block.T, coeffs[start : start + used].to(w.dtype), alpha=-1)
 
     def orthogonalize(self, w: Tensor, size: int) -> Tensor:
-        """Classical Gram-Schmidt twice against rows[:size], in place; returns the coefficients
-        (float64: the inner products are accumulated in float64)."""
-        h = self.dots(w, size)
-        self.subtract(w, h, size)
-        h2 = self.dots(w, size)
-        self.subtract(w, h2, size)
-        return h + h2
+        """Classical Gram-Schmidt against rows[:size], twice where the first pass cancels most of
+        w (`orthogonalize_norm`), in place; returns the coefficients (float64: the inner
+        products are accumulated in float64)."""
+        return self.orthogonalize_norm(w, size)[0]
+
+    def orthogonalize_norm(self, w: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        """`orthogonalize`, and the norm of what is left of w (0-d, float64), in passes over the
+        rows (`landscape._reduce.sweep`): h = V w and ||w||^2; then, when the first projection
+        leaves ||w||^2 - ||h||^2 >= REORTHOGONALIZE^2 ||w||^2 (little cancellation, the
+        criterion of Daniel, Gragg, Kaufman and Stewart 1976, ARPACK's 0.717), w -= V^T h and
+        ||w||^2: one pass is enough; else w -= V^T h and h2 = V w, chunk by chunk, then
+        w -= V^T h2 and ||w||^2 (the second pass). Returns (h + h2, ||w||)."""
+        blocks = [block for block, _, _ in self._spans(size)]
+        h, squares = sweep(blocks, w, square=True)
+        if float(squares) - float(h @ h) >= REORTHOGONALIZE**2 * float(squares):
+            _, left = sweep(blocks, w, subtract=h, dots=False, square=True)
+            return h, left.sqrt()
+        h2, _ = sweep(blocks, w, subtract=h)
+        _, left = sweep(blocks, w, subtract=h2, dots=False, square=True)
+        return h + h2, left.sqrt()
 
     def combine(self, coeffs: Tensor) -> Tensor:
         """coeffs @ rows[:size] as a new (k, n) tensor, coeffs of shape (k, size)."""
@@ -108,20 +123,26 @@ class Basis:
 
     def transform_in_place(self, coeffs: Tensor) -> None:
         """rows[:p] = coeffs.T @ rows[:size] for coeffs of shape (size, p), p <= size, column
-        block by column block, so the only temporary is size x `_COLUMN_BLOCK`."""
+        block by column block, so the only temporary is p x `_COLUMN_BLOCK` (and a copy of the
+        old rows' columns, size x `_COLUMN_BLOCK`, when they lie in several blocks)."""
         size, p = coeffs.shape
+        spans = list(self._spans(size))
         for c0 in range(0, self.n, _COLUMN_BLOCK):
             c1 = min(c0 + _COLUMN_BLOCK, self.n)
-            old = torch.cat([block[:, c0:c1] for block, _, _ in self._spans(size)])
+            if len(spans) == 1:  # rows in one block: read in place (a strided view), no copy
+                old = spans[0][0][:, c0:c1]
+            else:
+                old = torch.cat([block[:, c0:c1] for block, _, _ in spans])
             new = coeffs.T @ old
             for block, start, used in self._spans(p):
                 block[:, c0:c1].copy_(new[start : start + used])
+            del new, old  # freed before the next block's are made
 
 
 def range_basis(matvec: Callable[[Tensor], Tensor], n: int, s: int, gen: torch.Generator,
                 device: torch.device, dtype: torch.dtype) -> tuple[Basis, int]:
     """An orthonormal basis Q of the range of H S, S = s Rademacher vectors (Hutch++'s sketch),
-    built by Gram-Schmidt twice as the products arrive (s products, s stored vectors; H S
+    built by Gram-Schmidt as the products arrive (s products, s stored vectors; H S
     directions that are numerically dependent are skipped). Returns (Q, its rank)."""
     Q = Basis(n, s, device, dtype)
     rank = 0

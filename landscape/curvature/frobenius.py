@@ -195,7 +195,7 @@ def _stderr(terms: Tensor) -> float:
 
 def _hutchpp(matvec: MatVec, probe: Probe, gen: torch.Generator, m: int,
              max_vectors: int) -> tuple[float, float, int]:
-    """Hutch++ on H^2 with the sketch Q = orth(H S) built by Gram-Schmidt twice into a `Basis`
+    """Hutch++ on H^2 with the sketch Q = orth(H S) built by Gram-Schmidt into a `Basis`
     (s + 1 stored vectors). Returns (estimate of tr(H^2), its stderr, s)."""
     s = min(m // 3, max_vectors - 1)
     Q, rank = range_basis(matvec, probe.num_params, s, gen, probe.device, probe.dtype)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int, check_option, check_positive, check_probe
 from .._random import generator, normal
-from .._reduce import accumulation_dtype, fdot, fnorm, norm, normalize_
+from .._reduce import accumulation_dtype, fdot, fnorm, normalize_
 from .._vector_space import dimension
 from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
@@ -52,7 +52,8 @@ def hessian_eigenvalues(
 ) -> EigenResult | LayerResults[EigenResult]:
     """The k largest (or smallest) algebraic eigenvalues of the Hessian of L at w.
 
-    Lanczos with full reorthogonalization (classical Gram-Schmidt applied twice), started from a
+    Lanczos with full reorthogonalization (classical Gram-Schmidt, applied twice where the first
+    pass leaves less than 0.717 of the product's norm: `Basis.orthogonalize_norm`), started from a
     Gaussian vector drawn from `seed`, thick-restarted (Wu and Simon 2000) when the basis reaches
     `max_basis` vectors. After every step the Ritz pairs (theta_i, y_i) of the projected matrix are
     computed and the run stops when each of the k wanted pairs satisfies
@@ -262,14 +263,13 @@ def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
 
 
 def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
-    """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1] twice.
+    """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1].
 
     Records column j of the projected matrix (T[:j+1, j] = V[:j+1]^T H V[j], symmetric) and
     T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.
     """
     w = matvec(basis.row(j))
-    h = basis.orthogonalize(w, j + 1)
-    beta = norm(w)
+    h, beta = basis.orthogonalize_norm(w, j + 1)
     T[: j + 1, j] = h
     T[j, : j + 1] = h
     T[j + 1, j] = beta

@@ -183,7 +183,7 @@ def _hutchinson(matvec, probe, gen, m, rtol) -> tuple[float, float, bool]:
 
 
 def _hutchpp(matvec, probe, gen, m, rtol, max_vectors) -> tuple[float, float, bool, int]:
-    """Hutch++ with the sketch orthonormalized as it is built (Gram-Schmidt twice into a
+    """Hutch++ with the sketch orthonormalized as it is built (Gram-Schmidt into a
     `Basis`), so it stores s + 1 vectors: the s sketch directions and one test vector.
     Returns (estimate, stderr, stopped early, s)."""
     s = min(m // 3, max_vectors - 1)

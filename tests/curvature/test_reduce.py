@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from landscape._reduce import CHUNK, dot, fdot, fnorm, gram, normalize_, rows_dot
+from landscape._reduce import CHUNK, dot, fdot, fnorm, gram, normalize_, rows_dot, sweep
+from landscape.curvature import _basis
 from landscape.curvature._basis import Basis
 from landscape.curvature.lanczos import lanczos_eigs
+from landscape.hvp_memory import PeakNew
 
 N_LARGE = 50_000_000
 
@@ -91,3 +93,75 @@ def test_basis_orthogonalizes_in_float64():
     assert h.dtype == torch.float64
     assert float(rows_dot(torch.stack([basis.row(0), basis.row(1)]), w).abs().max()) <= (
         1e-6 * fnorm(w))
+
+
+def test_rows_dot_makes_no_product_temporary():
+    """On the CPU the rows' float32 partial sums come from a batched product over 32-element
+    blocks: nothing of the chunk's size is allocated (the products x * y took CHUNK elements)."""
+    g = torch.Generator().manual_seed(4)
+    n = CHUNK * 2 + 77
+    rows = torch.randn(4, n, generator=g)
+    w = torch.randn(n, generator=g)
+    with PeakNew() as meter:
+        out = rows_dot(rows, w)
+    assert meter.peak < CHUNK  # bytes: a quarter of one chunk's float32 products
+    want = rows.double() @ w.double()
+    scale = float(rows.double().norm(dim=1).max() * w.double().norm())
+    assert torch.allclose(out, want, rtol=0, atol=1e-9 * scale)
+
+
+def test_sweep_subtracts_and_reduces_in_one_pass():
+    """w -= R^T c in place, then R @ w and ||w||^2, rows in two blocks, as float64."""
+    g = torch.Generator().manual_seed(5)
+    n = CHUNK + 4099
+    rows = torch.randn(5, n, generator=g)
+    w = torch.randn(n, generator=g)
+    c = torch.randn(5, generator=g, dtype=torch.float64)
+    want_w = w.double() - rows.double().T @ c.float().double()
+    dots, squares = sweep([rows[:3], rows[3:]], w, subtract=c, square=True)
+    assert torch.allclose(w.double(), want_w, rtol=0, atol=1e-5)
+    scale = float(rows.double().norm(dim=1).max() * want_w.norm())
+    assert dots.dtype == squares.dtype == torch.float64
+    assert torch.allclose(dots, rows.double() @ w.double(), rtol=0, atol=1e-9 * scale)
+    assert float(squares) == pytest.approx(float(w.double().square().sum()), rel=1e-7)
+    assert sweep([rows], w, dots=False)[0] is None
+
+
+def test_orthogonalize_norm_returns_the_remainder_norm():
+    g = torch.Generator().manual_seed(6)
+    n = CHUNK + 11
+    basis = Basis(n, 3, torch.device("cpu"), torch.float32)
+    for i in range(3):
+        x = torch.randn(n, generator=g)
+        basis.orthogonalize(x, i)
+        basis.set(i, normalize_(x))
+    w = torch.randn(n, generator=g) + 50 * basis.row(1)
+    h, remainder = basis.orthogonalize_norm(w, 3)
+    assert float(h[1]) == pytest.approx(50, abs=5)  # plus a Gaussian component
+    assert float(remainder) == pytest.approx(fnorm(w), rel=1e-7)
+    assert float(rows_dot(torch.stack([basis.row(i) for i in range(3)]), w).abs().max()) <= (
+        1e-6 * fnorm(w))
+
+
+def test_gram_schmidt_projects_twice_only_after_cancellation(monkeypatch):
+    """DGKS: a w mostly outside the rows is projected once (two passes over the rows), a w
+    mostly inside them twice (three passes); both end orthogonal to the rows."""
+    g = torch.Generator().manual_seed(7)
+    n = CHUNK + 5
+    basis = Basis(n, 3, torch.device("cpu"), torch.float32)
+    for i in range(3):
+        x = torch.randn(n, generator=g)
+        basis.orthogonalize(x, i)
+        basis.set(i, normalize_(x))
+    passes = []
+    real = _basis.sweep
+    monkeypatch.setattr(_basis, "sweep", lambda *a, **k: passes.append(1) or real(*a, **k))
+    rows = torch.stack([basis.row(i) for i in range(3)])
+    for inside, want in ((0.1, 2), (1e3, 3)):
+        passes.clear()
+        w = torch.randn(n, generator=g) + inside * rows.sum(0)
+        h, left = basis.orthogonalize_norm(w, 3)
+        assert len(passes) == want
+        assert float(rows_dot(rows, w).abs().max()) <= 1e-6 * fnorm(w)
+        assert float(left) == pytest.approx(fnorm(w), rel=1e-7)
+        assert float(h.min()) == pytest.approx(inside, abs=5)
