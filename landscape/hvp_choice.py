@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._reduce import fdot, fnorm
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
-from .hvp_fd import FiniteDifference, error_bound
+from .hvp_fd import MAX_SHORTER, FiniteDifference, error_bound, shorter_step
 from .hvp_memory import PeakNew, warm_up
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -216,8 +217,23 @@ class Products:
         return out.div_(n)
 
     def finite_difference(self, v: Tensor, shrink: float = 1.0, sizes: bool = False) -> Tensor:
-        """The central-difference product (2 gradients), step times `shrink`; with `sizes`,
-        the gradients' size for the error bound is kept (`_grad_size`)."""
+        """The central-difference product (2 gradients), step times `shrink`, made again with
+        a shorter step while the step is too long for the curvature along v
+        (`hvp_fd.shorter_step`, 2 gradients a retry); with `sizes`, the gradients' size for the
+        error bound is kept (`_grad_size`)."""
+        for retry in range(MAX_SHORTER + 1):
+            out, losses = self._finite_difference_once(v, shrink, sizes)
+            shorter = None if retry == MAX_SHORTER else self._shorter(v, out, losses)
+            if shorter is None:
+                return out
+            self.fd.length_cap = shorter
+            self.passes.counts["n_gradient"] += 2
+            del out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finite_difference_once(self, v: Tensor, shrink: float, sizes: bool
+                                ) -> tuple[Tensor, tuple[float, float]]:
+        """(H v by one central difference, the mean losses at w + h v^ and w - h v^)."""
         p = self.passes
         out, n, size, error = None, 0, 0.0, None
         try:  # no placeholder output while the product runs: one vector less at the peak
@@ -225,10 +241,23 @@ class Products:
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
             error = e
         out = torch.zeros_like(v) if out is None else out
-        n, size = p.comm.reduce([n, size], [out], error)
+        n, size, plus, minus = p.comm.reduce([n, size, *self.fd.loss_sums], [out], error)
         if sizes:
             self._grad_size = size / max(n, 1)
-        return out.div_(n)
+        return out.div_(n), (plus / max(n, 1), minus / max(n, 1))
+
+    def _shorter(self, v: Tensor, out: Tensor, losses: tuple[float, float]) -> float | None:
+        """A shorter step where the last product's step was too long along v, else None."""
+        h = self.fd.length
+        v_norm = fnorm(v)
+        if h <= 0 or v_norm == 0:
+            return None
+        at_w, n = self.passes.comm.reduce([self.fd.loss_sum_at_w(), self.passes.data.n_local])
+        at_w /= max(n, 1)
+        q_grad = fdot(v, out) / v_norm ** 2
+        q_loss = (losses[0] + losses[1] - 2 * at_w) / h ** 2
+        scale = abs(losses[0]) + abs(losses[1]) + 2 * abs(at_w)
+        return shorter_step(q_grad, q_loss, fnorm(out) / v_norm, h, scale, self.passes.dtype)
 
     def _random_vector(self) -> Tensor:
         p = self.passes
