@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ._model_prep import cudnn_off_needed, recurrent_safe, twice_differentiable  # noqa: F401
 from .batch_pass import BatchPass
-from .hvp_memory import PeakNew
+from .hvp_memory import HeapRelease, PeakNew, heap_released, release_free_heap
 from .probe_data import call_model, unpack
 
 HVP_METHODS = ("auto", "cached_graph", "double_backward", "forward_over_reverse")
@@ -62,9 +62,11 @@ class SavedStorage:
     model's parameters and buffers, resident anyway) are not counted. The saved tensors stay
     alive as long as their graph, so an address is not reused while the graph is counted."""
 
-    def __init__(self, exclude: Sequence[Tensor] = ()) -> None:
+    def __init__(self, exclude: Sequence[Tensor] = (), release: HeapRelease | None = None
+                 ) -> None:
         self.total = 0
         self._seen = {_storage_key(t) for t in exclude}
+        self.release = release  # checked at every saved tensor (`hvp_memory.HeapRelease`)
 
     def add(self, t: Tensor) -> None:
         """Count `t`'s storage unless it was counted (or excluded) before."""
@@ -79,6 +81,8 @@ class SavedStorage:
 
     def _pack(self, t: Tensor) -> Tensor:
         self.add(t)
+        if self.release is not None:
+            self.release.check()
         # detached: a saved output packed as itself refers to its own grad_fn, a cycle that is
         # never freed (the graph's saved outputs would outlive it); autograd re-attaches the
         # saved tensor's history when it unpacks it, so double backward is unchanged
@@ -161,8 +165,22 @@ class HvpEngine:
         return self._batches(v, self.chosen)
 
     def drop_graph(self) -> None:
-        """Free the kept gradient graph (rebuilt by the next cached product that needs it)."""
-        self._graph = None
+        """Free the kept gradient graph (rebuilt by the next cached product that needs it), and
+        give its pages back to the system (`hvp_memory.release_free_heap`)."""
+        if self._graph is not None:
+            self._graph = None
+            if self.passes.device.type == "cpu":
+                release_free_heap()
+
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[SavedStorage]:
+        """A `SavedStorage` (the model's parameters and buffers excluded) whose pack hook keeps
+        the heap's free pages from piling up while a graph for double backward is built
+        (`hvp_memory.HeapRelease`; CPU probes)."""
+        p = self.passes
+        vector = p.num_params * p.dtype.itemsize
+        with heap_released(vector, p.device.type == "cpu") as release:
+            yield SavedStorage([*p.model.parameters(), *p.model.buffers()], release)
 
     def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
         """d/dw <g(w), v> = H v from gradients computed with create_graph=True: one parameter
@@ -218,30 +236,30 @@ class HvpEngine:
         fastest measured method (`choose_method`)."""
         p = self.passes
         data = p.data
-        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         summed: list[Tensor | None] = [None] * len(p.params)
         n, t_build = 0, 0.0
         versions = [q._version for q in p.params]
         batches = iter(data.batches())
         meter = PeakNew()
-        for batch in batches:
-            t0 = time.perf_counter()
-            seconds = meter.seconds
-            with saved.counting(), meter:
-                n += self._add_scaled_gradient(summed, batch, saved)
-            t_build += self._since(t0) - (meter.seconds - seconds)  # less the meter's own time
-            self.build_bytes = meter.peak
-            kept = saved.total * data.n_local / max(n, 1)
-            if kept > self.graph_bytes:
-                # too large to keep: this product from the graphs built so far, the rest of
-                # the batches (and all later products) without a kept graph
-                total = self._measured_vjp(summed, v)
-                del summed
-                self.graph_bytes_measured = int(kept)
-                timed = data.n_batches >= MIN_BATCHES_TO_TIME
-                self.chosen = self._fastest_uncached(v) if timed else "double_backward"
-                rest, n_rest = self._batches(v, self.chosen, batches)
-                return total.add_(rest), n + n_rest
+        with self._building() as saved:
+            for batch in batches:
+                t0 = time.perf_counter()
+                seconds = meter.seconds
+                with saved.counting(), meter:
+                    n += self._add_scaled_gradient(summed, batch, saved)
+                t_build += self._since(t0) - (meter.seconds - seconds)  # less the meter's time
+                self.build_bytes = meter.peak
+                kept = saved.total * data.n_local / max(n, 1)
+                if kept > self.graph_bytes:
+                    # too large to keep: this product from the graphs built so far, the rest
+                    # of the batches (and all later products) without a kept graph
+                    total = self._measured_vjp(summed, v)
+                    del summed
+                    self.graph_bytes_measured = int(kept)
+                    timed = data.n_batches >= MIN_BATCHES_TO_TIME
+                    self.chosen = self._fastest_uncached(v) if timed else "double_backward"
+                    rest, n_rest = self._batches(v, self.chosen, batches)
+                    return total.add_(rest), n + n_rest
         self.graph_bytes_measured = int(kept) if n else 0
         t0 = time.perf_counter()
         out = self._measured_vjp(summed, v)
@@ -279,11 +297,10 @@ class HvpEngine:
         """Bytes of the distinct storage saved by autograd for all batches' gradient graphs
         (one batch measured, scaled by samples)."""
         p = self.passes
-        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         batch = next(iter(p.data.batches()), None)
         if batch is None:  # a rank without batches keeps no graph
             return 0
-        with saved.counting():
+        with self._building() as saved, saved.counting():
             loss, n_b, _ = p.compute(batch)
             grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
         del grads
@@ -342,9 +359,8 @@ class HvpEngine:
         if self._graph is None or self._graph[2] != versions:
             self._graph = None
             summed: list[Tensor | None] = [None] * len(p.params)
-            saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
             n = 0
-            with saved.counting():
+            with self._building() as saved, saved.counting():
                 for batch in p.data.batches():
                     n += self._add_scaled_gradient(summed, batch, saved)
             release_values(summed, saved)
@@ -389,13 +405,14 @@ class HvpEngine:
             n_b = p.n_samples(batch)
             return torch.cat([hv["model." + n].reshape(-1) for n in p.param_names]), n_b
         if self.graph_bytes_measured is not None:
-            loss, n_b, _ = p.compute(batch)
-            grads = torch.autograd.grad(loss, p.params, create_graph=True, allow_unused=True)
+            with self._building() as saved, saved.counting():
+                loss, n_b, _ = p.compute(batch)
+                grads = torch.autograd.grad(loss, p.params, create_graph=True,
+                                            allow_unused=True)
             return self._measured_vjp(grads, v), n_b
         # the first batch measures its graph (for `landscape.hvp_memory`)
-        saved = SavedStorage([*p.model.parameters(), *p.model.buffers()])
         summed: list[Tensor | None] = [None] * len(p.params)
-        with saved.counting():
+        with self._building() as saved, saved.counting():
             n_b = self._add_scaled_gradient(summed, batch, saved)
         self.graph_bytes_measured = int(saved.total * p.data.n_local / max(n_b, 1))
         return self._measured_vjp(summed, v).div_(n_b), n_b

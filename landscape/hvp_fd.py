@@ -76,6 +76,7 @@ import torch
 from torch import Tensor
 
 from ._reduce import local_abs_sum, local_square_sum
+from .hvp_memory import heap_released
 from .probe_data import call_model, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,7 +282,9 @@ class FiniteDifference:
         views, vs = p.split(out), p.split(v)
         n, size, losses = 0, 0.0, {1.0: 0.0, -1.0: 0.0}
         w_loss_kept = self._w_loss is not None and self._w_loss[0] == self._versions()
-        with self.displaced() as move:
+        vector = p.num_params * p.dtype.itemsize
+        with self.displaced() as move, \
+                heap_released(vector, p.device.type == "cpu") as release:
             for sign in (1.0, -1.0):
                 move(sign, vs, eps)
                 n = 0
@@ -292,6 +295,8 @@ class FiniteDifference:
                     losses[sign] += n_b * float(loss.detach())
                     n += n_b
                     del grads  # not alive during the next gradient: one vector less at the peak
+                    if release is not None:  # a heap left fragmented by a graph's build
+                        release.check()
         if w_loss_kept and self._w_loss is not None:  # w restored bitwise: its loss stands
             self._w_loss = (self._versions(), self._w_loss[1])
         self.length, self.loss_sums = eps * v_norm, (losses[1.0], losses[-1.0])

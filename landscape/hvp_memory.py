@@ -25,16 +25,28 @@ Then, in vectors, one product holds beyond a gradient's peak:
   (1) with its activations, against a gradient's sum and the same: 1 vector.
 
 Before anything is measured, W counts 2 vectors and G, A nothing. Memory the allocator keeps
-after a free is not in these counts. `tests/curvature/test_peak_memory.py` checks them against
-the tensors actually alive, and `scripts/bench_scale.py` against resident memory at 14M-124M
-parameters.
+after a free is not in these counts: resident memory also holds the heap pages glibc keeps
+after a free, how many depending on the process's history (glibc raises its threshold for
+serving a request from fresh mapped memory to the largest block freed so far, up to 32 MB), so
+resident memory differs from these counts by a few vectors either way at 14M-28M parameters.
+`tests/curvature/test_peak_memory.py` checks them against the tensors actually alive, and
+`scripts/bench_scale.py` against resident memory at 14M-124M parameters.
+
+The heap's free pages are given back where they would pile up: building a graph for double
+backward through a recurrent model fragments the heap (`HeapRelease`), and a dropped graph or
+a finite-difference product after it would leave pages resident in the holes;
+`release_free_heap` is called there (glibc's `malloc_trim(0)`; no allocator setting changes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import os
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +58,96 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FINITE_DIFFERENCE_WORK = 1.0  # vectors of a finite-difference product (see above)
 UNMEASURED_WORK = 2.0  # W, in vectors, before it is measured: the product and its flat copy
+RELEASE_STEP = 0.5  # `HeapRelease`: give free heap pages back after this many vectors of growth
+MIN_RELEASE_BYTES = 16 * 2**20  # ... and never more often than every 16 MiB
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None (another C library, another system)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_heap() -> bool:
+    """Give the free pages inside the C heap back to the operating system (glibc's
+    `malloc_trim(0)`); False where there is no such call. Changes no allocator setting: the
+    freed address ranges stay the allocator's, and a later allocation there faults its pages
+    in again."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True
+
+
+def _resident_bytes(fd: int) -> int:
+    """Resident memory of this process (/proc/self/statm, opened as `fd`), bytes."""
+    return int(os.pread(fd, 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class HeapRelease:
+    """Keeps the heap's free pages from piling up while a gradient graph is built.
+
+    Building a graph for double backward (`create_graph=True`) through a recurrent model
+    makes, at every unrolled step, a weight-sized temporary (the step's weight gradient, 4 MB
+    for a 512-wide LSTM) and a few small tensors that the kept graph saves. glibc's malloc puts
+    the small ones into the hole the previous step's temporary left, so that hole no longer
+    fits the next temporary, which is taken from fresh memory at the top of the heap: the heap
+    grows by one temporary a step while what is alive grows by the small tensors (a 2 x 512
+    LSTM over 2 x 33 steps: 13 vectors of heap for 2.5 alive). Freed pages inside the heap are
+    not returned to the system on their own, so resident memory grows with it. `check()`
+    (called for every tensor the graph saves, from `SavedStorage`'s pack hook; one read of
+    /proc/self/statm) gives them back with `release_free_heap()` whenever resident memory has
+    grown by `step` bytes since the last release, so resident memory stays within `step` of
+    what is alive. The allocator's settings are not changed. No-op without /proc or glibc."""
+
+    def __init__(self, step: int) -> None:
+        self.step = max(int(step), MIN_RELEASE_BYTES)
+        self.releases = 0
+        self._fd: int | None = None
+        self._mark = 0
+        if _TRIM is not None:
+            with contextlib.suppress(OSError):
+                self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+                self._mark = _resident_bytes(self._fd)
+
+    def check(self) -> None:
+        """Release the heap's free pages if resident memory grew by `step` since the last."""
+        if self._fd is None:
+            return
+        if _resident_bytes(self._fd) > self._mark + self.step:
+            release_free_heap()
+            self.releases += 1
+            self._mark = _resident_bytes(self._fd)
+
+    def close(self, release: bool = True) -> None:
+        """Close the file, with `release` after a last `release_free_heap()`."""
+        if self._fd is not None:
+            if release:
+                release_free_heap()
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def heap_released(vector_bytes: int, enabled: bool = True, last: bool = True
+                  ) -> Iterator[HeapRelease | None]:
+    """A `HeapRelease` with a step of RELEASE_STEP vectors of `vector_bytes` inside the block,
+    closed on exit (with a last release if `last`); None when not `enabled` (a CUDA probe:
+    its tensors are not on the heap)."""
+    if not enabled:
+        yield None
+        return
+    release = HeapRelease(RELEASE_STEP * vector_bytes)
+    try:
+        yield release
+    finally:
+        release.close(last)
 
 
 class PeakNew(TorchDispatchMode):

@@ -7,12 +7,14 @@ tensor storage actually alive, counted independently by `helpers.live_tensors.Li
 dispatch mode that sees every tensor the call creates, autograd's included), on a float64 model
 whose activations are several parameter-sized vectors, with the default basis
 of a large model (faked by a tiny `DEFAULT_BYTES`) so the basis is sized from what is left of
-12 vectors. The eigenvalue is checked against the exact Hessian.
+12 vectors. The eigenvalue is checked against the exact Hessian. The release of the heap's free
+pages while a graph is built (`hvp_memory.HeapRelease`) is checked on its own.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from helpers.live_tensors import LiveTensors
 from helpers.models import exact_hessian
 from torch import nn
 
-from landscape import Probe, hessian_eigenvalues, hvp_choice
+from landscape import Probe, hessian_eigenvalues, hvp, hvp_choice, hvp_memory
 from landscape.curvature import _basis
 
 
@@ -114,3 +116,25 @@ def test_a_dropped_kept_graph_frees_its_saved_outputs():
         probe.products.engine.drop_graph()
         assert kept > 3 * out.numel() * 8  # the graph, 4.5 vectors, was counted
         assert live.total == out.numel() * 8  # only the product is left
+
+
+def test_a_graph_build_gives_the_heaps_free_pages_back(monkeypatch):
+    """While the kept graph is built, every tensor it saves checks resident memory: each time
+    it grew by the step, the heap's free pages are given back (`HeapRelease`); dropping the
+    graph gives its pages back too."""
+    if not os.path.exists("/proc/self/statm") or not hvp_memory.release_free_heap():
+        pytest.skip("no /proc/self/statm or no glibc")
+    releases = []
+    for module in (hvp_memory, hvp):
+        monkeypatch.setattr(module, "release_free_heap", lambda: releases.append(1) or True)
+    monkeypatch.setattr(hvp_memory, "MIN_RELEASE_BYTES", 1)
+    reads = iter(range(0, 10**12, 10**6))  # resident memory grows by 1 MB a reading
+    monkeypatch.setattr(hvp_memory, "_resident_bytes", lambda fd: next(reads))
+    model, x, y = _model_and_data(64)
+    probe = Probe(model, (x, y), batch_size=64, hvp_method="cached_graph")
+    probe.gradient()
+    probe.hvp(torch.ones(probe.num_params, dtype=torch.float64))
+    built = len(releases)
+    assert built > 3  # steps of half a 30 kB vector: released while building, and once after
+    probe.products.engine.drop_graph()
+    assert len(releases) == built + 1
