@@ -79,15 +79,21 @@ def test_lanczos_eigenvector_is_a_unit_vector_at_50m_float32():
     assert abs(fnorm(out.vectors[0]) - 1.0) <= 1e-6
 
 
+def _orthonormal_basis(n: int, k: int, g: torch.Generator) -> Basis:
+    """A float32 basis of k orthonormal random rows of length n, built by the basis itself."""
+    basis = Basis(n, k, torch.device("cpu"), torch.float32)
+    for i in range(k):
+        x = torch.randn(n, generator=g)
+        basis.orthogonalize(x, i)
+        basis.set(i, normalize_(x))
+    return basis
+
+
 def test_basis_orthogonalizes_in_float64():
     """Gram-Schmidt coefficients come back in float64 and leave w orthogonal to the rows."""
     g = torch.Generator().manual_seed(3)
     n = CHUNK + 7
-    basis = Basis(n, 2, torch.device("cpu"), torch.float32)
-    for i in range(2):
-        x = torch.randn(n, generator=g)
-        basis.orthogonalize(x, i)
-        basis.set(i, normalize_(x))
+    basis = _orthonormal_basis(n, 2, g)
     w = torch.randn(n, generator=g)
     h = basis.orthogonalize(w, 2)
     assert h.dtype == torch.float64
@@ -130,11 +136,7 @@ def test_sweep_subtracts_and_reduces_in_one_pass():
 def test_orthogonalize_norm_returns_the_remainder_norm():
     g = torch.Generator().manual_seed(6)
     n = CHUNK + 11
-    basis = Basis(n, 3, torch.device("cpu"), torch.float32)
-    for i in range(3):
-        x = torch.randn(n, generator=g)
-        basis.orthogonalize(x, i)
-        basis.set(i, normalize_(x))
+    basis = _orthonormal_basis(n, 3, g)
     w = torch.randn(n, generator=g) + 50 * basis.row(1)
     h, remainder = basis.orthogonalize_norm(w, 3)
     assert float(h[1]) == pytest.approx(50, abs=5)  # plus a Gaussian component
@@ -148,11 +150,7 @@ def test_gram_schmidt_projects_twice_only_after_cancellation(monkeypatch):
     mostly inside them twice (three passes); both end orthogonal to the rows."""
     g = torch.Generator().manual_seed(7)
     n = CHUNK + 5
-    basis = Basis(n, 3, torch.device("cpu"), torch.float32)
-    for i in range(3):
-        x = torch.randn(n, generator=g)
-        basis.orthogonalize(x, i)
-        basis.set(i, normalize_(x))
+    basis = _orthonormal_basis(n, 3, g)
     passes = []
     real = _basis.sweep
     monkeypatch.setattr(_basis, "sweep", lambda *a, **k: passes.append(1) or real(*a, **k))
