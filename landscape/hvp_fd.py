@@ -205,7 +205,10 @@ class FiniteDifference:
     def loss_sum_at_w(self) -> float:
         """sum over this rank's batches of n_b L_b at the current parameters: one forward pass,
         kept while the parameters' version counters say they are unchanged (a product's
-        bitwise restoration of w keeps it)."""
+        bitwise restoration of w keeps it). Over the user's batches, as the gradients at
+        w +- h v^ are, not the merged chunks of `probe.evaluate`, so that the three losses of
+        the second difference are summed alike; not counted in `n_forward` (part of a
+        product's cost)."""
         key = self._versions()
         if self._w_loss is None or self._w_loss[0] != key:
             p, total = self.passes, 0.0

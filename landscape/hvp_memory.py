@@ -159,7 +159,8 @@ class PeakNew(TorchDispatchMode):
     It runs without torch's default wrapper of a dispatch mode's handler (`_should_skip_dynamo`
     False): that wrapper, which keeps torch.compile out of the handler, imports torch._dynamo on
     first use (about 1 s of CPU, once a process) and adds a call to every operation; the handler
-    compiles nothing, and a probe refuses compiled models (`landscape._model_prep`)."""
+    compiles nothing, and a probe runs a compiled model through its uncompiled original
+    (`landscape._model_prep`)."""
 
     def __init__(self) -> None:
         super().__init__()
