@@ -37,6 +37,7 @@ import torch
 from bench_scale import peak_bytes, peak_reset
 
 from landscape import Probe, hessian_eigenvalues
+from landscape._reduce import fdot  # float64 sums in chunks, no float64 copy of a vector
 from landscape.data.architectures import causal_lm_loss, gpt2_lm, token_data
 
 
@@ -118,12 +119,6 @@ def main() -> None:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
-def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:
-    """a . b accumulated in float64, 4M elements at a time (no float64 copy of a whole vector)."""
-    return sum(float(a[i:i + chunk].double() @ b[i:i + chunk].double())
-               for i in range(0, a.numel(), chunk))
-
-
 def converged_tops(probes: dict, grad_s: float, max_iter: int, max_vectors: int | None,
                    only: str | None = None) -> None:
     """The top eigenvalue at tol 1e-3 by each product, then each returned vector's exact
@@ -148,11 +143,11 @@ def converged_tops(probes: dict, grad_s: float, max_iter: int, max_vectors: int 
         gc.collect()
     exact_probe = probes["double_backward"]
     for method, v in vectors.items():
-        v /= dot64(v, v) ** 0.5
+        v /= fdot(v, v) ** 0.5
         hv = exact_probe.hvp(v)
-        rayleigh = dot64(v, hv)
+        rayleigh = fdot(v, hv)
         hv -= rayleigh * v
-        rows[method] += [f"{rayleigh:.6g}", f"{dot64(hv, hv) ** 0.5:.3g}"]
+        rows[method] += [f"{rayleigh:.6g}", f"{fdot(hv, hv) ** 0.5:.3g}"]
         del hv
     print("\n| product | top eigenvalue | its residual | converged | products | wall, min | "
           "CPU, min | gradients per product, wall | exact Rayleigh quotient of its vector | "
@@ -163,7 +158,7 @@ def converged_tops(probes: dict, grad_s: float, max_iter: int, max_vectors: int 
     if len(rows) < 2:
         return
     exact, fd = float(rows["double_backward"][1]), float(rows["finite_difference"][1])
-    overlap = abs(dot64(vectors["double_backward"], vectors["finite_difference"]))
+    overlap = abs(fdot(vectors["double_backward"], vectors["finite_difference"]))
     print(f"\ntop eigenvalue agreement: |FD - exact| / |exact| = "
           f"{abs(fd - exact) / abs(exact):.2e}; |<v_exact, v_FD>| = {overlap:.6f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
