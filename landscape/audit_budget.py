@@ -79,13 +79,17 @@ class UnitCosts:
 def timing_means_something(probe: Probe, gradient_seconds: float,
                            gradient_cpu_seconds: float | None) -> bool:
     """Whether one gradient is long enough to time the unit costs: `MEASURED_FROM` s of wall
-    time and, on a CPU probe, of the process's CPU time (`time.process_time`, all threads).
+    time and, on a CPU probe, of the process's CPU time per torch thread (`time.process_time`,
+    all threads, divided by `torch.get_num_threads()`).
     Wall time alone would decide by the machine's load: a 5 ms gradient waiting for a core
     can take 0.1 s of wall time, and two audits of one checkpoint would then plan differently."""
     if gradient_seconds < MEASURED_FROM:
         return False
     cpu_bound = probe.device.type == "cpu" and gradient_cpu_seconds is not None
-    return not cpu_bound or gradient_cpu_seconds >= MEASURED_FROM
+    # per torch thread: on a loaded machine a thread waiting for a descheduled sibling spins,
+    # and a 1 ms gradient then shows about its wall time as CPU time
+    threads = max(torch.get_num_threads(), 1)
+    return not cpu_bound or gradient_cpu_seconds / threads >= MEASURED_FROM
 
 
 def calibrate(probe: Probe, gradient_seconds: float, products: bool,

@@ -158,3 +158,13 @@ def test_timing_means_something_only_with_cpu_time_on_a_cpu_probe():
     assert audit_budget.timing_means_something(probe, 5.0, 5.0)
     assert not audit_budget.timing_means_something(probe, 0.01, 5.0)
     assert audit_budget.timing_means_something(probe, 5.0, None)  # not measured: wall time
+
+
+def test_cpu_time_counts_per_torch_thread(monkeypatch):
+    # a loaded machine: a 1 ms gradient's two threads spin for 0.15 s while waiting for a core
+    probe = _probe()
+    monkeypatch.setattr(audit_budget.torch, "get_num_threads", lambda: 2)
+    assert not audit_budget.timing_means_something(probe, 0.15, 0.15)
+    assert audit_budget.timing_means_something(probe, 0.15, 0.3)  # both threads worked
+    monkeypatch.setattr(audit_budget.torch, "get_num_threads", lambda: 1)
+    assert audit_budget.timing_means_something(probe, 0.15, 0.15)
