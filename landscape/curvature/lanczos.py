@@ -23,6 +23,7 @@ from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import MatVec, exact_check, held_vectors, operator, per_group, products_for, select
+from ._common import hessian_into as into
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs
@@ -178,11 +179,6 @@ def hessian_eigenvalues(
                 bar.update(1)
                 return matvec(v).to(home)  # the probe moves v to its own device
 
-            def into(v: Tensor, out: Tensor) -> Tensor:  # H v written into out (a basis row)
-                bar.update(1)
-                return p.hvp(v, out=out)
-
-            direct = curvature == "hessian" and home == p.device  # products into the basis
             exact = exact_check(p, counted)  # exact products for the true residuals, or None
             if method == "lanczos":
                 budget = max_iter if max_iter is not None else 1000
@@ -196,7 +192,7 @@ def hessian_eigenvalues(
                     out = recurrence_eig(counted, start, which, tol, budget, exact)
                 else:
                     out = lanczos_eigs(counted, v0.pop(), k, which, tol, budget, m, gen,
-                                       return_vectors, exact, into if direct else None)
+                                       return_vectors, exact, into(p, curvature, home, bar))
             else:
                 budget = max_iter if max_iter is not None else 1000 * k
                 out = power_eigs(counted, v0.pop(), k, tol, budget, gen)
