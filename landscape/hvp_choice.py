@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -47,7 +48,14 @@ from torch import Tensor
 
 from ._reduce import fdot, fnorm
 from .hvp import HVP_METHODS, HvpEngine, twice_differentiable
-from .hvp_fd import MAX_SHORTER, FiniteDifference, error_bound, shorter_step
+from .hvp_fd import (
+    MAX_SHORTER,
+    FiniteDifference,
+    error_bound,
+    halved_shorter,
+    losses_blind,
+    shorter_step,
+)
 from .hvp_memory import PeakNew, warm_up
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,6 +135,7 @@ class Products:
         self.passes, self.engine = passes, engine
         self.method, self.check_first = method, check
         self.fd = FiniteDifference(passes)
+        self.halvings = 0  # finite-difference products verified by halving their step
         self.use_fd = method == FINITE_DIFFERENCE
         self.settled = method != "auto"
         self.check: HvpCheck | None = None
@@ -227,12 +236,33 @@ class Products:
         `sizes`, the gradients' size for the error bound is kept (`_grad_size`)."""
         for retry in range(MAX_SHORTER + 1):
             out, losses = self._finite_difference_once(v, shrink, sizes)
-            shorter = None if retry == MAX_SHORTER else self._shorter(v, out, losses)
+            if retry == MAX_SHORTER:
+                return out
+            shorter, blind = self._shorter(v, out, losses)
+            if shorter is None and blind and self.fd.length_cap < math.inf:
+                out, shorter = self._halved(v, out, shrink)
             if shorter is None:
                 return out
             self.fd.length_cap = shorter
             del out
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _halved(self, v: Tensor, out: Tensor, shrink: float) -> tuple[Tensor, float | None]:
+        """(the Richardson product (4 FD(h/2) - FD(h)) / 3, a shorter step length or None), for
+        a product `out` = FD(h) whose truncation the losses could not see: the product is made
+        again at h / 2 (2 gradients) and, by the h^2 law, ||FD(h) - FD(h/2)|| / 3 is the
+        truncation error of FD(h/2) (`hvp_fd.halved_shorter` judges it); the returned
+        combination cancels the h^2 term. Holds two products at once (`hvp_memory`)."""
+        h, v_norm = self.fd.length, fnorm(v)
+        half, _ = self._finite_difference_once(v, shrink / 2, sizes=True)
+        self.halvings += 1
+        out.sub_(half)  # FD(h) - FD(h/2): three times the truncation of FD(h/2)
+        error = fnorm(out) / 3
+        half.sub_(out, alpha=1 / 3)
+        del out
+        factor = halved_shorter(error, fnorm(half), self._grad_size, v_norm, self.fd.length,
+                                self.passes.dtype)
+        return half, None if factor is None else h * factor
 
     def _finite_difference_once(self, v: Tensor, shrink: float, sizes: bool
                                 ) -> tuple[Tensor, tuple[float, float]]:
@@ -249,18 +279,22 @@ class Products:
             self._grad_size = size / max(n, 1)
         return out.div_(n), (plus / max(n, 1), minus / max(n, 1))
 
-    def _shorter(self, v: Tensor, out: Tensor, losses: tuple[float, float]) -> float | None:
-        """A shorter step where the last product's step was too long along v, else None."""
+    def _shorter(self, v: Tensor, out: Tensor, losses: tuple[float, float]
+                 ) -> tuple[float | None, bool]:
+        """(a shorter step where the last product's step was too long along v, else None;
+        whether the losses' rounding hid truncation above the target, `hvp_fd.losses_blind`)."""
         h = self.fd.length
         v_norm = fnorm(v)
         if h <= 0 or v_norm == 0:
-            return None
+            return None, False
         at_w, n = self.passes.comm.reduce([self.fd.loss_sum_at_w(), self.passes.data.n_local])
         at_w /= max(n, 1)
         q_grad = fdot(v, out) / v_norm ** 2
         q_loss = (losses[0] + losses[1] - 2 * at_w) / h ** 2
         scale = abs(losses[0]) + abs(losses[1]) + 2 * abs(at_w)
-        return shorter_step(q_grad, q_loss, fnorm(out) / v_norm, h, scale, self.passes.dtype)
+        size, dtype = fnorm(out) / v_norm, self.passes.dtype
+        return (shorter_step(q_grad, q_loss, size, h, scale, dtype),
+                losses_blind(size, h, scale, dtype))
 
     def _random_vector(self) -> Tensor:
         p = self.passes
@@ -279,11 +313,14 @@ class Products:
         fd_r, t_fd = None, 0.0
         if self.check_first:  # first: its displacements of w would invalidate a kept graph
             t0 = time.perf_counter()
+            halvings = self.halvings
             with PeakNew() as meter:
                 fd_r = self.finite_difference(r, sizes=True)
             t_fd = _since(t0, p.device) - meter.seconds
-            # it holds its sum, a copy of w and a gradient's work; a gradient its sum and work
-            self.gradient_bytes = meter.peak - r.numel() * r.element_size()
+            # it holds its sum, a copy of w and a gradient's work (and the first product where
+            # it was made again at half the step); a gradient its sum and work
+            held = 1 + (self.halvings > halvings)
+            self.gradient_bytes = meter.peak - held * r.numel() * r.element_size()
         t0 = time.perf_counter()
         exact_r = self.exact(r, at_checkpoint, tolerant=True)
         t_exact = _since(t0, p.device)

@@ -51,14 +51,28 @@ retry costs 2 gradients, f(0) one forward pass a point: both part of the product
 On GPT-2 small's top eigenvector the error falls as h^2: 0.89 at the rule's length, 2.2e-2 at
 1/16 of it and 1.4e-3 at 1/64 (`scripts/check_fd_step.py`).
 
+Steps the losses cannot judge (verified by halving). The losses' rounding grows as 1 / h^2, so
+once a step has been shortened it usually hides truncation far above the target: on GPT-2
+medium the check stopped at a step 1% off along the top eigenvector (`losses_blind`). So after
+a probe's step has been shortened once, every product whose truncation the losses cannot see is
+made again at half the step (2 more gradients). By the h^2 law, FD(h) - FD(h/2) = 3 x the
+truncation error of FD(h/2), a whole-vector estimate whose rounding (u G ||v|| / h) falls only
+as 1 / h; where it exceeds TRUNCATION_TARGET ||H v|| (and GRAD_ROUNDING u G ||v|| / (h/2)) the
+step is shortened by the h^2 law and the product made again (`halved_shorter`). The product
+returned is the Richardson combination (4 FD(h/2) - FD(h)) / 3, whose h^2 term cancels. Such a
+product costs 4 gradients (more on a retry) and holds two products at once. A probe whose
+losses never showed truncation keeps 2-gradient products (small models, where the rule's step
+is short: see the module's step rule).
+
 The rule assumes a gradient that is smooth at the scale of the step. Where it is not (ReLU and
 max-pooling kinks: a sample whose pre-activation changes sign between w - eps v and w + eps v
 adds a jump divided by 2 eps), the central difference measures a smoothed Hessian, not the
 Hessian of the current linear region that double backward returns; keep an exact method for
 such models when it is available.
 
-Cost: 2 gradients per product (no graph kept); memory: one parameter-sized copy of w (restored
-bitwise afterwards, also when a gradient raises) beside the product.
+Cost: 2 gradients per product (4 when verified by halving; no graph kept); memory: one
+parameter-sized copy of w (restored bitwise afterwards, also when a gradient raises) beside
+the product (and the first product while one is verified by halving).
 
 The Gauss-Newton product G v = J^T H_out J v takes J v from the central difference of the
 outputs, (f(w + eps v) - f(w - eps v)) / (2 eps) (two forward passes), H_out J v by double
@@ -92,6 +106,9 @@ MAX_SHORTER = 4
 # The rounding of a float32 loss, in units of u |L|: a generous allowance for the sums of a
 # forward pass, so that rounding is never read as truncation.
 LOSS_ROUNDING = 100.0
+# The rounding of a float32 gradient, in units of u G (G the size of the per-batch gradients),
+# for the halving check (`halved_shorter`): again generous, so rounding is not read as truncation.
+GRAD_ROUNDING = 100.0
 # The step's constant: balances truncation (dominant on a small GPT-2's top eigenvector) and
 # rounding (dominant on a tanh MLP) within a factor 4 of each one's optimum (module docstring).
 STEP_FACTOR = 0.5
@@ -114,6 +131,34 @@ def error_bound(hv_norm: float, grad_size: float, v_norm: float, scale: float,
     return SAFETY * u23 * (hv_norm + grad_size * v_norm / scale)
 
 
+def loss_rounding(length: float, loss_scale: float, dtype: torch.dtype) -> float:
+    """2 LOSS_ROUNDING u loss_scale / length^2: the truncation error along v (2 |q_grad -
+    q_loss|) that the losses' rounding could fake; below it the losses cannot see truncation."""
+    return 2 * LOSS_ROUNDING * unit_roundoff(dtype) * loss_scale / length ** 2
+
+
+def losses_blind(product_size: float, length: float, loss_scale: float,
+                 dtype: torch.dtype) -> bool:
+    """True where the losses' rounding exceeds TRUNCATION_TARGET * product_size: a step that
+    passes the loss check may then still be too long (see the module)."""
+    return loss_rounding(length, loss_scale, dtype) > TRUNCATION_TARGET * product_size
+
+
+def halved_shorter(error: float, product_size: float, grad_size: float, v_norm: float,
+                   half_length: float, dtype: torch.dtype) -> float | None:
+    """The factor to shorten the step h by where the product at h / 2 is still too long, else
+    None. `error`: ||FD(h) - FD(h/2)|| / 3, the truncation error of the product at h / 2 by the
+    h^2 law; `product_size`: its norm ||H v||; `grad_size`: the size G of the per-batch
+    gradients. Errors within the gradients' rounding, GRAD_ROUNDING u G ||v|| / (h / 2), are not
+    truncation. The factor meets TRUNCATION_TARGET * product_size by the h^2 law with a margin
+    (0.7), within [1/100, 1/2]."""
+    noise = GRAD_ROUNDING * unit_roundoff(dtype) * grad_size * v_norm / half_length
+    allowed = TRUNCATION_TARGET * product_size
+    if not math.isfinite(error) or error <= max(allowed, noise):
+        return None
+    return min(0.5, max(0.01, 0.7 * math.sqrt(allowed / error)))
+
+
 def shorter_step(q_grad: float, q_loss: float, product_size: float, length: float,
                  loss_scale: float, dtype: torch.dtype) -> float | None:
     """A shorter step length where the step `length` is too long for the curvature along v,
@@ -125,7 +170,7 @@ def shorter_step(q_grad: float, q_loss: float, product_size: float, length: floa
     noise and the step stands. The shorter length meets the target by the h^2 law with a margin
     (0.7), within [length / 100, length / 2]."""
     error = 2 * abs(q_grad - q_loss)
-    noise = 2 * LOSS_ROUNDING * unit_roundoff(dtype) * loss_scale / length ** 2
+    noise = loss_rounding(length, loss_scale, dtype)
     allowed = TRUNCATION_TARGET * product_size
     if not math.isfinite(error) or error <= max(allowed, noise):
         return None

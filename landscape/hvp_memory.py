@@ -22,7 +22,9 @@ Then, in vectors, one product holds beyond a gradient's peak:
 * "double_backward" and "forward_over_reverse": the sum of the batches' products (1), one
   batch's gradient kept with its graph (1) and G_b + W: 2 + G_b + W - P, G_b = G / batches;
 * "finite_difference": the product's sum (1), the saved copy of w (1) and one batch's gradient
-  (1) with its activations, against a gradient's sum and the same: 1 vector.
+  (1) with its activations, against a gradient's sum and the same: 1 vector; 2 once the step
+  has been shortened, since a product may then be made again at half its step while the first
+  is kept (`hvp_choice.Products` verifies the step by halving it).
 
 Before anything is measured, W counts 2 vectors and G, A nothing. Memory the allocator keeps
 after a free is not in these counts: resident memory also holds the heap pages glibc keeps
@@ -221,8 +223,9 @@ def product_vectors(probe: Probe, rebuilt: bool = False) -> float:
     built again inside the call (after finite-difference products): B, the peak of the storage
     made while building it, counts where it exceeds G + W."""
     method = probe.hvp_method_used
-    if method == "finite_difference":
-        return FINITE_DIFFERENCE_WORK
+    if method == "finite_difference":  # a shortened step: products may be made twice (halving)
+        halving = probe.products.fd.length_cap < float("inf")
+        return FINITE_DIFFERENCE_WORK + (1.0 if halving else 0.0)
     engine = probe.products.engine
     vector = probe.num_params * probe.dtype.itemsize
     graph = (engine.graph_bytes_measured or 0) / vector

@@ -139,6 +139,10 @@ def converged_tops(probes: dict, grad_s: float, max_iter: int, max_vectors: int 
                         f"{cpu / 60:.1f}", f"{wall / res.n_hvp / grad_s:.2f}"]
         print(f"{method}: {res.eigenvalues[0]:.6g} (residual {res.residuals[0]:.3g}) in "
               f"{res.n_hvp} products, {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
+        if method == "finite_difference":
+            products = probe.products
+            print(f"  step length cap {products.fd.length_cap:.3g}; products verified by "
+                  f"halving the step: {products.halvings}", flush=True)
         del res
         gc.collect()
     exact_probe = probes["double_backward"]

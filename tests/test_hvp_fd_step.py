@@ -96,3 +96,33 @@ def test_shorter_step_follows_the_h_squared_law_and_ignores_rounding():
     assert shorter_step(10.1, 10.0, 10.0, 1e-3, 1e6, f32) is None
     assert shorter_step(1e6, 0.0, 1.0, 1.0, 1.0, f32) == 0.01  # at most 100 times shorter
     assert hvp_fd.MAX_SHORTER >= 2
+
+
+def test_a_step_the_losses_cannot_judge_is_verified_by_halving(monkeypatch):
+    # losses whose rounding hides any truncation, on a probe whose step was already shortened
+    # once (to the rule's length: 13% off along z): the product is made again at half the step,
+    # the difference of the two shows the truncation, and the step is shortened until it meets
+    # the target; the returned product cancels the h^2 term (Richardson)
+    monkeypatch.setattr(hvp_fd, "LOSS_ROUNDING", 1e12)
+    probe = _probe()
+    z = probe.model.z.clone()
+    fd = probe.products.fd
+    rule = fd.length_cap = fd.step(z)[0]  # eps along a unit vector: the rule's length
+    probe.loss()
+    meter = probe.meter()
+    hz = probe.hvp(z)
+    assert float(z @ hz) == pytest.approx(EXACT_TOP, rel=1e-3)
+    assert float(torch.linalg.vector_norm(hz - EXACT_TOP * z)) < 1e-3 * EXACT_TOP
+    assert probe.products.halvings >= 2 and fd.length_cap < 0.1 * rule
+    # each try: 2 gradients, 2 at half the step (the loss at w once)
+    assert meter.cost().n_batch_forward >= 1 + 2 * 4 and meter.cost().n_hvp == 1
+
+
+def test_halved_shorter_follows_the_h_squared_law_and_ignores_rounding():
+    f32 = torch.float32
+    # the product at h/2 is off by 1e-2 of its size 10 (target 1e-4): shorten h by 0.7 / 10
+    assert hvp_fd.halved_shorter(0.1, 10.0, 0.0, 1.0, 1.0, f32) == pytest.approx(0.07)
+    assert hvp_fd.halved_shorter(1e-4, 10.0, 0.0, 1.0, 1.0, f32) is None  # within the target
+    # a difference within the gradients' rounding (G = 1e6 at h / 2 = 1e-3) is not truncation
+    assert hvp_fd.halved_shorter(0.1, 10.0, 1e6, 1.0, 1e-3, f32) is None
+    assert hvp_fd.halved_shorter(1e6, 1.0, 0.0, 1.0, 1.0, f32) == 0.01  # at most 100 times

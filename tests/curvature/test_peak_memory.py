@@ -57,7 +57,8 @@ def _top_eigenvalue(n_samples: int) -> float:
     return float(np.linalg.eigvalsh(exact_hessian(model, x, y).numpy())[-1])
 
 
-@pytest.mark.parametrize("hvp_method", ["auto", "finite_difference", "auto, finite differences"])
+@pytest.mark.parametrize("hvp_method", ["auto", "finite_difference", "auto, finite differences",
+                                        "finite_difference, shortened step"])
 def test_reported_peak_is_the_measured_peak(monkeypatch, hvp_method):
     monkeypatch.setattr(_basis, "DEFAULT_BYTES", 1000)  # the default budget of a large model
     monkeypatch.setattr(_basis, "_COLUMN_BLOCK", 256)  # a restart's temporary: small, as at size
@@ -68,15 +69,20 @@ def test_reported_peak_is_the_measured_peak(monkeypatch, hvp_method):
     model, x, y = _model_and_data(64)
     probe = Probe(model, (x, y), batch_size=64, hvp_method=hvp_method.split(",")[0])
     probe.gradient()  # the first-use data checks, as on a warm probe
+    if hvp_method.endswith("shortened step"):  # products verified by halving: 2 held at once
+        probe.products.fd.length_cap = 1e-3 * probe.products.fd.scale(torch.ones(probe.num_params))
     res, measured = _measured(probe)
     assert res.converged
     assert res.peak_vectors == pytest.approx(measured, abs=1.0), (res.peak_vectors, measured)
+    if hvp_method.startswith("finite_difference"):  # nothing measured: counted exactly
+        assert res.peak_vectors == pytest.approx(measured, abs=0.1), (res.peak_vectors, measured)
+    assert (probe.products.halvings > 0) == hvp_method.endswith("shortened step")
     assert res.peak_vectors <= _basis.TOTAL_VECTORS
     if hvp_method == "auto, finite differences":
         assert res.hvp_method == "finite_difference"
         assert res.hvp_reason.startswith("finite differences")
     # explicit finite differences: their own O(u^(2/3)) error; the others end on exact products
-    rel = 1e-7 if hvp_method == "finite_difference" else 1e-9
+    rel = 1e-7 if hvp_method.startswith("finite_difference") else 1e-9
     assert res.eigenvalues[0] == pytest.approx(_top_eigenvalue(64), rel=rel)
 
 
