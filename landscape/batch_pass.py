@@ -245,16 +245,27 @@ class BatchPass:
             )
         return v.detach().reshape(-1).to(self.device)
 
+    def check_out(self, out: Any, v: Tensor) -> Tensor:
+        """`out` (to be written into) as a flat vector; raises unless it is a contiguous
+        vector on the device, in the parameters' dtype, of `num_params` entries, and not v."""
+        flat = self.check_vector(out, "out")
+        if flat.data_ptr() == v.data_ptr() or flat.data_ptr() != out.data_ptr() \
+                or not flat.is_contiguous():
+            raise LandscapeError("probe.hvp: out must be a contiguous vector on the probe's "
+                                 f"device ({self.device}), not v itself.")
+        return flat
+
     def split(self, flat: Tensor) -> list[Tensor]:
         """Views of a flat vector shaped like the probed parameters."""
         return [flat[i.start : i.stop].view(i.shape) for i in self.param_info]
 
-    def flat(self, tensors: Sequence[Tensor | None]) -> Tensor:
-        """One flat vector from per-parameter tensors (None: zeros)."""
+    def flat(self, tensors: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
+        """One flat vector from per-parameter tensors (None: zeros), written into `out` when
+        given (a flat vector of num_params elements: no new vector is allocated)."""
         return torch.cat([
             (t if t is not None else torch.zeros_like(p)).reshape(-1)
             for t, p in zip(tensors, self.params)
-        ])
+        ], out=out)
 
     # ------------------------------------------------------------------ the guard
 

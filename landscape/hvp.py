@@ -141,15 +141,17 @@ class HvpEngine:
         # (the gradient of sum_b n_b * mean loss_b with its graph; n samples; param versions)
         self._graph: tuple[list[Tensor | None], int, list[int]] | None = None
 
-    def product(self, v: Tensor, at_checkpoint: bool) -> tuple[Tensor, int]:
-        """(sum over this rank's batches of n_b H_b v, number of samples)."""
+    def product(self, v: Tensor, at_checkpoint: bool, out: Tensor | None = None
+                ) -> tuple[Tensor, int]:
+        """(sum over this rank's batches of n_b H_b v, number of samples); a product through
+        the kept graph is written into `out` when given (other methods return a new vector)."""
         p = self.passes
         if self.method != "auto":
             method = self.method
             if method == "cached_graph" and not at_checkpoint:
                 method = "double_backward"
             if method == "cached_graph":
-                return self._cached(v)
+                return self._cached(v, out)
             return self._batches(v, method)
         if self.chosen is None:
             if p.comm.active or p.data.cache is None:
@@ -160,7 +162,7 @@ class HvpEngine:
                 self.chosen = self._fastest_uncached(v)
         if self.chosen == "cached_graph":
             if at_checkpoint:
-                return self._cached(v)
+                return self._cached(v, out)
             return self._batches(v, "double_backward")
         return self._batches(v, self.chosen)
 
@@ -182,19 +184,21 @@ class HvpEngine:
         with heap_released(vector, p.device.type == "cpu") as release:
             yield SavedStorage([*p.model.parameters(), *p.model.buffers()], release)
 
-    def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
+    def vjp_of_grads(self, grads: Sequence[Tensor | None], v: Tensor,
+                     out: Tensor | None = None) -> Tensor:
         """d/dw <g(w), v> = H v from gradients computed with create_graph=True: one parameter
-        list's gradients, or several batches' lists one after another (their sum)."""
+        list's gradients, or several batches' lists one after another (their sum); written
+        into `out` when given (a flat vector: no new parameter-sized vector is allocated)."""
         p = self.passes
         vs = p.split(v)
         pairs = [(g, vs[i % len(vs)]) for i, g in enumerate(grads)
                  if g is not None and g.requires_grad]
         if not pairs:  # the loss is at most linear in the probed parameters: H = 0
-            return torch.zeros_like(v)
-        out = torch.autograd.grad([g for g, _ in pairs], p.params,
-                                  grad_outputs=[vi for _, vi in pairs], retain_graph=True,
-                                  allow_unused=True)
-        return p.flat(out)
+            return torch.zeros_like(v) if out is None else out.zero_()
+        hv = torch.autograd.grad([g for g, _ in pairs], p.params,
+                                 grad_outputs=[vi for _, vi in pairs], retain_graph=True,
+                                 allow_unused=True)
+        return p.flat(hv, out)
 
     def gradient_and_product(self, v: Tensor | None) -> tuple[float, Tensor, Tensor]:
         """(L, g, H v) in one double-backward pass over the batches (`v` None: v = g), reduced
@@ -352,8 +356,8 @@ class HvpEngine:
                 summed[i] = g if summed[i] is None else summed[i] + g
         return n_b
 
-    def _cached(self, v: Tensor) -> tuple[Tensor, int]:
-        """One backward pass through the kept graphs of all batches."""
+    def _cached(self, v: Tensor, out: Tensor | None = None) -> tuple[Tensor, int]:
+        """One backward pass through the kept graphs of all batches (into `out` when given)."""
         p = self.passes
         versions = [q._version for q in p.params]
         if self._graph is None or self._graph[2] != versions:
@@ -367,15 +371,16 @@ class HvpEngine:
             self.graph_bytes_measured = saved.total
             self._graph = (summed, n, versions)
         grads, n = self._graph[0], self._graph[1]
-        return self._measured_vjp(grads, v), n
+        return self._measured_vjp(grads, v, out), n
 
-    def _measured_vjp(self, grads: Sequence[Tensor | None], v: Tensor) -> Tensor:
-        """`vjp_of_grads`, measuring the peak of the storage it makes the first time
-        (`work_bytes`, for `landscape.hvp_memory`)."""
+    def _measured_vjp(self, grads: Sequence[Tensor | None], v: Tensor,
+                      into: Tensor | None = None) -> Tensor:
+        """`vjp_of_grads` (into `into` when given), measuring the peak of the storage it makes
+        the first time (`work_bytes`, for `landscape.hvp_memory`)."""
         if self.work_bytes is not None:
-            return self.vjp_of_grads(grads, v)
+            return self.vjp_of_grads(grads, v, into)
         with PeakNew() as meter:
-            out = self.vjp_of_grads(grads, v)
+            out = self.vjp_of_grads(grads, v, into)
         self.work_bytes, self.meter_seconds = meter.peak, meter.seconds
         return out
 

@@ -143,15 +143,16 @@ class Products:
         # the peak storage of a plain gradient, measured by the self-check (`hvp_memory`)
         self.gradient_bytes: int | None = None
 
-    def hvp(self, v: Tensor, at_checkpoint: bool) -> Tensor:
-        """H v at the probe's current parameters (inside its session)."""
+    def hvp(self, v: Tensor, at_checkpoint: bool, out: Tensor | None = None) -> Tensor:
+        """H v at the probe's current parameters (inside its session); an exact product is
+        written into `out` where the method allows it (check whether the result is `out`)."""
         if not self.settled:
             return self._first(v, at_checkpoint)
         if self.use_fd:
             return self.finite_difference(v)
-        out = self.exact(v, at_checkpoint, tolerant=False)
-        assert out is not None
-        return out
+        result = self.exact(v, at_checkpoint, tolerant=False, out=out)
+        assert result is not None
+        return result
 
     def inherit(self, other: Products) -> None:
         """Take over a settled decision of another probe of the same model (a sub-probe)."""
@@ -201,14 +202,16 @@ class Products:
         finally:
             self.use_fd = True
 
-    def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool) -> Tensor | None:
-        """The exact product; with `tolerant`, None (on every rank) when it raised a
-        RuntimeError or NotImplementedError on any rank, with the reason kept in `_reason`."""
+    def exact(self, v: Tensor, at_checkpoint: bool, tolerant: bool,
+              out: Tensor | None = None) -> Tensor | None:
+        """The exact product (into `out` when given, where the engine's method allows it);
+        with `tolerant`, None (on every rank) when it raised a RuntimeError or
+        NotImplementedError on any rank, with the reason kept in `_reason`."""
         p = self.passes
-        out, n, error, failure = None, 0, None, None
+        into, out, n, error, failure = out, None, 0, None, None
         with twice_differentiable():
             try:  # no placeholder output while the product runs: one vector less at the peak
-                out, n = self.engine.product(v, at_checkpoint)
+                out, n = self.engine.product(v, at_checkpoint, into)
             except (RuntimeError, NotImplementedError) as e:
                 if tolerant:
                     failure = e
@@ -216,7 +219,8 @@ class Products:
                     error = e
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
-        out = torch.zeros_like(v) if out is None else out
+        if out is None:  # it raised: zeros to reduce (the given buffer's contents are lost)
+            out = torch.zeros_like(v) if into is None else into.zero_()
         n, n_failed = p.comm.reduce([n, float(failure is not None)], [out], error)
         if n_failed:
             text = str(failure).strip().splitlines()[0] if failure is not None else ""

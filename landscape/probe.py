@@ -344,18 +344,21 @@ class Probe:
             self.batch_pass.counts["n_gradient"] += 1
             return loss_sum / n, total.div_(n)
 
-    def hvp(self, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def hvp(self, v: Tensor, delta: Tensor | None = None, *, out: Tensor | None = None) -> Tensor:
         """H v with H the Hessian of L at w + delta (exact; flat vector in, flat vector out).
 
         At w the method is chosen on first use (`hvp_method="auto"`): the gradient graph is kept
         and reused when all batches' graphs fit `graph_bytes` (measured with saved-tensor hooks),
         otherwise the faster of double backward and forward-over-reverse, timed on one batch.
+        `out`: a contiguous flat vector (not v) to write H v into (no new vector allocated).
         """
         v = self.batch_pass.check_vector(v, "v")
+        out = None if out is None else self.batch_pass.check_out(out, v)
         with self.batch_pass.session(delta):
-            out = self.products.hvp(v, at_checkpoint=delta is None)
+            result = self.products.hvp(v, at_checkpoint=delta is None, out=out)
             self.batch_pass.counts["n_hvp"] += 1
-            return out
+            same = out is None or result.data_ptr() == out.data_ptr()
+            return result if same else out.copy_(result)
 
     def gradient_and_hvp(
         self, v: Tensor | None = None, delta: Tensor | None = None

@@ -179,9 +179,10 @@ class ShardedProbe(Probe):
         if active() is not self.layout:
             raise LandscapeError(f"{what}: {_OUTSIDE}.")
 
-    def hvp(self, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def hvp(self, v: Tensor, delta: Tensor | None = None, *, out: Tensor | None = None
+            ) -> Tensor:
         self._inside("probe.hvp")
-        return super().hvp(v, delta)
+        return super().hvp(v, delta, out=out)
 
     def loss_and_gradient(self, delta: Tensor | None = None) -> tuple[float, Tensor]:
         self._inside("probe.gradient")

@@ -62,15 +62,22 @@ class Basis:
         block, r = divmod(i, _BLOCK_ROWS)
         return self._blocks[block][r]
 
-    def set(self, i: int, x: Tensor) -> None:
-        """rows[i] = x, allocating a block of rows when i is past the allocated ones."""
+    def slot(self, i: int) -> Tensor:
+        """rows[i] (contents undefined until written), allocating a block of rows when i is
+        past the allocated ones: a product can be written straight into it."""
         if i >= self.capacity:
             raise IndexError(f"basis row {i} beyond its capacity {self.capacity}")
         while i >= self.allocated:
             rows = min(_BLOCK_ROWS, self.capacity - self.allocated)
             self._blocks.append(torch.empty(rows, self.n, device=self.device, dtype=self.dtype,
                                             pin_memory=self.pin))
-        self.row(i).copy_(x)
+        return self.row(i)
+
+    def set(self, i: int, x: Tensor) -> None:
+        """rows[i] = x (no copy when x is rows[i] itself, e.g. written through `slot`)."""
+        row = self.slot(i)
+        if x.data_ptr() != row.data_ptr():
+            row.copy_(x)
 
     def _spans(self, size: int):
         """(block, first row index, rows used) covering rows[:size]."""

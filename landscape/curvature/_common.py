@@ -78,6 +78,21 @@ def held_vectors(probe: Probe) -> float:
         return max(held, product_vectors(probe, rebuilt))
 
 
+def hessian_into(probe: Probe, curvature: str, home: Any, bar: Any
+                 ) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """`into(v, out)`: the Hessian product H v written into out (`probe.hvp(v, out=out)`), one
+    step on the progress bar `bar`; None for Gauss-Newton products or when the estimator's
+    vectors live elsewhere than the probe's device (`home`)."""
+    if curvature != "hessian" or home != probe.device:
+        return None
+
+    def into(v: Tensor, out: Tensor) -> Tensor:
+        bar.update(1)
+        return probe.hvp(v, out=out)
+
+    return into
+
+
 def exact_check(probe: Probe, matvec: MatVec) -> MatVec | None:
     """`matvec` with exact products where `products_for` chose finite differences (for the
     returned pairs' true residuals); None where the products are exact anyway."""

@@ -23,6 +23,7 @@ from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import MatVec, exact_check, held_vectors, operator, per_group, products_for, select
+from ._common import hessian_into as into
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs
@@ -191,7 +192,7 @@ def hessian_eigenvalues(
                     out = recurrence_eig(counted, start, which, tol, budget, exact)
                 else:
                     out = lanczos_eigs(counted, v0.pop(), k, which, tol, budget, m, gen,
-                                       return_vectors, exact)
+                                       return_vectors, exact, into(p, curvature, home, bar))
             else:
                 budget = max_iter if max_iter is not None else 1000 * k
                 out = power_eigs(counted, v0.pop(), k, tol, budget, gen)
@@ -262,13 +263,15 @@ def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
     return m, m + 1
 
 
-def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int) -> tuple[Tensor, Tensor]:
+def lanczos_step(matvec: MatVec, basis: Basis, T: Tensor, j: int,
+                 into: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Expand the basis by one product: H rows[j], orthogonalized against rows[:j+1].
 
     Records column j of the projected matrix (T[:j+1, j] = V[:j+1]^T H V[j], symmetric) and
     T[j+1, j] = beta = the norm of the remainder. Returns (remainder, beta), both on device.
+    `into(v, out)`: H v written into out (rows[j+1]: no new vector and its page faults).
     """
-    w = matvec(basis.row(j))
+    w = matvec(basis.row(j)) if into is None else into(basis.row(j), basis.slot(j + 1))
     h, beta = basis.orthogonalize_norm(w, j + 1)
     T[: j + 1, j] = h
     T[j, : j + 1] = h
@@ -322,6 +325,7 @@ def _restart(basis: Basis, T: Tensor, theta: np.ndarray, S: np.ndarray, b: float
 def lanczos_eigs(
     matvec: MatVec, v0: Tensor, k: int, which: str, tol: float, max_iter: int, max_basis: int,
     gen: torch.Generator, return_vectors: bool = True, check: MatVec | None = None,
+    into: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Eigs:
     """Thick-restart Lanczos for the k extreme eigenpairs of a symmetric operator (see above).
 
@@ -332,7 +336,7 @@ def lanczos_eigs(
     checks included (k + 1 when max_iter is smaller). Stores at most max_basis + 1 vectors
     (allocated as the basis grows) besides the product. `check`: the operator of the checks
     (exact products where `matvec` is a finite difference); once a check fails, `matvec` is
-    replaced by it for the rest of the run.
+    replaced by it for the rest of the run. `into`: `matvec` writing into a given vector.
     """
     check = matvec if check is None else check
     n, full = v0.numel(), dimension(v0.numel())  # full: N when v0 is a rank's shard
@@ -345,7 +349,7 @@ def lanczos_eigs(
     limit = max(1, max_iter - k)  # products for the iteration; the final check takes k more
     j, n_mv, trust = 0, 0, 1.0
     while True:
-        w, beta = lanczos_step(matvec, basis, T, j)
+        w, beta = lanczos_step(matvec, basis, T, j, into)
         n_mv += 1
         size = j + 1
         # the stopping test: the only host copy of the loop (the small projected matrix)
@@ -376,7 +380,7 @@ def lanczos_eigs(
                         normalize_(v)
                 return Eigs(values, true_res, vectors, ok, n_mv, basis.allocated, bounds)
             if matvec is not check:  # finite differences were not accurate enough: exact on
-                matvec = check
+                matvec, into = check, None
                 continue
             # the estimates passed but the vectors did not: believe them only that far
             trust = min(trust, float(np.min(res / np.maximum(true_res, 1e-300))))
