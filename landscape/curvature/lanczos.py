@@ -23,7 +23,7 @@ from ..errors import LandscapeError
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import MatVec, exact_check, held_vectors, operator, per_group, products_for, select
-from ._common import hessian_into as into
+from ._common import hessian_into as write_into
 from ._eigs import Eigs
 from ._ritz import error_bounds, rayleigh_residuals
 from .power import power_eigs
@@ -192,7 +192,7 @@ def hessian_eigenvalues(
                     out = recurrence_eig(counted, start, which, tol, budget, exact)
                 else:
                     out = lanczos_eigs(counted, v0.pop(), k, which, tol, budget, m, gen,
-                                       return_vectors, exact, into(p, curvature, home, bar))
+                                       return_vectors, exact, write_into(p, curvature, home, bar))
             else:
                 budget = max_iter if max_iter is not None else 1000 * k
                 out = power_eigs(counted, v0.pop(), k, tol, budget, gen)
