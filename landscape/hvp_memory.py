@@ -29,8 +29,10 @@ Then, in vectors, one product holds beyond a gradient's peak:
 Before anything is measured, W counts 2 vectors and G, A nothing. Memory the allocator keeps
 after a free is not in these counts: resident memory also holds the heap pages glibc keeps
 after a free, how many depending on the process's history (glibc raises its threshold for
-serving a request from fresh mapped memory to the largest block freed so far, up to 32 MB), so
-resident memory differs from these counts by a few vectors either way at 14M-28M parameters.
+serving a request from fresh mapped memory to the largest block freed so far, up to 32 MB):
+1-3 vectors at 23M-28M parameters. So a curvature estimator on a CPU probe runs under a
+`HeapGuard`, a thread that gives the heap's free pages back whenever resident memory grows by
+a vector, and resident memory stays within about a vector of these counts.
 `tests/curvature/test_peak_memory.py` checks them against the tensors actually alive, and
 `scripts/bench_scale.py` against resident memory at 14M-124M parameters.
 
@@ -46,6 +48,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -61,6 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
 FINITE_DIFFERENCE_WORK = 1.0  # vectors of a finite-difference product (see above)
 UNMEASURED_WORK = 2.0  # W, in vectors, before it is measured: the product and its flat copy
 RELEASE_STEP = 0.5  # `HeapRelease`: give free heap pages back after this many vectors of growth
+GUARD_STEP = 1.0  # `HeapGuard`: ... and after this many during a whole estimator call
+GUARD_INTERVAL = 2e-3  # seconds between its reads of resident memory
 MIN_RELEASE_BYTES = 16 * 2**20  # ... and never more often than every 16 MiB
 
 
@@ -134,6 +139,85 @@ class HeapRelease:
                 release_free_heap()
             os.close(self._fd)
             self._fd = None
+
+
+class HeapGuard:
+    """A thread that keeps the heap's free pages from staying resident during a call.
+
+    A product's backward pass makes and frees a few hundred tensors (the per-parameter
+    products, the gradients flowing back through the activations) below glibc's threshold for
+    separately mapped blocks, so they come from the heap. Where they land depends on the holes
+    earlier frees left; pages the heap touched once stay resident after their tensors are
+    freed. So resident memory during a call exceeds the tensors alive by a history-dependent
+    amount: 1-3 vectors on ConvNeXt-T and ResNet-50, enough to take ResNet-50's top-1 from the
+    11.4 vectors counted beyond a gradient's peak to 13.1 resident.
+
+    Between `start()` and `stop()` a daemon thread reads resident memory (/proc/self/statm)
+    every `interval` seconds and calls `release_free_heap()` whenever it has grown by `step`
+    bytes since the last release (or the lowest value read since), so resident memory stays
+    within about `step` of what is alive. The pages given back are faulted in again when the
+    heap reuses them: about 3% of a ConvNeXt-T top-1's wall time at a step of one vector
+    (`scripts/bench_scale.py`). Changes no allocator setting; a no-op without /proc or glibc.
+    `releases` counts the releases. Unlike `HeapRelease`, which runs at points of the graph
+    build, it needs no hook in the computation: it covers whatever the call runs."""
+
+    def __init__(self, step: int, interval: float = GUARD_INTERVAL) -> None:
+        self.step = max(int(step), MIN_RELEASE_BYTES)
+        self.interval = interval
+        self.releases = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HeapGuard:
+        if _TRIM is not None and os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._run, name="landscape-heap-guard",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            mark = _resident_bytes(fd)
+            while not self._stop.wait(self.interval):
+                now = _resident_bytes(fd)
+                if now > mark + self.step:
+                    release_free_heap()
+                    self.releases += 1
+                    mark = _resident_bytes(fd)
+                else:
+                    mark = min(mark, now)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def heap_guarded(vector_bytes: int, enabled: bool = True) -> Iterator[HeapGuard | None]:
+    """A started `HeapGuard` with a step of GUARD_STEP vectors of `vector_bytes` inside the
+    block, stopped on exit; None when not `enabled` (a CUDA probe, or a guard already running
+    around this one)."""
+    if not enabled or _guard_depth[0] > 0:
+        yield None
+        return
+    guard = HeapGuard(int(GUARD_STEP * vector_bytes)).start()
+    _guard_depth[0] += 1
+    try:
+        yield guard
+    finally:
+        _guard_depth[0] -= 1
+        guard.stop()
+
+
+_guard_depth = [0]  # guards running (an estimator inside another's call starts none)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from .._checks import check_option
 from .._model_prep import require_precision
 from .._vector_space import using
 from ..errors import LandscapeError
-from ..hvp_memory import product_vectors
+from ..hvp_memory import heap_guarded, product_vectors
 from ..probe import ParamSelection, Probe
 from .blocks import groups
 from .results import LayerResults
@@ -43,16 +43,19 @@ def select(probe: Probe, params: ParamSelection) -> Probe:
 
 def per_group(probe: Probe, by: str | dict | None, estimate: Callable[[Probe], Any]) -> Any:
     """`estimate(probe)` for the whole probe (by=None) or a LayerResults over its groups
-    ("layer", "parameter", or a dict of block name -> names or glob patterns)."""
-    if by is None:
-        with using(getattr(probe, "layout", None)):  # a sharded model: sums over the ranks
-            return estimate(probe)
-    results, sizes = {}, {}
-    for name, names in groups(probe, by).items():
-        sub = probe.restricted(names)
-        results[name] = estimate(sub)
-        sizes[name] = sub.num_params
-    return LayerResults(results, sizes)
+    ("layer", "parameter", or a dict of block name -> names or glob patterns), with the heap's
+    free pages given back as resident memory grows on a CPU probe (`hvp_memory.HeapGuard`)."""
+    vector = probe.num_params * probe.dtype.itemsize
+    with heap_guarded(vector, probe.device.type == "cpu"):
+        if by is None:
+            with using(getattr(probe, "layout", None)):  # a sharded model: sums over the ranks
+                return estimate(probe)
+        results, sizes = {}, {}
+        for name, names in groups(probe, by).items():
+            sub = probe.restricted(names)
+            results[name] = estimate(sub)
+            sizes[name] = sub.num_params
+        return LayerResults(results, sizes)
 
 
 @contextlib.contextmanager
