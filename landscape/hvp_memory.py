@@ -32,7 +32,8 @@ after a free, how many depending on the process's history (glibc raises its thre
 serving a request from fresh mapped memory to the largest block freed so far, up to 32 MB):
 1-3 vectors at 23M-28M parameters. So a curvature estimator on a CPU probe runs under a
 `HeapGuard`, a thread that gives the heap's free pages back whenever resident memory grows by
-a vector, and resident memory stays within about a vector of these counts.
+half a vector, and resident memory stays within about half a vector of these counts
+(`heap_slack`, which the default Lanczos basis leaves room for).
 `tests/curvature/test_peak_memory.py` checks them against the tensors actually alive, and
 `scripts/bench_scale.py` against resident memory at 14M-124M parameters.
 
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FINITE_DIFFERENCE_WORK = 1.0  # vectors of a finite-difference product (see above)
 UNMEASURED_WORK = 2.0  # W, in vectors, before it is measured: the product and its flat copy
 RELEASE_STEP = 0.5  # `HeapRelease`: give free heap pages back after this many vectors of growth
-GUARD_STEP = 1.0  # `HeapGuard`: ... and after this many during a whole estimator call
+GUARD_STEP = 0.5  # `HeapGuard`: ... and the same during a whole estimator call
 GUARD_INTERVAL = 2e-3  # seconds between its reads of resident memory
 MIN_RELEASE_BYTES = 16 * 2**20  # ... and never more often than every 16 MiB
 
@@ -155,8 +156,8 @@ class HeapGuard:
     Between `start()` and `stop()` a daemon thread reads resident memory (/proc/self/statm)
     every `interval` seconds and calls `release_free_heap()` whenever it has grown by `step`
     bytes since the last release (or the lowest value read since), so resident memory stays
-    within about `step` of what is alive. The pages given back are faulted in again when the
-    heap reuses them: about 3% of a ConvNeXt-T top-1's wall time at a step of one vector
+    within about `step` of what is alive (`heap_slack`). The pages given back are faulted in
+    again when the heap reuses them: a few percent of a ConvNeXt-T top-1's time
     (`scripts/bench_scale.py`). Changes no allocator setting; a no-op without /proc or glibc.
     `releases` counts the releases. Unlike `HeapRelease`, which runs at points of the graph
     build, it needs no hook in the computation: it covers whatever the call runs."""
@@ -218,6 +219,13 @@ def heap_guarded(vector_bytes: int, enabled: bool = True) -> Iterator[HeapGuard 
 
 
 _guard_depth = [0]  # guards running (an estimator inside another's call starts none)
+
+
+def heap_slack(probe: Probe) -> float:
+    """Vectors of free heap pages resident memory may hold beyond the counted tensors during
+    a curvature estimator's call: the `HeapGuard`'s step (GUARD_STEP) on a CPU probe, where
+    one runs; 0 on CUDA, where tensors are not on the heap."""
+    return GUARD_STEP if probe.device.type == "cpu" and _TRIM is not None else 0.0
 
 
 @contextlib.contextmanager

@@ -85,3 +85,17 @@ def test_curvature_estimators_run_under_one_guard(monkeypatch, estimator):
     assert started == [hvp_memory.MIN_RELEASE_BYTES]  # one guard, a step of at least 16 MB
     estimator(probe.restricted(["0.weight"]))  # a block of the Hessian: guarded as well
     assert len(started) == 2
+
+
+def test_the_default_basis_leaves_room_for_the_guards_slack(monkeypatch):
+    """A large model's default basis is what is left of 12 vectors after the product's and the
+    heap guard's step of free pages (on CPU): with 4.7 vectors held, 6 stored, not 7."""
+    from landscape.curvature import _basis, lanczos
+
+    monkeypatch.setattr(_basis, "DEFAULT_BYTES", 1000)  # as if the model were large
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+    probe = Probe(model, (torch.randn(8, 5), torch.randint(0, 2, (8,))), batch_size=8)
+    slack = hvp_memory.heap_slack(probe)
+    assert slack == (0.5 if hvp_memory._TRIM is not None else 0.0)
+    _, stored = lanczos._plan(probe, 1, True, None, None, held=4.7)
+    assert stored == int(_basis.TOTAL_VECTORS - 4.7 - slack) == (6 if slack else 7)

@@ -36,7 +36,8 @@ def vector_bytes(n: int, dtype: torch.dtype) -> int:
 def default_budget(n: int, dtype: torch.dtype, wanted: int, held: float = 0.0) -> int:
     """Vectors an estimator may store when the caller sets no budget: `wanted` when they fit in
     1 GiB (small models: the best-converging choice), else 8, or fewer where the product holds
-    `held` vectors beyond a gradient's peak (its kept graph, its work vectors): at most
+    `held` vectors beyond a gradient's peak (its kept graph, its work vectors, the free heap
+    pages resident memory may hold beside them: `landscape.hvp_memory.heap_slack`): at most
     TOTAL_VECTORS - held, so the call's peak memory beyond a plain gradient's stays within
     TOTAL_VECTORS (12) vectors (at least 2)."""
     if wanted * vector_bytes(n, dtype) <= DEFAULT_BYTES:

@@ -20,6 +20,7 @@ from .._random import generator, normal
 from .._reduce import accumulation_dtype, fdot, fnorm, normalize_
 from .._vector_space import dimension
 from ..errors import LandscapeError
+from ..hvp_memory import heap_slack
 from ..probe import ParamSelection, Probe
 from ._basis import Basis, default_budget
 from ._common import MatVec, exact_check, held_vectors, operator, per_group, products_for, select
@@ -246,11 +247,13 @@ def _on(x: Tensor, device: torch.device, pin: bool) -> Tensor:
 def _plan(probe: Probe, k: int, return_vectors: bool, max_basis: int | None,
           max_vectors: int | None, held: float = 0.0) -> tuple[int, int]:
     """(basis size m before a restart, 0 for the three-term recurrence; vectors stored), the
-    default budget leaving room for the `held` vectors of the product."""
+    default budget leaving room for the `held` vectors of the product and the free heap pages
+    resident memory may hold beyond the tensors (`hvp_memory.heap_slack`)."""
     n = dimension(probe.num_params)
     wanted = min(n, max_basis or max(50, 4 * k))
+    slack = held + heap_slack(probe)
     budget = max_vectors if max_vectors is not None else default_budget(n, probe.dtype,
-                                                                         wanted + 1, held)
+                                                                         wanted + 1, slack)
     m = min(wanted, budget - 1)
     if m < min(k + 2, n):
         if k == 1 and not return_vectors:
