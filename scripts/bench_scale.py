@@ -15,8 +15,8 @@ For every model it prints one row:
   checks, HVP-method choice and all included): products, converged, and time per product
   in gradients (target <= 4), by CPU time (the load-robust number) and by wall time;
 * `peak`: the peak resident memory during that call minus the peak of a plain gradient on a
-  warm probe, in parameter-sized vectors (target <= 12), next to the `peak_vectors` and
-  `stored_vectors` the estimator reports;
+  warm probe (under the same heap guard as the call), in parameter-sized vectors (target
+  <= 12), next to the `peak_vectors` and `stored_vectors` the estimator reports;
 * `hvp/grad`: one product in steady state, in gradients of CPU time (the median of three
   products each divided by a gradient timed just before it), and the HVP method the call used
   with the kept graph's measured size and the one-line reason.
@@ -65,7 +65,7 @@ from landscape.data.architectures import (
     token_data,
     vit,
 )
-from landscape.hvp_memory import release_free_heap
+from landscape.hvp_memory import heap_guarded, release_free_heap
 
 
 @dataclass
@@ -164,14 +164,18 @@ def make_probe(case: Case, model: torch.nn.Module, data: Any) -> Probe:
 def gradient_baseline(case: Case, model: torch.nn.Module, data: Any
                       ) -> tuple[float, int | None, float]:
     """(wall seconds of one full-data gradient, median of 3 after a warm-up; peak resident
-    bytes of a plain gradient on a warm probe; CPU seconds, median of 3)."""
+    bytes of a plain gradient on a warm probe, measured under the heap guard the curvature
+    estimators run under (`landscape.hvp_memory.HeapGuard`), so that both peaks are what is
+    alive plus at most the guard's step of free heap pages; CPU seconds, median of 3)."""
     probe = make_probe(case, model, data)
     probe.gradient()  # warm-up (first-use checks)
-    times, cpus, peak = [], [], None
+    times, cpus = [], []
     for _ in range(3):
-        _, seconds, peak, cpu = measured(probe.gradient)
+        _, seconds, _, cpu = measured(probe.gradient)
         times.append(seconds)
         cpus.append(cpu)
+    with heap_guarded(probe.num_params * probe.dtype.itemsize):
+        _, _, peak, _ = measured(probe.gradient)
     return statistics.median(times), peak, statistics.median(cpus)
 
 
