@@ -99,3 +99,27 @@ def test_the_default_basis_leaves_room_for_the_guards_slack(monkeypatch):
     assert slack == (0.5 if hvp_memory._TRIM is not None else 0.0)
     _, stored = lanczos._plan(probe, 1, True, None, None, held=4.7)
     assert stored == int(_basis.TOTAL_VECTORS - 4.7 - slack) == (6 if slack else 7)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm")
+def test_the_guard_releases_only_a_step_above_where_the_last_release_left_memory(monkeypatch):
+    """Memory that falls and rises again below the mark is left alone (a release there would
+    not lower the peak); only a rise of a step above the last release's level releases."""
+    guard = hvp_memory.HeapGuard(20 * MB, interval=0.0)
+    # the start, then each reading (and the reading right after each release), in MB
+    readings = iter([100, 130, 100, 85, 115, 100, 119, 125, 110])
+    releases = []
+
+    def resident(fd):
+        value = next(readings, None)
+        if value is None:
+            guard._stop.set()
+            return 0
+        return value * MB
+
+    monkeypatch.setattr(hvp_memory, "_resident_bytes", resident)
+    monkeypatch.setattr(hvp_memory, "release_free_heap", lambda: releases.append(1) or True)
+    guard._run()
+    # 130 > 100 + 20: released (to 100); 85, 115, 119: not above 120 (a mark lowered to
+    # 85 would release at 115); 125: released
+    assert len(releases) == guard.releases == 2
