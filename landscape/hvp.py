@@ -393,6 +393,7 @@ class HvpEngine:
             hv, n_b = self._one_batch(batch, v, method)
             total.add_(hv, alpha=n_b)
             n += n_b
+            del hv  # not alive during the next batch's product
         return total, n
 
     def _one_batch(self, batch: Any, v: Tensor, method: str) -> tuple[Tensor, int]:

@@ -336,8 +336,8 @@ class Probe:
                 for batch in self.batch_pass.data.batches():
                     loss, n_b, grads = self.products.fd.gradients.batch(batch)
                     add_all(views, grads, n_b)
-                    loss_sum += float(loss.detach()) * n_b
-                    n += n_b
+                    loss_sum, n = loss_sum + float(loss.detach()) * n_b, n + n_b
+                    del grads  # not alive during the next batch's: one vector less at the peak
             except Exception as e:  # noqa: BLE001 - raised on every rank by reduce
                 error = e
             loss_sum, n = self.batch_pass.comm.reduce([loss_sum, n], [total], error)
