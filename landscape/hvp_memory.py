@@ -162,8 +162,9 @@ class HeapGuard:
     it gave back would be faulted in again (on the LSTM of the scale benchmark, lowering the
     mark as memory fell cost 800 releases and 11% of the call's time). Changes no allocator
     setting; a no-op without /proc or glibc.
-    `releases` counts the releases. Unlike `HeapRelease`, which runs at points of the graph
-    build, it needs no hook in the computation: it covers whatever the call runs."""
+    `releases` counts the releases (once stopped). It applies `HeapRelease`'s rule on a clock
+    instead of at the graph build's saved tensors, so it needs no hook in the computation: it
+    covers whatever the call runs."""
 
     def __init__(self, step: int, interval: float = GUARD_INTERVAL) -> None:
         self.step = max(int(step), MIN_RELEASE_BYTES)
@@ -186,20 +187,16 @@ class HeapGuard:
             self._thread = None
 
     def _run(self) -> None:
+        release = HeapRelease(self.step)  # the same rule, checked on a clock, not at hooks
         try:
-            fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            mark = _resident_bytes(fd)
             while not self._stop.wait(self.interval):
-                now = _resident_bytes(fd)
-                if now > mark + self.step:
-                    release_free_heap()
-                    self.releases += 1
-                    mark = _resident_bytes(fd)
+                release.check()
         finally:
-            os.close(fd)
+            self.releases = release.releases
+            release.close(release=False)
+
+
+_guard_depth = [0]  # guards running (an estimator inside another's call starts none)
 
 
 @contextlib.contextmanager
@@ -217,9 +214,6 @@ def heap_guarded(vector_bytes: int, enabled: bool = True) -> Iterator[HeapGuard 
     finally:
         _guard_depth[0] -= 1
         guard.stop()
-
-
-_guard_depth = [0]  # guards running (an estimator inside another's call starts none)
 
 
 def heap_slack(probe: Probe) -> float:
